@@ -1,0 +1,158 @@
+"""Score probes by batched greedy generation (exact match, token F1) or likelihood ranking; perplexity."""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from retain.stream import Probe
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(c for c in text.lower() if c not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def first_statement(generation: str) -> str:
+    """The generated answer up to the first line break or sentence end: the rest is the model rambling on."""
+    return re.split(r"\n|\.(?:\s|$)", generation.strip(), maxsplit=1)[0]
+
+
+def exact_match(prediction: str, answers: Sequence[str]) -> bool:
+    """True when the normalised prediction starts with a normalised answer, compared word by word.
+
+    Word by word, so that "250 ships" does not match the answer "25 ships".
+    """
+    words = normalize_answer(prediction).split()
+    for answer in answers:
+        gold = normalize_answer(answer).split()
+        if gold and words[: len(gold)] == gold:
+            return True
+    return False
+
+
+def token_f1(prediction: str, answers: Sequence[str]) -> float:
+    """SQuAD token F1 of the prediction's first statement against the best-matching answer."""
+    words = normalize_answer(first_statement(prediction)).split()
+    best = 0.0
+    for answer in answers:
+        gold = normalize_answer(answer).split()
+        common = sum((Counter(words) & Counter(gold)).values())
+        if common:
+            precision, recall = common / len(words), common / len(gold)
+            best = max(best, 2 * precision * recall / (precision + recall))
+        elif not words and not gold:
+            best = 1.0
+    return best
+
+
+@dataclass
+class ProbeScore:
+    prediction: str
+    em: float
+    f1: float
+
+
+class Evaluator:
+    """Scores probes with a model: greedy generation, or likelihood ranking when a probe has `choices`."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16, max_new_tokens: int = 24) -> None:
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+
+    @torch.no_grad()
+    def score(self, model: nn.Module, probes: Sequence[Probe]) -> list[ProbeScore]:
+        was_training = model.training
+        model.eval()
+        try:
+            scores: dict[int, ProbeScore] = {}
+            generated = [i for i, p in enumerate(probes) if not p.choices]
+            ranked = [i for i, p in enumerate(probes) if p.choices]
+            # Sorting by prompt length keeps padding (and wasted compute) small in each batch.
+            generated.sort(key=lambda i: len(probes[i].prompt))
+            for start in range(0, len(generated), self.batch_size):
+                batch = generated[start : start + self.batch_size]
+                for index, text in zip(batch, self._generate(model, [probes[i] for i in batch])):
+                    answers = [probes[index].answer, *probes[index].aliases]
+                    hit = float(exact_match(text, answers))
+                    scores[index] = ProbeScore(text, hit, token_f1(text, answers))
+            for index in ranked:
+                choice = self._rank(model, probes[index])
+                hit = float(choice == probes[index].answer)
+                scores[index] = ProbeScore(choice, hit, hit)
+            return [scores[i] for i in range(len(probes))]
+        finally:
+            model.train(was_training)
+
+    def _generate(self, model: nn.Module, probes: Sequence[Probe]) -> list[str]:
+        tokenizer = self.tokenizer
+        longest_answer = max(len(tokenizer(a, add_special_tokens=False).input_ids) for p in probes for a in (p.answer, *p.aliases))
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        try:
+            batch = tokenizer([p.prompt for p in probes], return_tensors="pt", padding=True)
+        finally:
+            tokenizer.padding_side = side
+        device = next(model.parameters()).device
+        output = model.generate(
+            **batch.to(device),
+            max_new_tokens=min(self.max_new_tokens, longest_answer + 4),
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return tokenizer.batch_decode(output[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+
+    def _rank(self, model: nn.Module, probe: Probe) -> str:
+        """The choice with the highest summed log-probability as a continuation of the prompt."""
+        prompt = self.tokenizer(probe.prompt, add_special_tokens=False).input_ids
+        sequences = [prompt + self.tokenizer(c, add_special_tokens=False).input_ids for c in probe.choices]
+        logprobs = _sequence_logprobs(model, sequences, len(prompt), self.tokenizer.pad_token_id)
+        return probe.choices[int(torch.argmax(logprobs))]
+
+    @torch.no_grad()
+    def perplexity(self, model: nn.Module, texts: Sequence[str], max_length: int = 512) -> float:
+        """exp of the mean next-token loss over all tokens of `texts`."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        total_loss, total_tokens = 0.0, 0
+        try:
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(
+                    list(texts[start : start + self.batch_size]),
+                    return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+                ).to(device)
+                logits = model(**batch).logits[:, :-1].float()
+                targets = batch.input_ids[:, 1:]
+                mask = batch.attention_mask[:, 1:].bool()
+                losses = nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+                total_loss += losses[mask].sum().item()
+                total_tokens += int(mask.sum())
+        finally:
+            model.train(was_training)
+        return math.exp(total_loss / max(total_tokens, 1))
+
+
+def _sequence_logprobs(model: nn.Module, sequences: list[list[int]], prefix: int, pad_id: int) -> torch.Tensor:
+    """Summed log-probability of each sequence's tokens after its first `prefix` tokens."""
+    device = next(model.parameters()).device
+    width = max(map(len, sequences))
+    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences], device=device)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
+    logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), dim=-1)
+    token_logprobs = logprobs.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    counted = mask[:, 1:].clone()
+    counted[:, : prefix - 1] = 0
+    return (token_logprobs * counted).sum(-1)

@@ -1,0 +1,12 @@
+"""Continual-learning methods: one file each, registered by name."""
+
+from retain.methods.base import METHODS, Method, MethodError, TaskData, build_method, method_options
+from retain.methods.ewc import EWC, EWCConfig
+from retain.methods.full_ft import FullFineTuning, FullFTConfig
+from retain.methods.lora import LoRA, LoRAConfig
+from retain.methods.replay import Replay, ReplayConfig
+
+__all__ = [
+    "EWC", "METHODS", "EWCConfig", "FullFTConfig", "FullFineTuning", "LoRA", "LoRAConfig", "Method", "MethodError",
+    "Replay", "ReplayConfig", "TaskData", "build_method", "method_options",
+]

@@ -1,0 +1,118 @@
+"""The hook interface every continual-learning method implements, and the registry that names them."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from retain.stream import Task
+
+Features = dict[str, list[int]]
+Collate = Callable[[list[Features]], dict[str, torch.Tensor]]
+
+
+@dataclass
+class TaskData:
+    """A finished task's tokenized training examples and the collate function that batches them."""
+
+    task: Task
+    features: list[Features]
+    collate: Collate
+
+
+class Method:
+    """Base class: every hook is a no-op, so plain sequential fine-tuning is the base class itself.
+
+    Subclasses set `name` and `config_class` (a dataclass whose fields carry their help text) and
+    override only the hooks they need. The trainer calls every hook; it never asks which method it runs.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.config_class()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Called once before the first task; may wrap or modify the model and returns the one to train."""
+        return model
+
+    def before_task(self, model: nn.Module, task: Task) -> None:
+        """Called at the start of each task, before its optimizer is created."""
+
+    def extend_batch(self, features: list[Features]) -> list[Features]:
+        """Called on each training batch's examples before collation (e.g. to mix in replayed ones)."""
+        return features
+
+    def penalty(self, model: nn.Module, inputs: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor | None:
+        """A regulariser added to each training step's loss, once per optimizer step."""
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Called after each backward pass, before the optimizer step (gradient masks, dampening)."""
+
+    def after_task(self, model: nn.Module, data: TaskData) -> None:
+        """Called when a task's training ends (Fisher estimates, buffers, freezing)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides model weights that a checkpoint must hold to resume this method."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+class MethodError(ValueError):
+    """An unknown method or a bad method option; the message names the option."""
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def build_method(name: str, args: dict[str, str] | None = None) -> Method:
+    """Instantiate a registered method from string arguments such as the CLI's `--method-arg k=v`."""
+    if name not in METHODS:
+        raise MethodError(f"--method: unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    cls = METHODS[name]
+    hints = typing.get_type_hints(cls.config_class)
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    values: dict[str, Any] = {}
+    for key, raw in (args or {}).items():
+        if key not in fields:
+            raise MethodError(f"--method-arg {key}: {name} has no option {key!r}; options: {', '.join(sorted(fields))}")
+        values[key] = _coerce(raw, hints[key], f"--method-arg {key}")
+    return cls(cls.config_class(**values))
+
+
+def method_options(name: str) -> list[tuple[str, Any, str]]:
+    """(option, default, help) for each config field of a registered method."""
+    return [
+        (f.name, f.default, f.metadata.get("help", ""))
+        for f in dataclasses.fields(METHODS[name].config_class)
+    ]
+
+
+def _coerce(raw: str, kind: Any, where: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if kind in (int, float):
+            return kind(raw)
+    except ValueError:
+        raise MethodError(f"{where}: {raw!r} is not a valid {kind.__name__}") from None
+    return raw

@@ -1,0 +1,251 @@
+"""Tasks, probes and streams: built in Python or loaded (and validated) from a `stream.yaml` directory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class StreamError(ValueError):
+    """A stream definition is invalid; the message names the file and line (or the Python object)."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A prompt with a gold answer. With `choices`, it is scored by likelihood ranking instead of generation."""
+
+    prompt: str
+    answer: str
+    kind: str = ""
+    aliases: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+
+    @classmethod
+    def from_record(cls, record: Any, where: str) -> Probe:
+        record = _mapping(record, where)
+        _require(record, ("prompt", "answer"), where)
+        _unknown(record, {"prompt", "answer", "kind", "aliases", "choices"}, where)
+        probe = cls(
+            prompt=_string(record, "prompt", where),
+            answer=_string(record, "answer", where),
+            kind=str(record.get("kind", "")),
+            aliases=_strings(record, "aliases", where),
+            choices=_strings(record, "choices", where),
+        )
+        if probe.choices and probe.answer not in probe.choices:
+            raise StreamError(f"{where}: answer {probe.answer!r} is not one of its choices {list(probe.choices)}")
+        return probe
+
+    def to_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"prompt": self.prompt, "answer": self.answer, "kind": self.kind}
+        if self.aliases:
+            record["aliases"] = list(self.aliases)
+        if self.choices:
+            record["choices"] = list(self.choices)
+        return record
+
+
+@dataclass
+class Task:
+    """One step of a stream: training examples, the probes that measure it, and optionally its facts.
+
+    A training example is `{"text": ...}` (loss on every token) or `{"prompt": ..., "completion": ...}`
+    (loss on the completion only). `train` and `probes` accept lists of dicts or `datasets.Dataset`s.
+    """
+
+    name: str
+    train: list[dict[str, str]]
+    probes: list[Probe]
+    period: str | None = None
+    facts: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        where = f"task {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise StreamError(f"{where}: name must be a non-empty string")
+        self.train = [_train_record(r, f"{where} train[{i}]") for i, r in enumerate(self.train)]
+        self.probes = [
+            p if isinstance(p, Probe) else Probe.from_record(p, f"{where} probes[{i}]") for i, p in enumerate(self.probes)
+        ]
+        self.facts = [_fact_record(r, f"{where} facts[{i}]") for i, r in enumerate(self.facts)]
+        if not self.train:
+            raise StreamError(f"{where}: has no training examples")
+        if not self.probes:
+            raise StreamError(f"{where}: has no probes")
+        if self.period is not None:
+            self.period = str(self.period)
+
+
+@dataclass
+class Stream:
+    """Tasks in training order, plus optional plain text that measures damage to general ability."""
+
+    name: str
+    tasks: list[Task]
+    general: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise StreamError(f"stream {self.name!r}: has no tasks")
+        seen: set[str] = set()
+        for task in self.tasks:
+            if task.name in seen:
+                raise StreamError(f"stream {self.name!r}: duplicate task name {task.name!r}")
+            seen.add(task.name)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [task.name for task in self.tasks]
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+
+def load_stream(directory: str | Path) -> Stream:
+    """Load and validate `DIRECTORY/stream.yaml` and the JSONL files it names (paths relative to it)."""
+    directory = Path(directory)
+    spec_path = directory / "stream.yaml"
+    if not spec_path.is_file():
+        raise StreamError(f"{spec_path}: not found (a stream directory holds stream.yaml)")
+    try:
+        spec = yaml.safe_load(spec_path.read_text())
+    except yaml.MarkedYAMLError as error:
+        line = error.problem_mark.line + 1 if error.problem_mark else "?"
+        raise StreamError(f"{spec_path}:{line}: invalid YAML: {error.problem}") from None
+    spec = _mapping(spec, str(spec_path))
+    _require(spec, ("name", "tasks"), str(spec_path))
+    _unknown(spec, {"name", "tasks", "general"}, str(spec_path))
+    if not isinstance(spec["tasks"], list) or not spec["tasks"]:
+        raise StreamError(f"{spec_path}: 'tasks' must be a non-empty list")
+
+    tasks = []
+    for index, entry in enumerate(spec["tasks"]):
+        where = f"{spec_path}: tasks[{index}]"
+        entry = _mapping(entry, where)
+        _require(entry, ("name", "train", "probes"), where)
+        _unknown(entry, {"name", "period", "train", "probes", "facts"}, where)
+        name = str(entry["name"])
+        train_file, probes_file = directory / entry["train"], directory / entry["probes"]
+        train = [_train_record(r, w) for r, w in _read_jsonl(train_file)]
+        probes = [Probe.from_record(r, w) for r, w in _read_jsonl(probes_file)]
+        facts = [_fact_record(r, w) for r, w in _read_jsonl(directory / entry["facts"])] if "facts" in entry else []
+        if not train:
+            raise StreamError(f"{train_file}: task {name!r} has no training examples")
+        if not probes:
+            raise StreamError(f"{probes_file}: task {name!r} has no probes")
+        period = entry.get("period")
+        tasks.append(Task(name=name, train=train, probes=probes, period=None if period is None else str(period), facts=facts))
+
+    general = []
+    if "general" in spec:
+        for record, where in _read_jsonl(directory / spec["general"]):
+            general.append(_string(_mapping(record, where), "text", where))
+    try:
+        return Stream(name=str(spec["name"]), tasks=tasks, general=general)
+    except StreamError as error:
+        raise StreamError(f"{spec_path}: {error}") from None
+
+
+def save_stream(stream: Stream, directory: str | Path) -> Path:
+    """Write `stream` in the directory format that `load_stream` reads."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for task in stream.tasks:
+        folder = directory / _safe_name(task.name)
+        folder.mkdir(exist_ok=True)
+        _write_jsonl(folder / "train.jsonl", task.train)
+        _write_jsonl(folder / "probes.jsonl", [p.to_record() for p in task.probes])
+        entry: dict[str, Any] = {"name": task.name}
+        if task.period is not None:
+            entry["period"] = task.period
+        entry |= {"train": f"{folder.name}/train.jsonl", "probes": f"{folder.name}/probes.jsonl"}
+        if task.facts:
+            _write_jsonl(folder / "facts.jsonl", task.facts)
+            entry["facts"] = f"{folder.name}/facts.jsonl"
+        entries.append(entry)
+    spec: dict[str, Any] = {"name": stream.name, "tasks": entries}
+    if stream.general:
+        _write_jsonl(directory / "general.jsonl", [{"text": t} for t in stream.general])
+        spec["general"] = "general.jsonl"
+    (directory / "stream.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    return directory
+
+
+def _read_jsonl(path: Path) -> Iterable[tuple[Any, str]]:
+    if not path.is_file():
+        raise StreamError(f"{path}: file not found")
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line), f"{path}:{number}"
+            except json.JSONDecodeError as error:
+                raise StreamError(f"{path}:{number}: invalid JSON: {error.msg}") from None
+
+
+def _write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _train_record(record: Any, where: str) -> dict[str, str]:
+    record = _mapping(record, where)
+    if "text" in record:
+        _unknown(record, {"text"}, where)
+        return {"text": _string(record, "text", where)}
+    if "prompt" in record or "completion" in record:
+        _require(record, ("prompt", "completion"), where)
+        _unknown(record, {"prompt", "completion"}, where)
+        return {"prompt": _string(record, "prompt", where, allow_empty=True), "completion": _string(record, "completion", where)}
+    raise StreamError(f"{where}: a training example needs 'text', or 'prompt' and 'completion'")
+
+
+def _fact_record(record: Any, where: str) -> dict[str, str]:
+    record = _mapping(record, where)
+    keys = ("subject", "relation", "object", "valid_from")
+    _require(record, keys, where)
+    return {key: str(record[key]) for key in keys} | {k: v for k, v in record.items() if k not in keys}
+
+
+def _mapping(record: Any, where: str) -> dict[str, Any]:
+    if not isinstance(record, Mapping):
+        raise StreamError(f"{where}: expected an object, got {type(record).__name__}")
+    return dict(record)
+
+
+def _require(record: Mapping[str, Any], keys: Iterable[str], where: str) -> None:
+    missing = [key for key in keys if key not in record or record[key] is None]
+    if missing:
+        raise StreamError(f"{where}: missing field {', '.join(repr(k) for k in missing)}")
+
+
+def _unknown(record: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(record) - allowed)
+    if extra:
+        raise StreamError(f"{where}: unknown field {', '.join(repr(k) for k in extra)} (allowed: {sorted(allowed)})")
+
+
+def _string(record: Mapping[str, Any], key: str, where: str, allow_empty: bool = False) -> str:
+    value = record[key]
+    if not isinstance(value, str) or (not value.strip() and not allow_empty):
+        raise StreamError(f"{where}: {key!r} must be a non-empty string")
+    return value
+
+
+def _strings(record: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    values = record.get(key) or []
+    if not isinstance(values, list) or not all(isinstance(v, str) and v.strip() for v in values):
+        raise StreamError(f"{where}: {key!r} must be a list of non-empty strings")
+    return tuple(values)
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

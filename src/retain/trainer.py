@@ -1,0 +1,233 @@
+"""ContinualTrainer: a transformers.Trainer that learns a stream of tasks and measures what it keeps."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import TrainOutput
+
+from retain.evaluation import Evaluator
+from retain.methods.base import Features, Method, TaskData
+from retain.methods.full_ft import FullFineTuning
+from retain.result import EvalRow, RunResult
+from retain.runstate import RunDirectory
+from retain.stream import Stream, Task
+
+logger = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ContinualTrainingArguments(TrainingArguments):
+    """TrainingArguments with defaults for continual runs (checkpoints are per task, by the run directory)."""
+
+    save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints; runs checkpoint per task."})
+    logging_strategy: str = field(default="epoch", metadata={"help": "When the Trainer logs the training loss."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the tokenized fields as they are."})
+    dataloader_pin_memory: bool = field(
+        default=torch.cuda.is_available(), metadata={"help": "Pin batches in page-locked memory (helps only on GPU)."}
+    )
+    max_length: int = field(default=256, metadata={"help": "Training examples are truncated to this many tokens."})
+    max_new_tokens: int = field(default=24, metadata={"help": "Generation budget per probe (capped near the answer's length)."})
+
+
+class ContinualTrainer(Trainer):
+    """Trains on tasks one after another through a `Method`'s hooks, evaluating every task after each.
+
+    Use `fit(stream)` for the whole loop, or drive it step by step:
+    `add_task(task)` (train), `consolidate_task()` (the method's end-of-task work), `evaluate_all_tasks()`.
+    Each task gets a fresh optimizer and learning-rate schedule, and its own seed (`args.seed + index`),
+    so a run resumed at a task boundary continues exactly as an uninterrupted run would.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module,
+        args: TrainingArguments | None = None,
+        method: Method | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if processing_class is None:
+            raise ValueError("ContinualTrainer needs the tokenizer as processing_class=")
+        self.method = method if method is not None else FullFineTuning()
+        args = args if args is not None else ContinualTrainingArguments(output_dir="retain_output")
+        super().__init__(
+            model=self.method.prepare(model),
+            args=args,
+            processing_class=processing_class,
+            data_collator=self._collate_training,
+            **kwargs,
+        )
+        self.max_length: int = getattr(args, "max_length", 256)
+        self.evaluator = Evaluator(processing_class, args.per_device_eval_batch_size, getattr(args, "max_new_tokens", 24))
+        self.tasks: list[Task] = []
+        self.last_timing: dict[str, float] = {}
+        self._pending: TaskData | None = None
+        self._train_tokens = 0
+
+    # -- data ---------------------------------------------------------------------------------------
+
+    def tokenize(self, examples: Sequence[dict[str, str]]) -> list[Features]:
+        """`text` trains on every token; `prompt`+`completion` trains on the completion only."""
+        tokenizer, eos = self.processing_class, self.processing_class.eos_token_id
+        features = []
+        for example in examples:
+            if "text" in example:
+                ids = tokenizer(example["text"]).input_ids + [eos]
+                labels = list(ids)
+            else:
+                prompt = tokenizer(example["prompt"]).input_ids
+                completion = tokenizer(example["completion"], add_special_tokens=False).input_ids + [eos]
+                ids, labels = prompt + completion, [IGNORE_INDEX] * len(prompt) + completion
+            features.append({"input_ids": ids[: self.max_length], "labels": labels[: self.max_length]})
+        return features
+
+    def collate(self, features: list[Features]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        pad = self.processing_class.pad_token_id
+
+        def padded(values: list[int], fill: int) -> list[int]:
+            return values + [fill] * (width - len(values))
+
+        return {
+            "input_ids": torch.tensor([padded(f["input_ids"], pad) for f in features]),
+            "attention_mask": torch.tensor([padded([1] * len(f["input_ids"]), 0) for f in features]),
+            "labels": torch.tensor([padded(f["labels"], IGNORE_INDEX) for f in features]),
+        }
+
+    def _collate_training(self, features: list[Features]) -> dict[str, torch.Tensor]:
+        batch = self.collate(self.method.extend_batch(features))
+        self._train_tokens += int(batch["attention_mask"].sum())
+        return batch
+
+    # -- training hooks ---------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        penalty = self.method.penalty(model, inputs, outputs)
+        if penalty is not None:
+            # When the Trainer will not divide this micro-batch's loss by the accumulation steps, divide
+            # the penalty here, so that it counts once per optimizer step whatever the accumulation.
+            scaled = self.loss_is_scaled_for_ga
+            if scaled is None:
+                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+            loss = loss + (penalty / self.current_gradient_accumulation_steps if scaled else penalty)
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):  # type: ignore[override]
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.method.after_backward(model)
+        return loss
+
+    # -- the task lifecycle -------------------------------------------------------------------------
+
+    def add_task(self, task: Task) -> TrainOutput:
+        """Train on `task` with a fresh optimizer; call `consolidate_task()` after it."""
+        if self._pending is not None:
+            raise RuntimeError(f"add_task: call consolidate_task() for task {self._pending.task.name!r} first")
+        index = len(self.tasks)
+        self.tasks.append(task)
+        self.method.before_task(self.model, task)
+        features = self.tokenize(task.train)
+        self._pending = TaskData(task=task, features=features, collate=self.collate)
+        self.train_dataset = features
+        self.optimizer, self.lr_scheduler = None, None
+        set_seed(self.args.seed + index)
+        self._train_tokens = 0
+        start = time.perf_counter()
+        output = self.train()
+        seconds = time.perf_counter() - start
+        self.last_timing = {
+            "train_seconds": seconds,
+            "train_tokens": self._train_tokens,
+            "optimizer_steps": output.global_step,
+            "tokens_per_second": self._train_tokens / seconds if seconds else 0.0,
+            "seconds_per_step": seconds / max(output.global_step, 1),
+        }
+        return output
+
+    def consolidate_task(self) -> None:
+        """Run the method's end-of-task work (Fisher, buffers, merges) for the task just trained."""
+        if self._pending is None:
+            raise RuntimeError("consolidate_task: no task was trained since the last consolidation")
+        start = time.perf_counter()
+        self.method.after_task(self.model, self._pending)
+        self.last_timing["consolidate_seconds"] = time.perf_counter() - start
+        self._pending = None
+
+    def evaluate_all_tasks(
+        self, tasks: Sequence[Task] | None = None, general: Sequence[str] = (), label: str = ""
+    ) -> EvalRow:
+        """Score every probe of `tasks` (default: the tasks added so far) and the perplexity of `general`."""
+        tasks = list(tasks) if tasks is not None else self.tasks
+        start = time.perf_counter()
+        probes = [(t, i, p) for t in tasks for i, p in enumerate(t.probes)]
+        scores = self.evaluator.score(self.model, [p for _, _, p in probes])
+        per_task: dict[str, dict[str, list[float]]] = {t.name: defaultdict(list) for t in tasks}
+        per_kind: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(lambda: {t.name: defaultdict(list) for t in tasks})
+        predictions = []
+        for (task, index, probe), score in zip(probes, scores):
+            for bucket in (per_task[task.name], per_kind[probe.kind][task.name]):
+                bucket["em"].append(score.em)
+                bucket["f1"].append(score.f1)
+            predictions.append({
+                "row": label, "task": task.name, "probe": index, "kind": probe.kind, "prompt": probe.prompt,
+                "answer": probe.answer, "prediction": score.prediction, "correct": bool(score.em), "f1": score.f1,
+            })
+
+        def means(buckets: dict[str, dict[str, list[float]]], metric: str) -> list[float | None]:
+            return [_mean(buckets[t.name][metric]) for t in tasks]
+
+        return EvalRow(
+            label=label,
+            em=means(per_task, "em"),
+            f1=means(per_task, "f1"),
+            by_kind={kind: {"em": means(b, "em"), "f1": means(b, "f1")} for kind, b in sorted(per_kind.items()) if kind},
+            general_ppl=self.evaluator.perplexity(self.model, general) if general else None,
+            eval_seconds=time.perf_counter() - start,
+            predictions=predictions,
+        )
+
+    def fit(self, stream: Stream, run_dir: RunDirectory | None = None, model_name: str = "") -> RunResult:
+        """Train through `stream`, evaluating every task after each one; resumes from `run_dir`'s checkpoint."""
+        result = RunResult(
+            method=self.method.name, model=model_name, seed=self.args.seed, tasks=stream.task_names,
+            config=run_dir.config if run_dir else {},
+        )
+        restored = run_dir.load_checkpoint(self.model) if run_dir else None
+        if restored is not None:
+            method_state, result = restored
+            self.method.load_state_dict(method_state)
+            self.tasks = list(stream.tasks[: result.completed_tasks])
+            logger.info("Resuming after task %d/%d", result.completed_tasks, len(stream))
+        if not result.rows:
+            logger.info("Evaluating the untrained model on %d tasks", len(stream))
+            result.rows.append(self.evaluate_all_tasks(stream.tasks, stream.general, label="initial"))
+        for index in range(result.completed_tasks, len(stream)):
+            task = stream.tasks[index]
+            logger.info("Task %d/%d %r: training on %d examples", index + 1, len(stream), task.name, len(task.train))
+            self.add_task(task)
+            self.consolidate_task()
+            row = self.evaluate_all_tasks(stream.tasks, stream.general, label=task.name)
+            result.rows.append(row)
+            result.timings.append({"task": task.name, **self.last_timing, "eval_seconds": row.eval_seconds})
+            logger.info("Task %d/%d %r: EM on it %.3f, mean so far %.3f", index + 1, len(stream), task.name,
+                        row.em[index] or 0.0, _mean([v for v in row.em[: index + 1] if v is not None]) or 0.0)
+            if run_dir is not None:
+                run_dir.save_checkpoint(self.model, self.method.state_dict(), result)
+        if run_dir is not None:
+            run_dir.write_results(result)
+        return result
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
