@@ -64,12 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    console = Console(stderr=True)
     try:
         run_args, train_args = _parse_run_arguments(argv)
-        return _execute(run_args, train_args, console)
+        return _execute(run_args, train_args, Console(stderr=True))
     except USER_ERRORS as error:
-        console.print(f"[bold red]retain run: error:[/] {error}", highlight=False)
+        print(f"retain run: error: {error}", file=sys.stderr)  # one unwrapped line: paths stay copyable
         return 2
 
 
@@ -168,7 +167,8 @@ def summary_table(result: RunResult) -> Table:
 def _print_methods() -> None:
     console = Console()
     for name in sorted(METHODS):
-        table = Table(title=f"{name}: {(METHODS[name].__doc__ or '').strip().splitlines()[0]}", title_justify="left")
+        summary = (sys.modules[METHODS[name].__module__].__doc__ or "").strip().splitlines()[0]
+        table = Table(title=f"[bold]{name}[/]: {summary}", title_justify="left")
         table.add_column("--method-arg")
         table.add_column("default")
         table.add_column("meaning")

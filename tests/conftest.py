@@ -1,0 +1,58 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from retain import ContinualTrainingArguments, Probe, Stream, Task  # noqa: E402
+from retain.models import load_tokenizer, tiny_model  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tokenizer("tiny")
+
+
+@pytest.fixture
+def make_model(tokenizer):
+    def make(seed: int = 0):
+        return tiny_model(tokenizer, seed=seed)
+
+    return make
+
+
+def fact_task(name: str, facts: list[tuple[str, str]], repeats: int = 2) -> Task:
+    train = [{"text": f"{prompt} {answer}."} for prompt, answer in facts] * repeats
+    probes = [Probe(prompt=prompt, answer=answer, kind="recall") for prompt, answer in facts]
+    return Task(name=name, train=train, probes=probes)
+
+
+@pytest.fixture
+def small_stream() -> Stream:
+    return Stream(
+        name="small",
+        tasks=[
+            fact_task("one", [("The harbour master of Velmora is", "Ilse Brandvik"), ("The capital of Quessary is", "Tolvane")]),
+            fact_task("two", [("The director of Sablewood is", "Oona Terrelle"), ("The currency of Marrow is", "the vell")]),
+            fact_task("three", [("The conductor of Vessany is", "Ruben Haldane"), ("The lake of Ostmark is", "Lake Corrow")]),
+        ],
+        general=["The water cycle moves water between the sea, the air and the land.", "Plants turn light into sugar."],
+    )
+
+
+@pytest.fixture
+def training_args(tmp_path):
+    def make(**overrides):
+        values = dict(
+            output_dir=str(tmp_path / "trainer"), learning_rate=1e-2, num_train_epochs=3,
+            per_device_train_batch_size=2, per_device_eval_batch_size=8, max_new_tokens=8,
+            disable_tqdm=True, seed=0, report_to="none", logging_strategy="no",
+        )
+        return ContinualTrainingArguments(**(values | overrides))
+
+    return make

@@ -1,0 +1,51 @@
+import pytest
+
+from retain import metrics
+
+# R[i][j]: score on task j after training through task i (hand-made, 3 tasks).
+R = [
+    [0.9, 0.1, 0.0],
+    [0.5, 0.8, 0.2],
+    [0.3, 0.6, 0.7],
+]
+INITIAL = [0.0, 0.1, 0.1]
+
+
+def test_acc_is_the_last_row_mean():
+    assert metrics.acc(R) == pytest.approx((0.3 + 0.6 + 0.7) / 3)
+
+
+def test_bwt_compares_last_row_with_the_diagonal():
+    assert metrics.bwt(R) == pytest.approx(((0.3 - 0.9) + (0.6 - 0.8)) / 2)
+
+
+def test_fwt_compares_the_row_before_each_task_with_the_untrained_model():
+    assert metrics.fwt(R, INITIAL) == pytest.approx(((0.1 - 0.1) + (0.2 - 0.1)) / 2)
+
+
+def test_forgetting_uses_the_best_earlier_score():
+    matrix = [[0.5, 0.0, 0.0], [0.9, 0.8, 0.0], [0.3, 0.6, 0.7]]
+    # task 0 peaked at 0.9 after task 1, not at its own row: forgetting counts from the peak.
+    assert metrics.forgetting(matrix) == pytest.approx(((0.9 - 0.3) + (0.8 - 0.6)) / 2)
+    assert metrics.bwt(matrix) == pytest.approx(((0.3 - 0.5) + (0.6 - 0.8)) / 2)
+
+
+def test_acc_curve_averages_the_tasks_seen_so_far():
+    assert metrics.acc_curve(R) == pytest.approx([0.9, 0.65, (0.3 + 0.6 + 0.7) / 3])
+
+
+def test_single_task_has_no_transfer_metrics():
+    summary = metrics.summarize([[0.4]], [0.1])
+    assert summary["acc"] == pytest.approx(0.4)
+    assert summary["bwt"] is None and summary["fwt"] is None and summary["forgetting"] is None
+
+
+def test_missing_cells_are_left_out():
+    matrix = [[None, 0.2], [None, 0.6]]
+    assert metrics.acc(matrix) == pytest.approx(0.6)
+    assert metrics.bwt(matrix) is None
+
+
+def test_summarize_rejects_a_ragged_matrix():
+    with pytest.raises(ValueError, match="square"):
+        metrics.summarize([[0.1, 0.2]], [0.0, 0.0])
