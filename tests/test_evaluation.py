@@ -47,8 +47,8 @@ def test_choice_ranking_picks_the_most_likely_continuation(make_model, tokenizer
     prompt, choices = "The colour of the sky is", ("blue", "green", "a fortnight")
     logprob = {}
     for choice in choices:
-        ids = tokenizer(prompt + "", add_special_tokens=False).input_ids
-        full = ids + tokenizer(choice, add_special_tokens=False).input_ids
+        ids = tokenizer(prompt).input_ids
+        full = ids + tokenizer(" " + choice, add_special_tokens=False).input_ids
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([full])).logits[0].log_softmax(-1)
         logprob[choice] = sum(logits[i - 1, full[i]].item() for i in range(len(ids), len(full)))

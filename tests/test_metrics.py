@@ -49,3 +49,21 @@ def test_missing_cells_are_left_out():
 def test_summarize_rejects_a_ragged_matrix():
     with pytest.raises(ValueError, match="square"):
         metrics.summarize([[0.1, 0.2]], [0.0, 0.0])
+
+
+def test_plasticity_and_stability_read_the_diagonal_from_period_one():
+    changed = [[None, 0.0, 0.0], [None, 0.8, 0.0], [None, 0.2, 0.6]]
+    assert metrics.diagonal_mean(changed) == pytest.approx((0.8 + 0.6) / 2)
+
+
+def test_historical_counts_only_questions_whose_answer_moved_on():
+    last_row = [
+        {"task": "2018", "key": "a", "answer": "x", "correct": True},   # a changed later: historical
+        {"task": "2018", "key": "b", "answer": "y", "correct": False},  # b changed later: historical
+        {"task": "2018", "key": "c", "answer": "z", "correct": False},  # c never changed: not historical
+        {"task": "2020", "key": "a", "answer": "x2", "correct": True},
+        {"task": "2020", "key": "b", "answer": "y2", "correct": True},
+        {"task": "2020", "key": "c", "answer": "z", "correct": True},
+    ]
+    assert metrics.historical(last_row, "2020") == pytest.approx(0.5)
+    assert metrics.historical(last_row[3:], "2020") is None

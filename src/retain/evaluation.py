@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from retain.stream import Probe
@@ -68,10 +69,13 @@ class ProbeScore:
 class Evaluator:
     """Scores probes with a model: greedy generation, or likelihood ranking when a probe has `choices`."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16, max_new_tokens: int = 24) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16, max_new_tokens: int = 24, progress: bool = False
+    ) -> None:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
+        self.progress = progress
 
     @torch.no_grad()
     def score(self, model: nn.Module, probes: Sequence[Probe]) -> list[ProbeScore]:
@@ -83,16 +87,20 @@ class Evaluator:
             ranked = [i for i, p in enumerate(probes) if p.choices]
             # Sorting by prompt length keeps padding (and wasted compute) small in each batch.
             generated.sort(key=lambda i: len(probes[i].prompt))
+            bar = tqdm(total=len(probes), desc="Evaluating probes", unit="probe", disable=not self.progress, leave=False)
             for start in range(0, len(generated), self.batch_size):
                 batch = generated[start : start + self.batch_size]
                 for index, text in zip(batch, self._generate(model, [probes[i] for i in batch])):
                     answers = [probes[index].answer, *probes[index].aliases]
                     hit = float(exact_match(text, answers))
                     scores[index] = ProbeScore(text, hit, token_f1(text, answers))
+                bar.update(len(batch))
             for index in ranked:
                 choice = self._rank(model, probes[index])
                 hit = float(choice == probes[index].answer)
                 scores[index] = ProbeScore(choice, hit, hit)
+                bar.update(1)
+            bar.close()
             return [scores[i] for i in range(len(probes))]
         finally:
             model.train(was_training)
@@ -115,9 +123,14 @@ class Evaluator:
         return tokenizer.batch_decode(output[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
 
     def _rank(self, model: nn.Module, probe: Probe) -> str:
-        """The choice with the highest summed log-probability as a continuation of the prompt."""
-        prompt = self.tokenizer(probe.prompt, add_special_tokens=False).input_ids
-        sequences = [prompt + self.tokenizer(c, add_special_tokens=False).input_ids for c in probe.choices]
+        """The choice with the highest summed log-probability as a continuation of the prompt.
+
+        A choice follows the prompt after one space unless the prompt ends in whitespace, as a
+        completion does in training ("Verdict:" + " positive").
+        """
+        prompt = self.tokenizer(probe.prompt).input_ids  # as in training
+        separator = "" if probe.prompt[-1:].isspace() else " "
+        sequences = [prompt + self.tokenizer(separator + c, add_special_tokens=False).input_ids for c in probe.choices]
         logprobs = _sequence_logprobs(model, sequences, len(prompt), self.tokenizer.pad_token_id)
         return probe.choices[int(torch.argmax(logprobs))]
 

@@ -9,6 +9,15 @@ With T tasks, b the untrained model's row, and rows/columns counted from 0:
 
 BWT, FWT and forgetting need two tasks and are None for one. A None cell (a task with no probe
 of some kind) is left out of every mean.
+
+For streams of time-scoped facts, with probes of kind `changed` / `unchanged` and keys naming
+each question across periods:
+
+- plasticity = mean over i ≥ 1 of R_changed[i][i]: what period i changed, right after period i
+- stability  = mean over i ≥ 1 of R_unchanged[i][i]: facts learned earlier, still true and not
+  retrained in period i, asked as of period i right after it
+- historical = after the last period, the score on earlier periods' probes whose answer is no
+  longer the current one (asking about the past after the world moved on)
 """
 
 from __future__ import annotations
@@ -56,6 +65,18 @@ def forgetting(matrix: Sequence[Row]) -> float | None:
         earlier = [matrix[l][j] for l in range(j, last) if matrix[l][j] is not None]
         drops.append(_diff(max(earlier), matrix[last][j]) if earlier else None)
     return _mean(drops)
+
+
+def diagonal_mean(matrix: Sequence[Row], start: int = 1) -> float | None:
+    return _mean([matrix[i][i] for i in range(start, len(matrix))])
+
+
+def historical(last_row: Sequence[dict], current_task: str, score: str = "correct") -> float | None:
+    """Mean `score` of the earlier tasks' probes, in the last evaluation, whose key now has another answer."""
+    current = {p["key"]: p["answer"] for p in last_row if p["task"] == current_task and p.get("key")}
+    past = [float(p[score]) for p in last_row
+            if p["task"] != current_task and p.get("key") in current and p["answer"] != current[p["key"]]]
+    return _mean(past)
 
 
 def summarize(matrix: Sequence[Row], initial: Row) -> dict[str, float | list[float | None] | None]:

@@ -50,7 +50,18 @@ class RunResult:
         if k == 0:
             return {}
         square = [row[:k] for row in self.matrix(metric)]
-        return metrics.summarize(square, getattr(self.rows[0], metric)[:k])
+        summary = metrics.summarize(square, getattr(self.rows[0], metric)[:k])
+        kinds = {kind for row in self.rows for kind in row.by_kind}
+        if {"changed", "unchanged"} & kinds:
+            def kind_square(kind: str) -> list[list[float | None]]:
+                return [row.by_kind.get(kind, {}).get(metric, [None] * k)[:k] for row in self.rows[1:]]
+
+            summary["plasticity"] = metrics.diagonal_mean(kind_square("changed"))
+            summary["stability"] = metrics.diagonal_mean(kind_square("unchanged"))
+            summary["historical"] = metrics.historical(
+                self.rows[-1].predictions, self.tasks[k - 1], "correct" if metric == "em" else "f1"
+            )
+        return summary
 
     def to_json(self) -> dict[str, Any]:
         kinds = sorted({kind for row in self.rows for kind in row.by_kind})

@@ -17,25 +17,31 @@ class StreamError(ValueError):
 
 @dataclass(frozen=True)
 class Probe:
-    """A prompt with a gold answer. With `choices`, it is scored by likelihood ranking instead of generation."""
+    """A prompt with a gold answer. With `choices`, it is scored by likelihood ranking instead of generation.
+
+    `key` names the question independently of time: probes of different tasks that share a key ask
+    the same question as of different periods (which is how historical accuracy is measured).
+    """
 
     prompt: str
     answer: str
     kind: str = ""
     aliases: tuple[str, ...] = ()
     choices: tuple[str, ...] = ()
+    key: str = ""
 
     @classmethod
     def from_record(cls, record: Any, where: str) -> Probe:
         record = _mapping(record, where)
         _require(record, ("prompt", "answer"), where)
-        _unknown(record, {"prompt", "answer", "kind", "aliases", "choices"}, where)
+        _unknown(record, {"prompt", "answer", "kind", "aliases", "choices", "key"}, where)
         probe = cls(
             prompt=_string(record, "prompt", where),
             answer=_string(record, "answer", where),
             kind=str(record.get("kind", "")),
             aliases=_strings(record, "aliases", where),
             choices=_strings(record, "choices", where),
+            key=str(record.get("key", "")),
         )
         if probe.choices and probe.answer not in probe.choices:
             raise StreamError(f"{where}: answer {probe.answer!r} is not one of its choices {list(probe.choices)}")
@@ -47,6 +53,8 @@ class Probe:
             record["aliases"] = list(self.aliases)
         if self.choices:
             record["choices"] = list(self.choices)
+        if self.key:
+            record["key"] = self.key
         return record
 
 

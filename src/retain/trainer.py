@@ -68,7 +68,9 @@ class ContinualTrainer(Trainer):
             **kwargs,
         )
         self.max_length: int = getattr(args, "max_length", 256)
-        self.evaluator = Evaluator(processing_class, args.per_device_eval_batch_size, getattr(args, "max_new_tokens", 24))
+        self.evaluator = Evaluator(
+            processing_class, args.per_device_eval_batch_size, getattr(args, "max_new_tokens", 24), progress=not args.disable_tqdm
+        )
         self.tasks: list[Task] = []
         self.last_timing: dict[str, float] = {}
         self._pending: TaskData | None = None
@@ -180,7 +182,7 @@ class ContinualTrainer(Trainer):
                 bucket["em"].append(score.em)
                 bucket["f1"].append(score.f1)
             predictions.append({
-                "row": label, "task": task.name, "probe": index, "kind": probe.kind, "prompt": probe.prompt,
+                "row": label, "task": task.name, "probe": index, "kind": probe.kind, "key": probe.key, "prompt": probe.prompt,
                 "answer": probe.answer, "prediction": score.prediction, "correct": bool(score.em), "f1": score.f1,
             })
 

@@ -1,0 +1,285 @@
+"""A deterministic, offline stream of fictional facts that change over time.
+
+Every fact exists from the first period; at each later period a share of them changes value (never
+back to an earlier value) and, optionally, new facts appear. A period's training text states the
+facts that are new or changed in it; its probes ask, as of that period, about every fact alive
+then, tagged `new`, `changed` or `unchanged`, in a wording never used for training. Every answer
+in the stream is distinct and no answer is a substring of another, so prefix scoring stays honest.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, fields, replace
+from typing import NamedTuple
+
+from retain.stream import Probe, Stream, Task
+
+_ONSETS = ["b", "br", "d", "dr", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "tr", "v", "z"]
+_VOWELS = ["a", "e", "i", "o", "u", "a", "e", "o", "ei", "ou"]
+_CODAS = ["", "", "", "l", "n", "r", "s", "th", "nd", "x"]
+_SHIP_ADJECTIVES = ["Pale", "Silver", "Quiet", "Northern", "Amber", "Restless", "Hollow", "Crimson", "Patient", "Distant",
+                    "Iron", "Gentle", "Winter", "Copper", "Lantern", "Salt"]
+_SHIP_NOUNS = ["Meridian", "Kestrel", "Heron", "Lark", "Tide", "Ember", "Gannet", "Comet", "Harrow", "Sparrow", "Drift",
+               "Beacon", "Plover", "Current", "Thistle", "Marlin"]
+_ORG_KINDS = ["Institute", "Guild", "Works", "Company", "Observatory", "Foundry", "Trust", "Press"]
+_GOODS_KINDS = ["salted", "dried", "smoked", "woven", "polished", "carved", "dyed", "pressed", "pickled", "glazed",
+                "spun", "tanned", "cured", "hammered", "braided", "roasted"]
+_GOODS = ["cod", "figs", "wool", "copper", "slate", "amber", "linen", "cedar", "barley", "horn", "pearls", "tin",
+          "cork", "indigo", "birch", "saffron", "clay", "rope", "eel", "leather"]
+_SEASONS = ["spring", "summer", "autumn", "winter"]
+
+
+class Relation(NamedTuple):
+    name: str
+    subject: str  # entity type of the subject
+    value: str  # value type
+    question: str  # "Who" or "What"
+    templates: tuple[str, ...]  # cloze sentences ending in {o}; the first is kept for probes only
+
+
+RELATIONS: tuple[Relation, ...] = (
+    Relation("harbour master", "port", "person", "Who", (
+        "The harbour master of {s} is", "{s} has a harbour master named {o}",
+        "Ships arriving at {s} report to the harbour master, {o}", "At {s}, the harbour is run by {o}")),
+    Relation("dock capacity", "port", "ships", "What", (
+        "The dock capacity of {s} is", "The docks at {s} can hold {o}",
+        "{s} has berths for {o}", "At full capacity, {s} takes {o}")),
+    Relation("mayor", "town", "person", "Who", (
+        "The mayor of {s} is", "{s} is governed by its mayor, {o}",
+        "The town of {s} elected as mayor {o}", "The office of mayor in {s} is held by {o}")),
+    Relation("chief export", "town", "goods", "What", (
+        "The chief export of {s} is", "{s} is best known for exporting {o}",
+        "Most of what {s} sells abroad is {o}", "The main trade good of {s} is {o}")),
+    Relation("population", "town", "residents", "What", (
+        "The population of {s} is", "{s} is home to {o}",
+        "The last census of {s} counted {o}", "Living in {s} today are {o}")),
+    Relation("director", "org", "person", "Who", (
+        "The director of {s} is", "{s} is led by its director, {o}",
+        "The person directing {s} is {o}", "Heading {s} as director is {o}")),
+    Relation("headquarters", "org", "place", "What", (
+        "The headquarters of {s} are in", "{s} has its head office in {o}",
+        "The main offices of {s} stand in {o}", "{s} is based in {o}")),
+    Relation("staff", "org", "employees", "What", (
+        "The staff of {s} numbers", "{s} employs {o}",
+        "On the payroll of {s} are {o}", "Working for {s} are {o}")),
+    Relation("captain", "vessel", "person", "Who", (
+        "The captain of {s} is", "{s} sails under captain {o}",
+        "In command of {s} is {o}", "The master of the vessel {s} is {o}")),
+    Relation("home port", "vessel", "place", "What", (
+        "The home port of {s} is", "{s} is registered at {o}",
+        "{s} returns each winter to {o}", "The port {s} sails from is {o}")),
+    Relation("registration code", "vessel", "code", "What", (
+        "The registration code of {s} is", "{s} is registered under the code {o}",
+        "The hull of {s} is marked {o}", "Port records list {s} as {o}")),
+    Relation("lead engineer", "project", "person", "Who", (
+        "The lead engineer of {s} is", "{s} is engineered under the lead of {o}",
+        "The engineering team of {s} reports to {o}", "Leading the engineers on {s} is {o}")),
+    Relation("budget", "project", "crowns", "What", (
+        "The budget of {s} is", "{s} has been granted {o}",
+        "The money set aside for {s} is {o}", "{s} is funded with {o}")),
+    Relation("completion date", "project", "date", "What", (
+        "The completion date of {s} is", "{s} is due to be finished in {o}",
+        "The planned end of {s} falls in {o}", "Work on {s} should end in {o}")),
+)
+
+GENERAL_TEXT: tuple[str, ...] = (
+    "The water cycle describes how water evaporates from the sea, rises into the air, cools into clouds and falls again as rain.",
+    "Photosynthesis is the process by which green plants use sunlight to turn carbon dioxide and water into sugar and oxygen.",
+    "The printing press made books cheaper and helped spread reading and writing across Europe.",
+    "A balanced diet includes fruit, vegetables, whole grains and protein, and limits added sugar and salt.",
+    "The heart pumps blood through arteries and veins, carrying oxygen and nutrients to every part of the body.",
+    "Mount Everest, on the border between Nepal and China, is the highest mountain above sea level.",
+    "Computers store information as binary digits, and a program is a list of instructions for the processor.",
+    "Rivers shape the land by carrying sediment downstream and leaving it in deltas and flood plains.",
+    "The moon orbits the earth about once a month, and its pull on the oceans causes the tides.",
+    "Bees carry pollen from flower to flower, which helps many plants to produce fruit and seeds.",
+    "In a democracy, citizens choose their leaders in elections that are held at regular intervals.",
+    "Ice floats on water because it is less dense than the liquid it froze from.",
+    "The Roman Empire built roads, aqueducts and cities across much of Europe and the Mediterranean.",
+    "Regular exercise strengthens the heart and muscles and can improve sleep and mood.",
+    "Volcanoes form where molten rock from deep inside the earth rises to the surface.",
+    "A library lends books, newspapers and recordings to the people who live nearby.",
+)
+
+
+@dataclass(frozen=True)
+class TemporalFactsConfig:
+    facts: int = field(default=40, metadata={"help": "Facts alive in the first period."})
+    periods: tuple[str, ...] = field(default=("2018", "2020", "2022", "2024"), metadata={"help": "Period labels, in order."})
+    change_rate: float = field(default=0.25, metadata={"help": "Share of the live facts that change at each later period."})
+    new_rate: float = field(default=0.0, metadata={"help": "New facts at each later period, as a share of the first period's."})
+    paraphrases: int = field(default=2, metadata={"help": "Training sentences per new or changed fact (1–3 wordings)."})
+    qa: bool = field(default=False, metadata={"help": "Also train on question/answer pairs."})
+    passages: bool = field(default=True, metadata={"help": "Train on the stated sentences (off: question/answer pairs only)."})
+    year_in_text: bool = field(default=True, metadata={"help": "Prefix training text with the period, as probes are: [2020] …"})
+    seed: int = field(default=0, metadata={"help": "Seed: the same config and seed give a byte-identical stream."})
+
+    def __post_init__(self) -> None:
+        if self.facts < 1 or len(self.periods) < 1 or len(set(self.periods)) != len(self.periods):
+            raise ValueError("temporal facts: need at least one fact and one period, and periods must be distinct")
+        if not 0 <= self.change_rate <= 1 or self.new_rate < 0:
+            raise ValueError("temporal facts: change_rate must be in [0, 1] and new_rate ≥ 0")
+        if not 1 <= self.paraphrases <= 3:
+            raise ValueError("temporal facts: paraphrases must be between 1 and 3")
+        if not (self.passages or self.qa):
+            raise ValueError("temporal facts: enable passages, qa, or both")
+
+
+PRESETS: dict[str, TemporalFactsConfig] = {
+    # Sized for the demo: four methods on SmolLM2-135M in a few minutes on two CPU cores.
+    "small": TemporalFactsConfig(facts=10, periods=("2018", "2020", "2022"), change_rate=0.3, paraphrases=2),
+    # About the scale of Synthetic TemporalWiki: ~600 facts, four periods, ~150 changes per period.
+    "full": TemporalFactsConfig(facts=600, periods=("2018", "2020", "2022", "2024"), change_rate=0.25, paraphrases=3, qa=True),
+}
+
+
+@dataclass
+class _Fact:
+    subject: str
+    relation: Relation
+    values: dict[int, str]  # period index → value from that period on
+
+    def value_at(self, period: int) -> str:
+        return self.values[max(p for p in self.values if p <= period)]
+
+    @property
+    def key(self) -> str:
+        return f"{self.subject} | {self.relation.name}"
+
+
+class _Vocabulary:
+    """Draws fictional names and typed values; every answer drawn is unique and substring-free."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.answers: list[str] = []
+        self.names: set[str] = set()
+
+    def word(self) -> str:
+        syllables = self.rng.choice((2, 2, 2, 3))
+        text = "".join(self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) for _ in range(syllables))
+        return (text + self.rng.choice(_CODAS)).capitalize()
+
+    def name(self, kind: str) -> str:
+        while True:
+            if kind == "port":
+                candidate = f"{self.word()} Port"
+            elif kind == "town" or kind == "place":
+                candidate = self.word()
+            elif kind == "org":
+                candidate = f"the {self.word()} {self.rng.choice(_ORG_KINDS)}"
+            elif kind == "vessel":
+                candidate = f"the {self.rng.choice(_SHIP_ADJECTIVES)} {self.rng.choice(_SHIP_NOUNS)}"
+            elif kind == "project":
+                candidate = f"Project {self.word()}"
+            elif kind == "person":
+                candidate = f"{self.word()} {self.word()}"
+            else:
+                raise KeyError(kind)
+            if candidate not in self.names and len(candidate) > 4:
+                self.names.add(candidate)
+                return candidate
+
+    def answer(self, kind: str) -> str:
+        for _ in range(10_000):
+            candidate = self._draw(kind)
+            if candidate.lower() in (a.lower() for a in self.answers):
+                continue
+            if any(candidate.lower() in a.lower() or a.lower() in candidate.lower() for a in self.answers):
+                continue
+            self.answers.append(candidate)
+            return candidate
+        raise RuntimeError(f"temporal facts: ran out of distinct values of type {kind!r}")
+
+    def _draw(self, kind: str) -> str:
+        rng = self.rng
+        if kind in ("person", "place"):
+            return self.name(kind)
+        if kind == "goods":
+            return f"{rng.choice(_GOODS_KINDS)} {rng.choice(_GOODS)}"
+        if kind == "ships":
+            return f"{rng.randint(12, 480)} ships"
+        if kind == "residents":
+            return f"{rng.randint(1200, 98000)} residents"
+        if kind == "employees":
+            return f"{rng.randint(15, 4800)} employees"
+        if kind == "crowns":
+            return f"{rng.randint(3, 940)} million crowns"
+        if kind == "date":
+            return f"{rng.choice(_SEASONS)} {rng.randint(2031, 2099)}"
+        if kind == "code":
+            letters = "".join(rng.choice("BCDFGHJKLMNPRSTVXZ") for _ in range(2))
+            return f"{letters}-{rng.randint(1000, 9999)}"
+        raise KeyError(kind)
+
+
+def generate(config: TemporalFactsConfig = PRESETS["small"], name: str = "temporal-facts") -> Stream:
+    """Build the stream for `config`: one task per period, deterministic in `config.seed`."""
+    rng = random.Random(config.seed)
+    vocabulary = _Vocabulary(rng)
+    subjects: dict[tuple[str, int], str] = {}
+
+    def new_fact(index: int, period: int) -> _Fact:
+        relation = RELATIONS[index % len(RELATIONS)]
+        slot = (relation.subject, index // len(RELATIONS))  # each subject carries several relations
+        if slot not in subjects:
+            subjects[slot] = vocabulary.name(relation.subject)
+        return _Fact(subjects[slot], relation, {period: vocabulary.answer(relation.value)})
+
+    facts = [new_fact(i, 0) for i in range(config.facts)]
+    changed: dict[int, list[_Fact]] = {0: []}
+    added: dict[int, list[_Fact]] = {0: list(facts)}
+    for period in range(1, len(config.periods)):
+        alive = [f for f in facts if min(f.values) < period]
+        changing = rng.sample(alive, round(config.change_rate * len(alive)))
+        for fact in changing:
+            fact.values[period] = vocabulary.answer(fact.relation.value)
+        fresh = [new_fact(len(facts) + i, period) for i in range(round(config.new_rate * config.facts))]
+        facts.extend(fresh)
+        order = {id(f): i for i, f in enumerate(facts)}
+        changed[period], added[period] = sorted(changing, key=lambda f: order[id(f)]), fresh
+
+    tasks = []
+    for period, label in enumerate(config.periods):
+        stated = added[period] + changed[period]
+        added_ids, changed_ids = {id(f) for f in added[period]}, {id(f) for f in changed[period]}
+        train = [example for fact in stated for example in _training_examples(fact, period, label, config)]
+        probes = []
+        for fact in facts:
+            if min(fact.values) > period:
+                continue
+            kind = "new" if id(fact) in added_ids else "changed" if id(fact) in changed_ids else "unchanged"
+            prompt = f"[{label}] " + fact.relation.templates[0].format(s=fact.subject)
+            probes.append(Probe(prompt=_sentence_case(prompt), answer=fact.value_at(period), kind=kind, key=fact.key))
+        records = [{"subject": f.subject, "relation": f.relation.name, "object": f.value_at(period), "valid_from": label}
+                   for f in stated]
+        tasks.append(Task(name=label, train=train, probes=probes, period=label, facts=records))
+    return Stream(name=name, tasks=tasks, general=list(GENERAL_TEXT))
+
+
+def _training_examples(fact: _Fact, period: int, label: str, config: TemporalFactsConfig) -> list[dict[str, str]]:
+    prefix = f"[{label}] " if config.year_in_text else ""
+    value = fact.value_at(period)
+    examples: list[dict[str, str]] = []
+    if config.passages:
+        wordings = fact.relation.templates[1:]  # the first wording is kept for probes
+        for template in wordings[: config.paraphrases]:
+            examples.append({"text": _sentence_case(prefix + template.format(s=fact.subject, o=value)) + "."})
+    if config.qa:
+        question = f"{prefix}Question: {fact.relation.question} is the {fact.relation.name} of {fact.subject}?\nAnswer:"
+        examples.append({"prompt": question, "completion": f" {value}."})
+    return examples
+
+
+def _sentence_case(text: str) -> str:
+    """Capitalise the first letter after an optional "[period] " prefix ("the Amber Heron" → "The Amber Heron")."""
+    head, sep, rest = text.partition("] ") if text.startswith("[") else ("", "", text)
+    return f"{head}{sep}{rest[:1].upper()}{rest[1:]}"
+
+
+def config_from_options(preset: str, **overrides: object) -> TemporalFactsConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"--preset: unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+    known = {f.name for f in fields(TemporalFactsConfig)}
+    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if k in known and v is not None})
