@@ -67,3 +67,25 @@ def test_historical_counts_only_questions_whose_answer_moved_on():
     ]
     assert metrics.historical(last_row, "2020") == pytest.approx(0.5)
     assert metrics.historical(last_row[3:], "2020") is None
+
+
+def test_run_summary_has_the_temporal_metrics():
+    from retain.result import EvalRow, RunResult
+
+    def row(label, changed, unchanged, predictions=()):
+        return EvalRow(label=label, em=[0.0, 0.0], f1=[0.0, 0.0], general_ppl=10.0, eval_seconds=0.0,
+                       by_kind={"changed": {"em": changed, "f1": changed}, "unchanged": {"em": unchanged, "f1": unchanged}},
+                       predictions=list(predictions))
+
+    last = [
+        {"task": "2018", "key": "a", "answer": "old", "correct": True, "f1": 1.0},
+        {"task": "2018", "key": "b", "answer": "same", "correct": False, "f1": 0.0},
+        {"task": "2020", "key": "a", "answer": "new", "correct": True, "f1": 1.0},
+        {"task": "2020", "key": "b", "answer": "same", "correct": True, "f1": 1.0},
+    ]
+    result = RunResult(method="m", model="x", seed=0, tasks=["2018", "2020"], rows=[
+        row("initial", [None, 0.0], [None, 0.0]), row("2018", [None, 0.0], [None, 0.0]), row("2020", [None, 0.75], [None, 0.5], last)])
+    summary = result.summary("em")
+    assert summary["plasticity"] == pytest.approx(0.75)
+    assert summary["stability"] == pytest.approx(0.5)
+    assert summary["historical"] == pytest.approx(1.0)  # only key a moved on, and its 2018 answer is still known

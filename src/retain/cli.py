@@ -1,8 +1,10 @@
-"""The `retain` command line: `retain run` trains one method through a stream; `retain methods` lists them."""
+"""The `retain` command line: run, compare, report, generate, methods."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import json
 import logging
 import sys
@@ -17,11 +19,13 @@ from rich.table import Table
 from transformers import HfArgumentParser
 from transformers.utils import logging as hf_logging
 
+from retain.bench import task_suite, temporal_facts
 from retain.methods import METHODS, MethodError, build_method, method_options
 from retain.models import EMBEDDED_DEFAULT, ModelLoadError, load_model
+from retain.report import load_results, summary_rows, write_report
 from retain.result import RunResult
-from retain.runstate import RunDirectory, RunDirectoryError
-from retain.stream import StreamError, load_stream
+from retain.runstate import RunDirectory, RunDirectoryError, atomic_write
+from retain.stream import Stream, StreamError, load_stream, save_stream
 from retain.trainer import ContinualTrainer, ContinualTrainingArguments
 
 USER_ERRORS = (StreamError, ModelLoadError, RunDirectoryError, MethodError)
@@ -45,6 +49,22 @@ class RunArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing run in --output."})
 
 
+@dataclass
+class CompareArguments:
+    stream: str | None = field(default=None, metadata={"help": "Stream directory holding stream.yaml (required)."})
+    output: str | None = field(default=None, metadata={"help": "Comparison directory: one run directory per method (required)."})
+    methods: str = field(default="full_ft,lora,ewc,replay", metadata={"help": "Comma-separated methods, run in this order."})
+    model: str = field(default=EMBEDDED_DEFAULT, metadata={"help": "The model every method starts from."})
+    method_arg: list[str] = field(
+        default_factory=list, metadata={"help": "Method options as method.key=value, e.g. lora.r=8.", "nargs": "*"}
+    )
+    method_lr: list[str] = field(
+        default_factory=list, metadata={"help": "Per-method learning rate as method=lr, e.g. lora=1e-3.", "nargs": "*"}
+    )
+    config: str | None = field(default=None, metadata={"help": "YAML file of any of these options; flags override it."})
+    overwrite: bool = field(default=False, metadata={"help": "Rerun methods whose run directories already exist."})
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -54,13 +74,56 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser("run", help="train one method through a stream and measure every task after each", add_help=False)
+    commands.add_parser("compare", help="run several methods on one stream, model and seed, then write the report", add_help=False)
+    report = commands.add_parser("report", help="rebuild report.md, report.html and the plots of a comparison")
+    report.add_argument("directory", help="the --output directory of `retain compare`")
+    generate = commands.add_parser("generate", help="write a benchmark stream")
+    kinds = generate.add_subparsers(dest="kind", metavar="KIND", required=True)
+    facts = kinds.add_parser("temporal-facts", help="fictional facts that change over periods")
+    facts.add_argument("--output", required=True, help="directory to write the stream to")
+    facts.add_argument("--preset", default="small", choices=sorted(temporal_facts.PRESETS))
+    facts.add_argument("--facts", type=int, help="facts alive in the first period")
+    facts.add_argument("--periods", type=lambda text: tuple(p.strip() for p in text.split(",")), help="e.g. 2018,2020,2022")
+    facts.add_argument("--change-rate", type=float, help="share of live facts that change at each later period")
+    facts.add_argument("--new-rate", type=float, help="new facts per later period, as a share of the first period's")
+    facts.add_argument("--paraphrases", type=int, help="training sentences per new or changed fact (1-3)")
+    facts.add_argument("--qa", action=argparse.BooleanOptionalAction, help="also train on question/answer pairs")
+    facts.add_argument("--passages", action=argparse.BooleanOptionalAction, help="train on stated sentences")
+    facts.add_argument("--year-in-text", action=argparse.BooleanOptionalAction, help="prefix training text with [period]")
+    facts.add_argument("--seed", type=int)
+    suite = kinds.add_parser("task-suite", help="four instruction tasks over one invented vocabulary")
+    suite.add_argument("--output", required=True, help="directory to write the stream to")
+    suite.add_argument("--train-examples", type=int, default=48)
+    suite.add_argument("--probes", type=int, default=16)
+    suite.add_argument("--seed", type=int, default=0)
     commands.add_parser("methods", help="list the methods and their --method-arg options")
-    if argv and argv[0] == "run":
-        return _run(argv[1:])
+    if argv and argv[0] in ("run", "compare"):
+        return (_run if argv[0] == "run" else _compare)(argv[1:])
     args = parser.parse_args(argv)
-    if args.command == "methods":
-        _print_methods()
+    try:
+        if args.command == "methods":
+            _print_methods()
+        elif args.command == "report":
+            paths = write_report(args.directory)
+            print(f"Wrote {paths['html']} and {paths['md']}")
+        elif args.command == "generate":
+            _generate(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"retain {args.command}: error: {error}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _generate(args: argparse.Namespace) -> None:
+    if args.kind == "temporal-facts":
+        options = {k: v for k, v in vars(args).items() if k not in ("command", "kind", "output", "preset")}
+        stream = temporal_facts.generate(temporal_facts.config_from_options(args.preset, **options))
+    else:
+        config = task_suite.TaskSuiteConfig(train_examples=args.train_examples, probes=args.probes, seed=args.seed)
+        stream = task_suite.generate(config)
+    save_stream(stream, args.output)
+    sizes = ", ".join(f"{t.name}: {len(t.train)} examples / {len(t.probes)} probes" for t in stream.tasks)
+    print(f"Wrote {args.output} ({sizes})")
 
 
 def _run(argv: list[str]) -> int:
@@ -72,9 +135,22 @@ def _run(argv: list[str]) -> int:
         return 2
 
 
+def _compare(argv: list[str]) -> int:
+    try:
+        compare_args, train_args = _parse_arguments(argv, CompareArguments, "retain compare",
+                                                    "Run several methods on one stream, model and seed; then report.")
+        return _execute_compare(compare_args, train_args, Console(stderr=True))
+    except USER_ERRORS as error:
+        print(f"retain compare: error: {error}", file=sys.stderr)
+        return 2
+
+
 def _parse_run_arguments(argv: list[str]) -> tuple[RunArguments, ContinualTrainingArguments]:
-    parser = HfArgumentParser((RunArguments, ContinualTrainingArguments), prog="retain run",
-                              description="Train one method through a stream, evaluating every task after each.")
+    return _parse_arguments(argv, RunArguments, "retain run", "Train one method through a stream, evaluating every task after each.")
+
+
+def _parse_arguments(argv: list[str], options: type, prog: str, description: str) -> tuple[Any, ContinualTrainingArguments]:
+    parser = HfArgumentParser((options, ContinualTrainingArguments), prog=prog, description=description)
     config_path = argparse.ArgumentParser(add_help=False)
     config_path.add_argument("--config")
     config_file = config_path.parse_known_args(argv)[0].config
@@ -115,29 +191,96 @@ def _parse_method_args(pairs: list[str]) -> dict[str, str]:
     return parsed
 
 
-def _execute(run_args: RunArguments, train_args: ContinualTrainingArguments, console: Console) -> int:
+def _setup_logging(console: Console) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
     hf_logging.set_verbosity_warning()
-    stream = load_stream(run_args.stream)
-    method_args = _parse_method_args(run_args.method_arg)
-    method = build_method(run_args.method, method_args)
+
+
+def _train_one(
+    method_name: str, method_args: dict[str, str], model_name: str, stream: Stream, stream_path: str,
+    train_args: ContinualTrainingArguments, output: str, resume: bool, overwrite: bool, console: Console,
+) -> RunResult:
+    method = build_method(method_name, method_args)
     training = json.loads(train_args.to_json_string())
     config = {
-        "method": run_args.method,
+        "method": method_name,
         "method_args": method_args,
-        "model": run_args.model,
-        "stream": str(Path(run_args.stream).resolve()),
+        "model": model_name,
+        "stream": str(Path(stream_path).resolve()),
         "seed": train_args.seed,
         "training_args": {k: v for k, v in training.items() if k not in _RESUMABLE_CHANGES},
     }
-    console.print(f"Loading model [bold]{run_args.model}[/] …")
-    model, tokenizer = load_model(run_args.model, seed=train_args.seed)
-    run_dir = RunDirectory(run_args.output, config, resume=run_args.resume, overwrite=run_args.overwrite)
+    console.print(f"Loading model [bold]{model_name}[/] for [bold]{method_name}[/] …")
+    model, tokenizer = load_model(model_name, seed=train_args.seed)
+    run_dir = RunDirectory(output, config, resume=resume, overwrite=overwrite)
     trainer = ContinualTrainer(model=model, args=train_args, method=method, processing_class=tokenizer)
-    result = trainer.fit(stream, run_dir=run_dir, model_name=run_args.model)
+    return trainer.fit(stream, run_dir=run_dir, model_name=model_name)
+
+
+def _execute(run_args: RunArguments, train_args: ContinualTrainingArguments, console: Console) -> int:
+    _setup_logging(console)
+    stream = load_stream(run_args.stream)
+    result = _train_one(run_args.method, _parse_method_args(run_args.method_arg), run_args.model, stream, run_args.stream,
+                        train_args, run_args.output, run_args.resume, run_args.overwrite, console)
     Console().print(summary_table(result))
-    console.print(f"Results in [bold]{run_dir.path}[/] (result.json, predictions.jsonl)")
+    console.print(f"Results in [bold]{run_args.output}[/] (result.json, predictions.jsonl)")
     return 0
+
+
+def _execute_compare(args: CompareArguments, train_args: ContinualTrainingArguments, console: Console) -> int:
+    _setup_logging(console)
+    stream = load_stream(args.stream)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    per_method: dict[str, dict[str, str]] = {m: {} for m in methods}
+    for key, value in _parse_method_args(args.method_arg).items():
+        method, dot, option = key.partition(".")
+        if not dot or method not in per_method:
+            raise MethodError(f"--method-arg {key}={value}: expected METHOD.option=value with METHOD one of {methods}")
+        per_method[method][option] = value
+    learning_rates = {}
+    for pair in args.method_lr:
+        method, _, value = pair.partition("=")
+        if method not in per_method:
+            raise MethodError(f"--method-lr {pair}: expected METHOD=lr with METHOD one of {methods}")
+        try:
+            learning_rates[method] = float(value)
+        except ValueError:
+            raise MethodError(f"--method-lr {pair}: {value!r} is not a number") from None
+    for method in methods:  # fail on a bad option before hours of training, not after
+        build_method(method, per_method[method])
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write(output / "compare.json", json.dumps({"methods": methods, "method_args": per_method,
+                                                       "method_lr": learning_rates, "model": args.model}, indent=2))
+    results = {}
+    for index, method in enumerate(methods, start=1):
+        run_dir = output / method
+        finished = run_dir / "result.json"
+        if not args.overwrite and finished.is_file() and json.loads(finished.read_text()).get("complete"):
+            console.print(f"[{index}/{len(methods)}] {method}: already complete in {run_dir}, kept")
+            continue
+        console.rule(f"[{index}/{len(methods)}] {method}")
+        method_train_args = dataclasses.replace(
+            train_args, learning_rate=learning_rates.get(method, train_args.learning_rate), output_dir=str(run_dir / "trainer")
+        )
+        resume = not args.overwrite and (run_dir / "config.json").is_file()
+        results[method] = _train_one(method, per_method[method], args.model, stream, args.stream, method_train_args,
+                                     str(run_dir), resume, args.overwrite, console)
+        gc.collect()
+    paths = write_report(output)
+    Console().print(comparison_table(output))
+    console.print(f"Report: [bold]{paths['html']}[/] (and report.md, PNGs, one run directory per method)")
+    return 0
+
+
+def comparison_table(directory: Path) -> Table:
+    headers, rows = summary_rows(load_results(directory))
+    table = Table(title="Comparison (exact match)", title_justify="left")
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i == 0 else "right", style="bold" if i == 0 else None)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def summary_table(result: RunResult) -> Table:

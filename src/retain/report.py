@@ -1,0 +1,234 @@
+"""Tables and plots from the run directories of a comparison: report.md, report.html and PNG figures."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from retain.runstate import atomic_write  # noqa: E402
+
+_COLUMNS = [  # (summary key, header)
+    ("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "forget"),
+    ("plasticity", "plast"), ("stability", "stab"), ("historical", "hist"),
+]
+LEGEND = ("ACC: final mean score; BWT/FWT: backward/forward transfer; forget: Chaudhry forgetting; "
+          "plast: changed facts right after their period; stab: unchanged facts, as of each period; "
+          "hist: superseded facts asked about the past, after the last period; ppl: general-text perplexity "
+          "before → after; time×: training seconds per token relative to full_ft in the same comparison.")
+
+
+def load_results(directory: str | Path) -> dict[str, dict[str, Any]]:
+    """result.json of each method's run directory under `directory`, in the order they were run."""
+    directory = Path(directory)
+    order = json.loads((directory / "compare.json").read_text())["methods"] if (directory / "compare.json").is_file() else None
+    found = {p.parent.name: json.loads(p.read_text()) for p in sorted(directory.glob("*/result.json"))}
+    if not found:
+        raise FileNotFoundError(f"{directory}: no */result.json to report on")
+    names = [m for m in order if m in found] if order else sorted(found)
+    return {name: found[name] for name in names}
+
+
+def summary_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    present = [c for c in _COLUMNS if any(r["summary"].get(c[0]) is not None for r in results.values())]
+    headers = ["method", *[c[1] for c in present], "ppl", "Δppl", "time×"]
+    base = _seconds_per_token(results.get("full_ft"))
+    rows = []
+    for method, result in results.items():
+        summary, ppl = result["summary"], result["summary"].get("general_ppl") or []
+        cells = [method + ("" if result.get("complete") else " (partial)")]
+        cells += ["–" if summary.get(key) is None else f"{summary[key]:.3f}" for key, _ in present]
+        cells.append(f"{ppl[0]:.1f}→{ppl[-1]:.1f}" if ppl and ppl[0] is not None else "–")
+        change = summary.get("general_ppl_change")
+        cells.append("–" if change is None else f"{100 * change:+.1f}%")
+        own = _seconds_per_token(result)
+        cells.append(f"{own / base:.2f}" if own and base else "–")
+        rows.append(cells)
+    return headers, rows
+
+
+def _seconds_per_token(result: dict[str, Any] | None) -> float | None:
+    if not result or not result.get("timings"):
+        return None
+    tokens = sum(t["train_tokens"] for t in result["timings"])
+    return sum(t["train_seconds"] for t in result["timings"]) / tokens if tokens else None
+
+
+def _heatmap(result: dict[str, Any], method: str, path: Path) -> None:
+    tasks = result["tasks"]
+    labels = ["initial", *tasks[: len(result["matrix"]["em"])]]
+    matrix = [result["initial"]["em"], *result["matrix"]["em"]]
+    values = [[float("nan") if v is None else v for v in row] for row in matrix]
+    size = max(3.2, 0.7 * len(tasks) + 1.8)
+    fig, ax = plt.subplots(figsize=(size + 0.8, size * len(labels) / (len(tasks) + 1) + 0.6))
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=45 if len(tasks) > 6 else 0, ha="right" if len(tasks) > 6 else "center")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("score on task")
+    ax.set_ylabel("after training on")
+    ax.set_title(f"{method}: exact match")
+    if len(tasks) <= 12:
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                if v == v:
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _bars(results: dict[str, dict[str, Any]], path: Path) -> None:
+    keys = [c for c in ("plasticity", "stability", "historical", "acc", "forgetting")
+            if any(r["summary"].get(c) is not None for r in results.values())]
+    if {"plasticity", "stability"} <= set(keys):
+        keys = [k for k in keys if k in ("plasticity", "stability", "historical")]
+    methods = list(results)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 1.4]})
+    width = 0.8 / max(len(methods), 1)
+    for m, method in enumerate(methods):
+        values = [results[method]["summary"].get(k) or 0.0 for k in keys]
+        bars = left.bar([i + (m - (len(methods) - 1) / 2) * width for i in range(len(keys))], values, width, label=method)
+        left.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    left.set_xticks(range(len(keys)), keys)
+    left.set_ylim(0, 1.1)
+    left.set_ylabel("exact match")
+    left.legend(fontsize=8, ncols=min(len(methods), 4), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    left.set_title("what was learned and kept (higher is better)")
+    changes = [100 * (results[m]["summary"].get("general_ppl_change") or 0.0) for m in methods]
+    bars = right.bar(methods, changes, color=[f"C{i}" for i in range(len(methods))])
+    right.bar_label(bars, fmt="%+.0f%%", fontsize=8, padding=1)
+    right.set_title("general-text perplexity change\n(lower is better)")
+    right.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _curves(results: dict[str, dict[str, Any]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    first = next(iter(results.values()))["tasks"][0]
+    for method, result in results.items():
+        scores = [result["initial"]["em"][0], *[row[0] for row in result["matrix"]["em"]]]
+        labels = ["initial", *result["tasks"][: len(scores) - 1]]
+        ax.plot(labels, [float("nan") if s is None else s for s in scores], marker="o", label=method)
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_ylabel(f"exact match on task {first!r}")
+    ax.set_xlabel("after training on")
+    ax.set_title(f"forgetting of the first task ({first})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _speed(results: dict[str, dict[str, Any]], path: Path) -> bool:
+    base = _seconds_per_token(results.get("full_ft"))
+    if not base:
+        return False
+    methods = [m for m in results if _seconds_per_token(results[m])]
+    ratios = [_seconds_per_token(results[m]) / base for m in methods]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    bars = ax.barh(methods, ratios, color=[f"C{i}" for i in range(len(methods))])
+    ax.bar_label(bars, fmt="%.2f×", fontsize=8, padding=2)
+    ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("training seconds per token, relative to full_ft (measured in one run)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(directory: str | Path) -> dict[str, Path]:
+    """Write report.md, report.html and the PNGs for the comparison in `directory`; return their paths."""
+    directory = Path(directory)
+    results = load_results(directory)
+    figures: list[tuple[str, Path]] = []
+    _bars(results, directory / "summary.png")
+    figures.append(("Summary across methods", directory / "summary.png"))
+    _curves(results, directory / "forgetting.png")
+    figures.append(("Forgetting curves", directory / "forgetting.png"))
+    if _speed(results, directory / "speed.png"):
+        figures.append(("Training time per token", directory / "speed.png"))
+    for method, result in results.items():
+        _heatmap(result, method, directory / f"heatmap_{method}.png")
+        figures.append((f"Result matrix: {method}", directory / f"heatmap_{method}.png"))
+
+    headers, rows = summary_rows(results)
+    first = next(iter(results.values()))
+    title = f"retain comparison: {', '.join(results)} on {first['model']}"
+    md = [f"# {title}", "", f"Stream tasks: {', '.join(first['tasks'])}. Seed {first['seed']}. "
+          "Scores are exact match; R[i][j] is the score on task j after training through task i.", "",
+          _markdown_table(headers, rows), "", LEGEND, ""]
+    for caption, path in figures:
+        md += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
+    for method, result in results.items():
+        md += [f"## {method}: result matrix", "", _matrix_table(result), ""]
+    outputs = {"md": directory / "report.md", "html": directory / "report.html"}
+    atomic_write(outputs["md"], "\n".join(md))
+    atomic_write(outputs["html"], _html(title, first, headers, rows, figures, results))
+    return outputs | {path.stem: path for _, path in figures}
+
+
+def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _matrix_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    headers = ["after \\ on", *result["tasks"]]
+    rows = []
+    for label, row in zip(["initial", *result["tasks"]], [result["initial"]["em"], *result["matrix"]["em"]]):
+        rows.append([label, *["–" if v is None else f"{v:.2f}" for v in row]])
+    return headers, rows
+
+
+def _matrix_table(result: dict[str, Any]) -> str:
+    return _markdown_table(*_matrix_rows(result))
+
+
+def _html_table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html(title: str, first: dict[str, Any], headers: list[str], rows: list[list[str]],
+          figures: list[tuple[str, Path]], results: dict[str, dict[str, Any]]) -> str:
+    images = "".join(
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,'
+        f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+        for caption, path in figures
+    )
+    matrices = "".join(f"<h3>{html.escape(m)}</h3>{_html_table(*_matrix_rows(r))}" for m, r in results.items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; padding: 0 1rem; }}
+table {{ border-collapse: collapse; margin: 1rem 0; font-variant-numeric: tabular-nums; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: .35rem .7rem; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+thead th {{ background: #f4f4f6; }}
+figure {{ display: inline-block; margin: .5rem 1rem .5rem 0; vertical-align: top; }}
+figure img {{ max-width: 100%; }}
+figcaption, .legend {{ color: #666; font-size: .9rem; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Stream tasks: {html.escape(", ".join(first["tasks"]))}. Seed {first["seed"]}. Scores are exact match;
+R[i][j] is the score on task j after training through task i.</p>
+{_html_table(headers, rows)}
+<p class="legend">{html.escape(LEGEND)}</p>
+{images}
+<h2>Result matrices</h2>
+{matrices}
+</body></html>
+"""

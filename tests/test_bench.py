@@ -1,0 +1,128 @@
+import filecmp
+import re
+from collections import defaultdict
+
+import pytest
+
+from retain import load_stream, save_stream
+from retain.bench import task_suite, temporal_facts
+from retain.bench.temporal_facts import PRESETS, TemporalFactsConfig, generate
+from retain.evaluation import normalize_answer
+
+
+def same_tree(a, b) -> bool:
+    comparison = filecmp.dircmp(a, b)
+    if comparison.left_only or comparison.right_only or comparison.diff_files or comparison.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, comparison.common_files, shallow=False)
+    return not mismatch and not errors and all(same_tree(a / d, b / d) for d in comparison.common_dirs)
+
+
+CONFIG = TemporalFactsConfig(facts=40, periods=("2018", "2020", "2022", "2024"), change_rate=0.25, new_rate=0.1,
+                             paraphrases=3, qa=True, seed=7)
+
+
+def test_same_seed_gives_a_byte_identical_stream(tmp_path):
+    save_stream(generate(CONFIG), tmp_path / "a")
+    save_stream(generate(CONFIG), tmp_path / "b")
+    save_stream(generate(TemporalFactsConfig(**{**CONFIG.__dict__, "seed": 8})), tmp_path / "c")
+    assert same_tree(tmp_path / "a", tmp_path / "b")
+    assert not same_tree(tmp_path / "a", tmp_path / "c")
+
+
+def test_answers_are_distinct_and_never_substrings_of_each_other():
+    values = sorted({normalize_answer(p.answer) for t in generate(CONFIG).tasks for p in t.probes})
+    assert len(values) > 40
+    for a in values:
+        for b in values:
+            assert a == b or a not in b, (a, b)
+
+
+def test_changes_never_return_to_an_earlier_value():
+    history = defaultdict(list)
+    for task in generate(CONFIG).tasks:
+        for probe in task.probes:
+            if probe.kind == "changed":
+                assert probe.answer not in history[probe.key]
+            else:
+                assert probe.kind == "new" or probe.answer == history[probe.key][-1]
+            history[probe.key].append(probe.answer)
+
+
+def test_every_probe_is_answered_by_the_facts_valid_in_its_period(tmp_path):
+    stream = load_stream(save_stream(generate(CONFIG), tmp_path))
+    valid: dict[str, str] = {}
+    for task in stream.tasks:
+        for fact in task.facts:
+            assert fact["valid_from"] == task.period
+            valid[f"{fact['subject']} | {fact['relation']}"] = fact["object"]
+        assert len(task.probes) == len(valid)
+        for probe in task.probes:
+            assert probe.prompt.startswith(f"[{task.period}] ")
+            assert probe.answer == valid[probe.key]
+
+
+def test_kinds_and_sizes_follow_the_config():
+    stream = generate(CONFIG)
+    first, *later = stream.tasks
+    assert {p.kind for p in first.probes} == {"new"} and len(first.probes) == 40
+    alive = 40
+    for task in later:
+        kinds = [p.kind for p in task.probes]
+        assert kinds.count("changed") == round(0.25 * alive)
+        assert kinds.count("new") == 4
+        alive += 4
+        stated = len([p for p in task.probes if p.kind != "unchanged"])
+        assert len(task.train) == stated * (3 + 1)  # three paraphrases and one question/answer pair
+        assert len(task.facts) == stated
+
+
+def test_probe_wordings_are_never_used_in_training():
+    stream = generate(CONFIG)
+    texts = [e.get("text", "") + e.get("prompt", "") for t in stream.tasks for e in t.train]
+    for probe in stream.tasks[-1].probes:
+        wording = re.sub(r"^\[\d+\] ", "", probe.prompt)
+        assert not any(wording in text for text in texts), wording
+
+
+def test_year_in_text_switch():
+    with_year = generate(TemporalFactsConfig(facts=5, seed=1))
+    without = generate(TemporalFactsConfig(facts=5, seed=1, year_in_text=False))
+    assert all(e["text"].startswith("[2018] ") for e in with_year.tasks[0].train)
+    assert not any(e["text"].startswith("[") for e in without.tasks[0].train)
+
+
+def test_full_preset_is_at_temporalwiki_scale():
+    stream = generate(PRESETS["full"])
+    assert [t.name for t in stream.tasks] == ["2018", "2020", "2022", "2024"]
+    assert len(stream.tasks[0].probes) == 600
+    assert all(sum(p.kind == "changed" for p in t.probes) == 150 for t in stream.tasks[1:])
+    assert len({r.name for r in temporal_facts.RELATIONS}) >= 12
+
+
+@pytest.mark.parametrize("bad", [dict(facts=0), dict(change_rate=1.5), dict(paraphrases=4), dict(periods=("1", "1")),
+                                 dict(passages=False, qa=False)])
+def test_invalid_configs_are_refused(bad):
+    with pytest.raises(ValueError, match="temporal facts"):
+        TemporalFactsConfig(**bad)
+
+
+def test_task_suite_is_deterministic_and_well_formed(tmp_path):
+    config = task_suite.TaskSuiteConfig(train_examples=20, probes=8, seed=3)
+    save_stream(task_suite.generate(config), tmp_path / "a")
+    save_stream(task_suite.generate(config), tmp_path / "b")
+    assert same_tree(tmp_path / "a", tmp_path / "b")
+    stream = task_suite.generate(config)
+    assert stream.task_names == ["verdict", "section", "extract", "reverse"]
+    by_name = {t.name: t for t in stream.tasks}
+    assert all(p.choices == task_suite.VERDICTS for p in by_name["verdict"].probes)
+    assert all(p.choices == task_suite.SECTIONS for p in by_name["section"].probes)
+    for probe in by_name["reverse"].probes:
+        words = probe.prompt.split("\n")[0].removeprefix("Sequence: ").split()
+        assert probe.answer == " ".join(reversed(words)) and not probe.choices
+    for probe in by_name["extract"].probes:
+        assert f"place {probe.answer};" in probe.prompt
+    for task in stream.tasks:
+        trained = {e["prompt"] for e in task.train}
+        assert len(trained) == 20 and not trained & {p.prompt for p in task.probes}
+    assert len(task_suite.joint(stream).train) == 80
