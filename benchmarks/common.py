@@ -1,0 +1,85 @@
+"""Shared by the benchmark scripts: run `retain compare`, then condense its run directories into one JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from retain.cli import main as retain  # noqa: E402
+from retain.report import load_results  # noqa: E402
+from retain.runstate import atomic_write  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# Per-method settings shared by the benchmarks. LoRA's small update needs a larger step to learn
+# in the same number of epochs.
+METHOD_LR = {"lora": "1e-3"}
+METHOD_ARGS = {"ewc": ["fisher_samples=32"], "replay": ["buffer_size=64", "ratio=0.25"]}
+
+
+def compare(stream: Path, output: Path, methods: list[str], options: list[str]) -> float:
+    """Run `retain compare` with the shared per-method settings of `methods`; return its wall-clock seconds."""
+    lrs = [f"{m}={METHOD_LR[m]}" for m in methods if m in METHOD_LR]
+    method_args = [f"{m}.{arg}" for m in methods for arg in METHOD_ARGS.get(m, [])]
+    options = [*options, *(["--method-lr", *lrs] if lrs else []), *(["--method-arg", *method_args] if method_args else [])]
+    started = time.time()
+    if retain(["compare", "--methods", ",".join(methods), "--stream", str(stream), "--output", str(output), *options]) != 0:
+        raise SystemExit(f"retain compare failed for {output}")
+    return time.time() - started
+
+
+def condense(output: Path) -> dict[str, Any]:
+    """Each method's matrices, summary and speed, with speed as ratios to full_ft from the same comparison."""
+    results = load_results(output)
+
+    def speed(result: dict[str, Any]) -> dict[str, float]:
+        timings = result["timings"]
+        seconds = sum(t["train_seconds"] for t in timings)
+        steps = sum(t["optimizer_steps"] for t in timings)
+        tokens = sum(t["train_tokens"] for t in timings)
+        return {"train_seconds": seconds, "seconds_per_step": seconds / steps, "seconds_per_token": seconds / tokens,
+                "consolidate_seconds": sum(t.get("consolidate_seconds", 0.0) for t in timings)}
+
+    base = speed(results["full_ft"]) if "full_ft" in results else None
+    condensed = {}
+    for method, result in results.items():
+        own = speed(result)
+        if base:
+            own["step_time_ratio_vs_full_ft"] = own["seconds_per_step"] / base["seconds_per_step"]
+            own["token_time_ratio_vs_full_ft"] = own["seconds_per_token"] / base["seconds_per_token"]
+        condensed[method] = {key: result[key] for key in ("tasks", "initial", "matrix", "by_kind", "summary")} | {
+            "speed": own, "training_args": {k: result["config"]["training_args"][k] for k in
+                                            ("learning_rate", "num_train_epochs", "per_device_train_batch_size")},
+            "method_args": result["config"]["method_args"],
+        }
+    return condensed
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__}
+
+
+def write(path: Path, report: dict[str, Any]) -> None:
+    atomic_write(path, json.dumps(report, indent=2))
+    print(f"Wrote {path}")
+
+
+def print_table(methods: dict[str, dict[str, Any]], keys: list[str]) -> None:
+    print(f"{'method':8} " + " ".join(f"{k:>10}" for k in keys) + f" {'ppl 0→T':>15} {'step×':>6}")
+    for method, r in methods.items():
+        s, ppl = r["summary"], r["summary"].get("general_ppl") or [None]
+        cells = " ".join(f"{s.get(k):10.3f}" if s.get(k) is not None else f"{'–':>10}" for k in keys)
+        ppl_text = f"{ppl[0]:.1f}→{ppl[-1]:.1f}" if ppl[0] else "–"
+        print(f"{method:8} {cells} {ppl_text:>15} {r['speed'].get('step_time_ratio_vs_full_ft', float('nan')):6.2f}")

@@ -1,0 +1,59 @@
+"""The sequential task suite: methods learn four interfering instruction tasks in turn, against the
+joint multi-task upper bound (one model trained on all four tasks' examples at once), in one run.
+
+Writes benchmarks/results/task_suite.json with each method's result matrix and summary and the
+joint model's score per task.
+
+    python benchmarks/task_suite.py                         # full_ft and the joint bound
+    python benchmarks/task_suite.py --methods full_ft,ewc,replay,lora
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from common import ROOT, compare, condense, machine, print_table, retain, write
+
+from retain import ContinualTrainer, ContinualTrainingArguments, load_model, load_stream
+from retain.bench.task_suite import joint
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--methods", default="full_ft")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-task-suite")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "task_suite.json")
+    args = parser.parse_args()
+    stream_dir = args.runs / "stream"
+    if retain(["generate", "task-suite", "--seed", str(args.seed), "--output", str(stream_dir)]):
+        raise SystemExit("could not generate the task suite")
+    training = dict(seed=args.seed, num_train_epochs=args.epochs, learning_rate=1e-4, per_device_train_batch_size=8,
+                    per_device_eval_batch_size=32, lr_scheduler_type="constant", warmup_steps=0, disable_tqdm=True)
+    flags = [text for key, value in training.items() for text in (f"--{key}", str(value))]
+    seconds = compare(stream_dir, args.runs, args.methods.split(","), [*flags, "--model", args.model, "--overwrite"])
+    methods = condense(args.runs)
+
+    # The upper bound: the same training, on the union of all tasks at once.
+    started = time.time()
+    stream = load_stream(stream_dir)
+    model, tokenizer = load_model(args.model, seed=args.seed)
+    train_args = ContinualTrainingArguments(output_dir=str(args.runs / "joint"), **training)
+    trainer = ContinualTrainer(model, train_args, processing_class=tokenizer)
+    trainer.add_task(joint(stream))
+    trainer.consolidate_task()
+    row = trainer.evaluate_all_tasks(stream.tasks, label="joint")
+    upper = {"tasks": stream.task_names, "em": row.em, "acc": sum(row.em) / len(row.em), "seconds": time.time() - started}
+
+    write(args.output, {"benchmark": "task_suite", "model": args.model, "seed": args.seed, "epochs": args.epochs,
+                        "machine": machine(), "wall_seconds": seconds, "joint_upper_bound": upper, "methods": methods})
+    print_table(methods, ["acc", "bwt", "forgetting"])
+    print(f"joint  ACC {upper['acc']:.3f}  per task {[round(v, 3) for v in row.em]}")
+
+
+if __name__ == "__main__":
+    main()
