@@ -85,6 +85,10 @@ def test_fit_learns_and_fills_the_matrix(make_model, tokenizer, training_args, s
     assert set(saved["by_kind"]) == {"recall"}
     assert [t["task"] for t in saved["timings"]] == ["one", "two", "three"]
     assert all(t["tokens_per_second"] > 0 and t["optimizer_steps"] > 0 for t in saved["timings"])
+    parameters = sum(p.numel() for p in trainer.model.parameters())
+    # AdamW keeps two fp32 moments per trainable weight (plus a scalar step per tensor)
+    assert all(8 * parameters <= t["optimizer_state_bytes"] <= 8 * parameters + 4096 for t in saved["timings"])
+    assert all(t["trainable_parameters"] == parameters for t in saved["timings"])
     lines = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 4 * 6  # 6 probes, evaluated before training and after each of 3 tasks
     first = json.loads(lines[0])

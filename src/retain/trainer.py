@@ -154,6 +154,8 @@ class ContinualTrainer(Trainer):
             "optimizer_steps": output.global_step,
             "tokens_per_second": self._train_tokens / seconds if seconds else 0.0,
             "seconds_per_step": seconds / max(output.global_step, 1),
+            "optimizer_state_bytes": _state_bytes(self.optimizer),
+            "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
         }
         return output
 
@@ -229,6 +231,12 @@ class ContinualTrainer(Trainer):
         if run_dir is not None:
             run_dir.write_results(result)
         return result
+
+
+def _state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
+    if optimizer is None:
+        return 0
+    return sum(v.numel() * v.element_size() for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
 
 
 def _mean(values: Sequence[float]) -> float | None:
