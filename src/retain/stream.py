@@ -149,14 +149,16 @@ def load_stream(directory: str | Path) -> Stream:
         period = entry.get("period")
         tasks.append(Task(name=name, train=train, probes=probes, period=None if period is None else str(period), facts=facts))
 
-    general = []
-    if "general" in spec:
-        for record, where in _read_jsonl(directory / spec["general"]):
-            general.append(_string(_mapping(record, where), "text", where))
+    general = load_jsonl_texts(directory / spec["general"]) if "general" in spec else []
     try:
         return Stream(name=str(spec["name"]), tasks=tasks, general=general)
     except StreamError as error:
         raise StreamError(f"{spec_path}: {error}") from None
+
+
+def load_jsonl_texts(path: Path) -> list[str]:
+    """The `text` field of every line of a JSONL file (e.g. a background or general-text corpus)."""
+    return [_string(_mapping(record, where), "text", where) for record, where in _read_jsonl(Path(path))]
 
 
 def save_stream(stream: Stream, directory: str | Path) -> Path:

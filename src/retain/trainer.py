@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from transformers.trainer_utils import TrainOutput
 
 from retain.evaluation import Evaluator
-from retain.methods.base import Features, Method, TaskData
+from retain.methods.base import Features, Method, StreamData, TaskData
 from retain.methods.full_ft import FullFineTuning
 from retain.result import EvalRow, RunResult
 from retain.runstate import RunDirectory
@@ -115,6 +115,7 @@ class ContinualTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        self.method.after_forward(model, inputs, outputs)
         penalty = self.method.penalty(model, inputs, outputs)
         if penalty is not None:
             # When the Trainer will not divide this micro-batch's loss by the accumulation steps, divide
@@ -125,12 +126,22 @@ class ContinualTrainer(Trainer):
             loss = loss + (penalty / self.current_gradient_accumulation_steps if scaled else penalty)
         return (loss, outputs) if return_outputs else loss
 
+    def create_optimizer(self, model=None):  # type: ignore[override]
+        if self.optimizer is None:
+            self.optimizer = self.method.create_optimizer(self.model, self.args.learning_rate)
+        return super().create_optimizer(model)
+
     def training_step(self, model, inputs, num_items_in_batch=None):  # type: ignore[override]
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.method.after_backward(model)
         return loss
 
     # -- the task lifecycle -------------------------------------------------------------------------
+
+    def start_stream(self, stream: Stream) -> None:
+        """Show the method the whole stream before its first task (`fit` does this; call it when driving
+        `add_task` yourself with a method that needs it, such as SMF's background statistics)."""
+        self.method.before_stream(self.model, StreamData(stream=stream, tokenize=self.tokenize, collate=self.collate))
 
     def add_task(self, task: Task) -> TrainOutput:
         """Train on `task` with a fresh optimizer; call `consolidate_task()` after it."""
@@ -166,6 +177,7 @@ class ContinualTrainer(Trainer):
         start = time.perf_counter()
         self.method.after_task(self.model, self._pending)
         self.last_timing["consolidate_seconds"] = time.perf_counter() - start
+        self.last_timing |= self.method.task_report()
         self._pending = None
 
     def evaluate_all_tasks(
@@ -207,6 +219,7 @@ class ContinualTrainer(Trainer):
             method=self.method.name, model=model_name, seed=self.args.seed, tasks=stream.task_names,
             config=run_dir.config if run_dir else {},
         )
+        self.start_stream(stream)
         restored = run_dir.load_checkpoint(self.model) if run_dir else None
         if restored is not None:
             method_state, result = restored

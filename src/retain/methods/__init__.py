@@ -5,8 +5,9 @@ from retain.methods.ewc import EWC, EWCConfig
 from retain.methods.full_ft import FullFineTuning, FullFTConfig
 from retain.methods.lora import LoRA, LoRAConfig
 from retain.methods.replay import Replay, ReplayConfig
+from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 
 __all__ = [
     "EWC", "METHODS", "EWCConfig", "FullFTConfig", "FullFineTuning", "LoRA", "LoRAConfig", "Method", "MethodError",
-    "Replay", "ReplayConfig", "TaskData", "build_method", "method_options",
+    "Replay", "ReplayConfig", "SMFConfig", "SparseMemoryFinetuning", "TaskData", "build_method", "method_options",
 ]

@@ -11,10 +11,20 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from retain.stream import Task
+from retain.stream import Stream, Task
 
 Features = dict[str, list[int]]
 Collate = Callable[[list[Features]], dict[str, torch.Tensor]]
+Tokenize = Callable[[list[dict[str, str]]], list[Features]]
+
+
+@dataclass
+class StreamData:
+    """The stream about to be learned, with the trainer's tokenization and batching."""
+
+    stream: Stream
+    tokenize: Tokenize
+    collate: Collate
 
 
 @dataclass
@@ -43,12 +53,22 @@ class Method:
         """Called once before the first task; may wrap or modify the model and returns the one to train."""
         return model
 
+    def before_stream(self, model: nn.Module, data: StreamData) -> None:
+        """Called once before the first task with the whole stream (e.g. statistics of its general text)."""
+
     def before_task(self, model: nn.Module, task: Task) -> None:
         """Called at the start of each task, before its optimizer is created."""
+
+    def create_optimizer(self, model: nn.Module, learning_rate: float) -> torch.optim.Optimizer | None:
+        """The optimizer of a task; None lets the Trainer build the one TrainingArguments ask for."""
+        return None
 
     def extend_batch(self, features: list[Features]) -> list[Features]:
         """Called on each training batch's examples before collation (e.g. to mix in replayed ones)."""
         return features
+
+    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], outputs: Any) -> None:
+        """Called after each training forward pass, before the loss is final (e.g. to choose slots to train)."""
 
     def penalty(self, model: nn.Module, inputs: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor | None:
         """A regulariser added to each training step's loss, once per optimizer step."""
@@ -59,6 +79,10 @@ class Method:
 
     def after_task(self, model: nn.Module, data: TaskData) -> None:
         """Called when a task's training ends (Fisher estimates, buffers, freezing)."""
+
+    def task_report(self) -> dict[str, float]:
+        """Numbers about the task just consolidated, stored beside its timings in result.json."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything besides model weights that a checkpoint must hold to resume this method."""

@@ -1,0 +1,148 @@
+"""Sparse memory finetuning (Lin et al. 2025): only the memory slots a batch uses unusually often are written.
+
+A product-key memory is added beside the feed-forward block of one layer, its values zero so the
+model is unchanged. Everything else is frozen. Background statistics count, for each slot, how many
+background batches read it (document frequency). For each training batch, a slot's score is
+TF-IDF = (its reads in the batch / all reads in the batch) × log((|B|+1) / (background batches that
+read it + 1)); only the value rows of the top-t slots receive gradient, and plain SGD moves nothing
+else, so slots that ordinary text reads, and slots this batch did not pick, keep their bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from retain.methods.base import Method, MethodError, StreamData, TaskData, register
+from retain.nn.product_key_memory import ProductKeyMemory, decoder_layers, insert_memory
+from retain.stream import load_jsonl_texts
+
+
+@dataclass
+class SMFConfig:
+    layer: int = field(default=-1, metadata={"help": "Decoder layer that gets the memory; -1 = the middle one."})
+    n_keys: int = field(default=128, metadata={"help": "Half-keys per head: the memory has n_keys² slots."})
+    heads: int = field(default=4, metadata={"help": "Memory read heads (their reads are summed)."})
+    k: int = field(default=32, metadata={"help": "Slots read per head and token."})
+    key_dim: int = field(default=128, metadata={"help": "Query/key width per head (split in two halves)."})
+    top_t: int = field(default=256, metadata={"help": "Slots whose values are trained per batch, ranked by TF-IDF."})
+    optimizer: str = field(default="sgd", metadata={"help": "'sgd' (untouched slots never move) or 'adamw'."})
+    lr: float = field(default=2.0, metadata={"help": "Learning rate of the memory values (replaces --learning_rate)."})
+    background: str = field(default="", metadata={"help": "JSONL of {\"text\"} for the background statistics; "
+                                                           "empty = the stream's general text."})
+    background_batch: int = field(default=1, metadata={"help": "Texts per background batch (the IDF's document)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the memory's keys and query projection."})
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise MethodError(f"--method-arg optimizer: expected 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.top_t < 1:
+            raise MethodError(f"--method-arg top_t: must be at least 1, got {self.top_t}")
+
+
+@register
+class SparseMemoryFinetuning(Method):
+    name = "smf"
+    config_class = SMFConfig
+
+    def __init__(self, config: SMFConfig | None = None) -> None:
+        super().__init__(config)
+        self.memory: ProductKeyMemory | None = None
+        self.document_frequency: torch.Tensor | None = None  # background batches that read each slot
+        self.background_batches = 0
+        self.written: list[torch.Tensor] = []  # per finished task: the slots it wrote
+        self._selected: torch.Tensor | None = None
+        self._task_written: torch.Tensor | None = None
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        layer = self.config.layer if self.config.layer >= 0 else len(decoder_layers(model)) // 2
+        with torch.random.fork_rng():
+            torch.manual_seed(self.config.seed)
+            self.memory = insert_memory(model, layer, n_keys=self.config.n_keys, heads=self.config.heads,
+                                        k=self.config.k, key_dim=self.config.key_dim)
+        model.requires_grad_(False)
+        self.memory.values.weight.requires_grad_(True)
+        self.memory.values.weight.register_hook(self._mask_gradient)
+        return model
+
+    @torch.no_grad()
+    def before_stream(self, model: nn.Module, data: StreamData) -> None:
+        texts = load_jsonl_texts(Path(self.config.background)) if self.config.background else data.stream.general
+        if not texts:
+            raise MethodError("smf: background statistics need text: give the stream a `general` file "
+                              "or --method-arg background=FILE.jsonl")
+        features = data.tokenize([{"text": t} for t in texts])
+        frequency = torch.zeros(self.memory.slots, dtype=torch.long)
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        batches = range(0, len(features), self.config.background_batch)
+        for start in batches:
+            batch = data.collate(features[start : start + self.config.background_batch])
+            model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+            read = self.memory.last_indices[batch["attention_mask"].to(device).bool()].unique()
+            frequency[read.cpu()] += 1
+        model.train(was_training)
+        self.document_frequency, self.background_batches = frequency, len(batches)
+
+    def before_task(self, model: nn.Module, task: Any) -> None:
+        self._task_written = torch.zeros(self.memory.slots, dtype=torch.bool)
+
+    def create_optimizer(self, model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
+        values = [self.memory.values.weight]
+        if self.config.optimizer == "sgd":
+            return torch.optim.SGD(values, lr=self.config.lr)
+        return torch.optim.AdamW(values, lr=self.config.lr, weight_decay=0.0)
+
+    def tfidf(self, reads: torch.Tensor) -> torch.Tensor:
+        """TF-IDF of every slot for a batch whose reads (slot indices, any shape) are given."""
+        counts = torch.bincount(reads.flatten(), minlength=self.memory.slots).float()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+        frequency = self.document_frequency.to(counts.device).float()
+        idf = torch.log((self.background_batches + 1) / (frequency + 1))
+        return counts / counts.sum().clamp_min(1) * idf
+
+    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], outputs: Any) -> None:
+        # Before backward: choose this batch's slots, which the gradient hook on the values keeps.
+        if self.document_frequency is None:
+            raise RuntimeError("smf: no background statistics; use trainer.fit(stream) or call trainer.start_stream(stream)")
+        mask = inputs.get("attention_mask")
+        reads = self.memory.last_indices if mask is None else self.memory.last_indices[mask.bool()]
+        scores = self.tfidf(reads)
+        top = scores.topk(min(self.config.top_t, len(scores)))
+        self._selected = top.indices[top.values > 0]
+        if self._task_written is not None:
+            self._task_written[self._selected.cpu()] = True
+
+    def _mask_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        if self._selected is None:
+            return torch.zeros_like(grad)
+        keep = torch.zeros(len(grad), 1, dtype=grad.dtype, device=grad.device)
+        keep[self._selected] = 1
+        return grad * keep
+
+    def after_task(self, model: nn.Module, data: TaskData) -> None:
+        self.written.append(self._task_written.nonzero().flatten())
+        self._selected = None
+
+    def task_report(self) -> dict[str, float]:
+        current = set(self.written[-1].tolist())
+        earlier = set().union(*(set(t.tolist()) for t in self.written[:-1]))
+        return {"slots_written": len(current), "slots_shared_with_earlier_tasks": len(current & earlier),
+                "memory_slots": self.memory.slots}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"document_frequency": self.document_frequency, "background_batches": self.background_batches,
+                "written": self.written}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.document_frequency = state["document_frequency"]
+        self.background_batches = int(state["background_batches"])
+        self.written = list(state["written"])
+

@@ -1,0 +1,1 @@
+"""Building blocks that methods insert into a model."""

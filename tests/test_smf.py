@@ -1,0 +1,128 @@
+import math
+
+import pytest
+import torch
+
+from retain import ContinualTrainer, RunDirectory, build_method
+from retain.nn.product_key_memory import ProductKeyMemory, insert_memory
+
+from conftest import fact_task
+
+SMALL = {"n_keys": "8", "heads": "2", "k": "4", "key_dim": "8", "top_t": "6", "lr": "5.0"}
+
+
+def test_memory_read_equals_a_dense_computation():
+    torch.manual_seed(0)
+    memory = ProductKeyMemory(dim=12, n_keys=6, heads=3, k=5, key_dim=8)
+    torch.nn.init.normal_(memory.values.weight)
+    x = torch.randn(2, 7, 12)
+    q = memory.query(x.reshape(-1, 12)).view(-1, 3, 2, 4)
+    expected = torch.zeros(14, 12)
+    for h in range(3):
+        # every one of the 36 slots: score = first half · key[i] + second half · key[j], slot = i·6 + j
+        scores = (q[:, h, 0] @ memory.keys[h, 0].T)[:, :, None] + (q[:, h, 1] @ memory.keys[h, 1].T)[:, None, :]
+        top, slots = scores.flatten(1).topk(5, dim=-1)
+        expected += (torch.softmax(top, -1)[..., None] * memory.values.weight[slots]).sum(1)
+    torch.testing.assert_close(memory(x), expected.view(2, 7, 12), rtol=1e-5, atol=1e-6)
+    assert memory.last_indices.shape == (2, 7, 15)
+
+
+def test_retrofit_leaves_logits_unchanged(make_model):
+    model = make_model()
+    ids = torch.tensor([[5, 9, 200, 31, 7]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        insert_memory(model, layer=1, n_keys=8, heads=2, k=4, key_dim=8)
+        after = model(input_ids=ids).logits
+    assert torch.equal(before, after)
+    with pytest.raises(ValueError, match="out of range"):
+        insert_memory(model, layer=5)
+
+
+def stream_trainer(make_model, tokenizer, training_args, small_stream, **overrides):
+    method = build_method("smf", SMALL | overrides)
+    trainer = ContinualTrainer(make_model(), training_args(num_train_epochs=1, per_device_train_batch_size=2),
+                               method=method, processing_class=tokenizer)
+    trainer.start_stream(small_stream)
+    return trainer, method
+
+
+def test_tfidf_matches_a_hand_computation(make_model, tokenizer, training_args, small_stream):
+    _, method = stream_trainer(make_model, tokenizer, training_args, small_stream)
+    method.document_frequency = torch.zeros(method.memory.slots, dtype=torch.long)
+    method.document_frequency[[1, 2]] = torch.tensor([3, 0])
+    method.background_batches = 4
+    reads = torch.tensor([[1, 1, 2], [2, 2, 5]])  # slot 1 read twice, slot 2 three times, slot 5 once: 6 reads
+    scores = method.tfidf(reads)
+    assert scores[1].item() == pytest.approx(2 / 6 * math.log(5 / 4))
+    assert scores[2].item() == pytest.approx(3 / 6 * math.log(5 / 1))
+    assert scores[5].item() == pytest.approx(1 / 6 * math.log(5 / 1))
+    assert scores[0].item() == 0.0
+
+
+def test_background_statistics_count_batches_that_read_a_slot(make_model, tokenizer, training_args, small_stream):
+    _, method = stream_trainer(make_model, tokenizer, training_args, small_stream)
+    assert method.background_batches == len(small_stream.general) == 2
+    assert method.document_frequency.max() <= 2 and method.document_frequency.sum() > 0
+
+
+def test_only_selected_slots_change(make_model, tokenizer, training_args, small_stream):
+    trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream)
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "memory.values" not in n}
+    values_before = method.memory.values.weight.detach().clone()
+    selections = []
+    original = method.after_forward
+
+    def record(model, inputs, outputs):
+        original(model, inputs, outputs)
+        selections.append(method._selected.clone())
+
+    method.after_forward = record
+    trainer.add_task(small_stream.tasks[0])
+    selected = torch.unique(torch.cat(selections))
+    assert 0 < len(selected) <= 6 * len(selections)
+    assert all(len(s) <= 6 for s in selections)
+    changed = (method.memory.values.weight != values_before).any(dim=1).nonzero().flatten()
+    assert len(changed) > 0 and set(changed.tolist()) <= set(selected.tolist())
+    untouched = torch.ones(method.memory.slots, dtype=torch.bool)
+    untouched[selected] = False
+    assert torch.equal(method.memory.values.weight[untouched], values_before[untouched])  # bit-identical
+    for name, param in trainer.model.named_parameters():
+        if name in frozen:
+            assert torch.equal(param, frozen[name]), name
+    assert trainer.last_timing["optimizer_state_bytes"] == 0
+
+
+def test_gradient_of_unselected_slots_is_exactly_zero(make_model, tokenizer, training_args, small_stream):
+    trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream)
+    method.before_task(trainer.model, small_stream.tasks[0])
+    batch = trainer.collate(trainer.tokenize(small_stream.tasks[0].train[:2]))
+    outputs = trainer.model(**batch)
+    method.after_forward(trainer.model, batch, outputs)
+    outputs.loss.backward()
+    grad = method.memory.values.weight.grad
+    nonzero = grad.abs().sum(dim=1).nonzero().flatten()
+    assert len(nonzero) > 0 and set(nonzero.tolist()) <= set(method._selected.tolist())
+
+
+def test_state_round_trips_through_a_checkpoint(make_model, tokenizer, training_args, small_stream, tmp_path):
+    trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream)
+    result = trainer.fit(small_stream, run_dir=RunDirectory(tmp_path / "run", {"m": "smf"}))
+    assert [t["slots_written"] > 0 for t in result.timings] == [True] * 3
+    assert all("slots_shared_with_earlier_tasks" in t for t in result.timings)
+    restored = build_method("smf", SMALL)
+    fresh = ContinualTrainer(make_model(), training_args(), method=restored, processing_class=tokenizer)
+    state, _ = RunDirectory(tmp_path / "run", {"m": "smf"}, resume=True).load_checkpoint(fresh.model)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.document_frequency, method.document_frequency)
+    assert [torch.equal(a, b) for a, b in zip(restored.written, method.written)] == [True] * 3
+    assert torch.equal(restored.memory.values.weight, method.memory.values.weight)
+    ids = torch.tensor([[5, 9, 200, 31]])
+    with torch.no_grad():
+        assert torch.equal(fresh.model(input_ids=ids).logits, trainer.model(input_ids=ids).logits)
+
+
+def test_smf_needs_background_text(make_model, tokenizer, training_args, small_stream):
+    small_stream.general = []
+    with pytest.raises(ValueError, match="background statistics need text"):
+        stream_trainer(make_model, tokenizer, training_args, small_stream)
