@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Per-method settings shared by the benchmarks. LoRA's small update needs a larger step to learn
 # in the same number of epochs.
 METHOD_LR = {"lora": "1e-3"}
-METHOD_ARGS = {"ewc": ["fisher_samples=32"], "replay": ["buffer_size=64", "ratio=0.25"]}
+METHOD_ARGS = {"ewc": ["fisher_samples=32"], "replay": ["buffer_size=64", "ratio=0.25"], "smf": []}
 
 
 def compare(stream: Path, output: Path, methods: list[str], options: list[str]) -> float:
@@ -49,7 +49,9 @@ def condense(output: Path) -> dict[str, Any]:
         steps = sum(t["optimizer_steps"] for t in timings)
         tokens = sum(t["train_tokens"] for t in timings)
         return {"train_seconds": seconds, "seconds_per_step": seconds / steps, "seconds_per_token": seconds / tokens,
-                "consolidate_seconds": sum(t.get("consolidate_seconds", 0.0) for t in timings)}
+                "consolidate_seconds": sum(t.get("consolidate_seconds", 0.0) for t in timings),
+                "optimizer_state_bytes": max(t.get("optimizer_state_bytes", 0) for t in timings),
+                "trainable_parameters": max(t.get("trainable_parameters", 0) for t in timings)}
 
     base = speed(results["full_ft"]) if "full_ft" in results else None
     condensed = {}

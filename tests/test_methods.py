@@ -173,3 +173,11 @@ def test_lora_per_task_merges_then_starts_fresh(make_model, tokenizer, training_
     for module in model.modules():
         if isinstance(module, LoraLayer):
             assert torch.count_nonzero(module.lora_B["default"].weight) == 0
+
+
+def test_same_seed_gives_the_same_lora_initialisation(make_model, tokenizer, training_args):
+    first = trainer_for(build_method("lora", {"r": "4"}), make_model, tokenizer, training_args)
+    torch.manual_seed(12345)  # whatever the global RNG holds, the trainer's seed decides
+    second = trainer_for(build_method("lora", {"r": "4"}), make_model, tokenizer, training_args)
+    for (name, a), (_, b) in zip(first.model.named_parameters(), second.model.named_parameters()):
+        assert torch.equal(a, b), name

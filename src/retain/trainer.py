@@ -60,6 +60,7 @@ class ContinualTrainer(Trainer):
             raise ValueError("ContinualTrainer needs the tokenizer as processing_class=")
         self.method = method if method is not None else FullFineTuning()
         args = args if args is not None else ContinualTrainingArguments(output_dir="retain_output")
+        set_seed(args.seed)  # before prepare: methods draw random weights there (LoRA's A, SMF's keys)
         super().__init__(
             model=self.method.prepare(model),
             args=args,
