@@ -126,3 +126,15 @@ def test_smf_needs_background_text(make_model, tokenizer, training_args, small_s
     small_stream.general = []
     with pytest.raises(ValueError, match="background statistics need text"):
         stream_trainer(make_model, tokenizer, training_args, small_stream)
+
+
+def test_healing_fits_the_addressing_and_keeps_the_model_unchanged(make_model, tokenizer, training_args, small_stream):
+    plain_trainer, plain = stream_trainer(make_model, tokenizer, training_args, small_stream)
+    healed_trainer, healed = stream_trainer(make_model, tokenizer, training_args, small_stream, heal_steps="5", heal_lr="0.05")
+    assert not torch.equal(plain.memory.keys, healed.memory.keys)
+    assert not torch.equal(plain.memory.query.weight, healed.memory.query.weight)
+    assert torch.count_nonzero(healed.memory.values.weight) == 0
+    assert not healed.memory.keys.requires_grad and healed.memory.values.weight.requires_grad
+    ids = torch.tensor([[5, 9, 200, 31]])
+    with torch.no_grad():
+        assert torch.equal(healed_trainer.model(input_ids=ids).logits, plain_trainer.model(input_ids=ids).logits)

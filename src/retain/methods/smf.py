@@ -37,6 +37,9 @@ class SMFConfig:
                                                            "empty = the stream's general text."})
     background_batch: int = field(default=1, metadata={"help": "Texts per background batch (the IDF's document)."})
     seed: int = field(default=0, metadata={"help": "Seed of the memory's keys and query projection."})
+    heal_steps: int = field(default=0, metadata={"help": "Warm-up steps on the background text that fit the keys "
+                                                          "and query to the model before they are frozen (0 = off)."})
+    heal_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the warm-up."})
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -58,6 +61,7 @@ class SparseMemoryFinetuning(Method):
         self.written: list[torch.Tensor] = []  # per finished task: the slots it wrote
         self._selected: torch.Tensor | None = None
         self._task_written: torch.Tensor | None = None
+        self._healing = False
 
     def prepare(self, model: nn.Module) -> nn.Module:
         layer = self.config.layer if self.config.layer >= 0 else len(decoder_layers(model)) // 2
@@ -77,6 +81,9 @@ class SparseMemoryFinetuning(Method):
             raise MethodError("smf: background statistics need text: give the stream a `general` file "
                               "or --method-arg background=FILE.jsonl")
         features = data.tokenize([{"text": t} for t in texts])
+        if self.config.heal_steps:
+            with torch.enable_grad():
+                self._heal(model, [data.collate(features[i : i + 8]) for i in range(0, len(features), 8)])
         frequency = torch.zeros(self.memory.slots, dtype=torch.long)
         was_training = model.training
         model.eval()
@@ -89,6 +96,28 @@ class SparseMemoryFinetuning(Method):
             frequency[read.cpu()] += 1
         model.train(was_training)
         self.document_frequency, self.background_batches = frequency, len(batches)
+
+    def _heal(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> None:
+        """Fit query, keys and values to the background text, then zero the values again: the memory now
+        addresses the model's real hidden states, and the model still computes exactly what it did."""
+        memory, device = self.memory, next(model.parameters()).device
+        parameters = [memory.query.weight, memory.keys, memory.values.weight]
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        optimizer = torch.optim.AdamW(parameters, lr=self.config.heal_lr, weight_decay=0.0)
+        self._healing = True
+        try:
+            for step in range(self.config.heal_steps):
+                batch = {k: v.to(device) for k, v in batches[step % len(batches)].items()}
+                model(**batch).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        finally:
+            self._healing = False
+            memory.query.weight.requires_grad_(False)
+            memory.keys.requires_grad_(False)
+            with torch.no_grad():
+                memory.values.weight.zero_()
 
     def before_task(self, model: nn.Module, task: Any) -> None:
         self._task_written = torch.zeros(self.memory.slots, dtype=torch.bool)
@@ -121,6 +150,8 @@ class SparseMemoryFinetuning(Method):
             self._task_written[self._selected.cpu()] = True
 
     def _mask_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        if self._healing:
+            return grad
         if self._selected is None:
             return torch.zeros_like(grad)
         keep = torch.zeros(len(grad), 1, dtype=grad.dtype, device=grad.device)
