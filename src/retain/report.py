@@ -105,6 +105,8 @@ def _bars(results: dict[str, dict[str, Any]], path: Path) -> None:
     changes = [100 * (results[m]["summary"].get("general_ppl_change") or 0.0) for m in methods]
     bars = right.bar(methods, changes, color=[f"C{i}" for i in range(len(methods))])
     right.bar_label(bars, fmt="%+.1f%%", fontsize=8, padding=1)
+    low, high = min(changes + [0.0]), max(changes + [0.0])
+    right.set_ylim(low - 0.15 * (high - low or 1), high + 0.15 * (high - low or 1))
     right.set_ylabel("%")
     right.set_title("general-text perplexity change\n(lower is better)")
     right.tick_params(axis="x", rotation=30)

@@ -1,0 +1,131 @@
+"""Versioned facts: validity windows, version chains, contradiction detection, time parsing, rollback.
+
+A fact is (subject, relation, object) with a validity window [valid_from, valid_until). When a new
+object arrives for a (subject, relation) whose current version says otherwise, that version is
+closed at the new one's valid_from and the new version links to it: nothing is overwritten.
+
+Boundary rule: a version is valid at time t when valid_from ≤ t < valid_until (an open end is
++∞). At the instant a new version starts, the new version answers.
+
+Times are period labels such as "2018", "2021-03" or "March 2021", ordered as (year, month) with
+a bare year meaning its start (month 0).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from retain.evaluation import normalize_answer
+
+MONTHS = {m: i for i, m in enumerate(
+    ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november",
+     "december"], start=1)}
+_MONTH_NAMES = "|".join(MONTHS)
+_QUERY_TIME = re.compile(
+    rf"^\s*\[(?P<bracket>[^\]]+)\]|\b(?:as of|in)\s+(?P<phrase>(?:(?:{_MONTH_NAMES})\s+)?\d{{4}}(?:-\d{{2}})?)\b",
+    re.IGNORECASE,
+)
+
+
+def time_key(label: str) -> tuple[int, int]:
+    """Order a time label: "2018" → (2018, 0), "2021-03" and "March 2021" → (2021, 3)."""
+    text = label.strip().lower()
+    if match := re.fullmatch(r"(\d{4})(?:-(\d{1,2}))?", text):
+        return int(match[1]), int(match[2] or 0)
+    if match := re.fullmatch(rf"({_MONTH_NAMES})\s+(\d{{4}})", text):
+        return int(match[2]), MONTHS[match[1]]
+    raise ValueError(f"cannot read a time from {label!r} (expected e.g. 2018, 2021-03 or March 2021)")
+
+
+def query_time(text: str) -> str | None:
+    """The time a query asks about: "[2020] …", "… in 2020 …", "as of 2020", "as of March 2021"; None if it names none."""
+    for match in _QUERY_TIME.finditer(text):
+        label = match["bracket"] or match["phrase"]
+        try:
+            time_key(label)
+        except ValueError:
+            continue
+        return label
+    return None
+
+
+@dataclass
+class FactVersion:
+    id: int
+    subject: str
+    relation: str
+    object: str
+    valid_from: str
+    valid_until: str | None = None
+    replaces: int | None = None
+    retracted: bool = False
+
+    def valid_at(self, time: str) -> bool:
+        t = time_key(time)
+        return (not self.retracted and time_key(self.valid_from) <= t
+                and (self.valid_until is None or t < time_key(self.valid_until)))
+
+
+class Observation(NamedTuple):
+    kind: Literal["addition", "confirmation", "contradiction"]
+    version: FactVersion  # the version current after the observation
+    previous: FactVersion | None  # for a contradiction: the version it closed
+
+
+class FactRegistry:
+    def __init__(self) -> None:
+        self.versions: list[FactVersion] = []
+
+    def chain(self, subject: str, relation: str) -> list[FactVersion]:
+        """Every version of (subject, relation), oldest first, retracted ones included."""
+        return [v for v in self.versions if (v.subject, v.relation) == (subject, relation)]
+
+    def current(self, subject: str, relation: str) -> FactVersion | None:
+        live = [v for v in self.chain(subject, relation) if not v.retracted and v.valid_until is None]
+        return live[-1] if live else None
+
+    def at(self, subject: str, relation: str, time: str) -> FactVersion | None:
+        valid = [v for v in self.chain(subject, relation) if v.valid_at(time)]
+        return valid[-1] if valid else None
+
+    def observe(self, subject: str, relation: str, obj: str, valid_from: str) -> Observation:
+        """Record a stated fact: a new pair is an addition, the same normalised object a confirmation,
+        another object a contradiction, which closes the current version and opens a new one."""
+        current = self.current(subject, relation)
+        if current is not None and normalize_answer(current.object) == normalize_answer(obj):
+            return Observation("confirmation", current, None)
+        if current is not None and time_key(valid_from) <= time_key(current.valid_from):
+            raise ValueError(f"{subject} | {relation}: a change at {valid_from} must come after the current "
+                             f"version's start ({current.valid_from})")
+        version = FactVersion(len(self.versions), subject, relation, obj, valid_from,
+                              replaces=None if current is None else current.id)
+        self.versions.append(version)
+        if current is None:
+            return Observation("addition", version, None)
+        current.valid_until = valid_from
+        return Observation("contradiction", version, current)
+
+    def retract(self, version_id: int) -> FactVersion | None:
+        """Withdraw a version: the one it replaced becomes current again over the whole window. Returns it."""
+        version = self.versions[version_id]
+        if version.retracted:
+            raise ValueError(f"version {version_id} is already retracted")
+        version.retracted = True
+        if version.replaces is None:
+            return None
+        previous = self.versions[version.replaces]
+        previous.valid_until = version.valid_until
+        return previous
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps([asdict(v) for v in self.versions], indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FactRegistry:
+        registry = cls()
+        registry.versions = [FactVersion(**record) for record in json.loads(Path(path).read_text())]
+        return registry
