@@ -138,3 +138,19 @@ def test_healing_fits_the_addressing_and_keeps_the_model_unchanged(make_model, t
     ids = torch.tensor([[5, 9, 200, 31]])
     with torch.no_grad():
         assert torch.equal(healed_trainer.model(input_ids=ids).logits, plain_trainer.model(input_ids=ids).logits)
+
+
+def test_data_key_init_draws_keys_from_background_queries(make_model, tokenizer, training_args, small_stream):
+    trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream, key_init="data")
+    features = trainer.tokenize([{"text": t} for t in small_stream.general])
+    batch = trainer.collate(features)
+    inputs = []
+    handle = method.memory.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    with torch.no_grad():
+        trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        handle.remove()
+        queries = method.memory.query(inputs[0][batch["attention_mask"].bool()]).view(-1, 2, 2, 4)
+        for head in range(2):
+            for half in range(2):
+                distances = torch.cdist(method.memory.keys[head, half], queries[:, head, half])
+                assert torch.all(distances.min(dim=1).values < 1e-5)  # every key is some token's query half

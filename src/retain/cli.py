@@ -20,6 +20,7 @@ from transformers import HfArgumentParser
 from transformers.utils import logging as hf_logging
 
 from retain.bench import task_suite, temporal_facts
+from retain.evaluation import Evaluator, first_statement
 from retain.methods import METHODS, MethodError, build_method, method_options
 from retain.models import EMBEDDED_DEFAULT, ModelLoadError, load_model
 from retain.report import load_results, summary_rows, write_report
@@ -96,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     suite.add_argument("--train-examples", type=int, default=48)
     suite.add_argument("--probes", type=int, default=16)
     suite.add_argument("--seed", type=int, default=0)
+    ask = commands.add_parser("ask", help="complete prompts with the model of a trained run (its last checkpoint)")
+    ask.add_argument("--run", required=True, help="a run directory of `retain run` or one method's of `retain compare`")
+    ask.add_argument("--max-new-tokens", type=int, default=24)
+    ask.add_argument("prompts", nargs="+", help="prompts to complete, e.g. \"[2018] The harbour master of Velmora Port is\"")
     commands.add_parser("methods", help="list the methods and their --method-arg options")
     if argv and argv[0] in ("run", "compare"):
         return (_run if argv[0] == "run" else _compare)(argv[1:])
@@ -108,10 +113,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Wrote {paths['html']} and {paths['md']}")
         elif args.command == "generate":
             _generate(args)
-    except (ValueError, FileNotFoundError) as error:
+        elif args.command == "ask":
+            for prompt, answer in zip(args.prompts, ask_run(args.run, args.prompts, args.max_new_tokens)):
+                print(f"{prompt} → {answer}")
+    except (ValueError, FileNotFoundError, *USER_ERRORS) as error:
         print(f"retain {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def ask_run(run: str | Path, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
+    """Greedy completions of `prompts` by the model of `run`'s last checkpoint."""
+    config_file = Path(run) / "config.json"
+    if not config_file.is_file():
+        raise RunDirectoryError(f"--run {run}: no config.json; not a run directory")
+    config = json.loads(config_file.read_text())
+    method = build_method(config["method"], config["method_args"])
+    model, tokenizer = load_model(config["model"], seed=config["seed"])
+    model = method.prepare(model)
+    restored = RunDirectory(run, config, resume=True).load_checkpoint(model)
+    if restored is None:
+        raise RunDirectoryError(f"--run {run}: no checkpoint yet; the run has not finished a task")
+    method.load_state_dict(restored[0])
+    return [first_statement(text) for text in Evaluator(tokenizer).complete(model, prompts, max_new_tokens)]
 
 
 def _generate(args: argparse.Namespace) -> None:

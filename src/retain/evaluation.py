@@ -90,7 +90,10 @@ class Evaluator:
             bar = tqdm(total=len(probes), desc="Evaluating probes", unit="probe", disable=not self.progress, leave=False)
             for start in range(0, len(generated), self.batch_size):
                 batch = generated[start : start + self.batch_size]
-                for index, text in zip(batch, self._generate(model, [probes[i] for i in batch])):
+                longest = max(len(self.tokenizer(a, add_special_tokens=False).input_ids)
+                              for i in batch for a in (probes[i].answer, *probes[i].aliases))
+                budget = min(self.max_new_tokens, longest + 4)  # enough to match; no paragraph afterwards
+                for index, text in zip(batch, self._generate(model, [probes[i].prompt for i in batch], budget)):
                     answers = [probes[index].answer, *probes[index].aliases]
                     hit = float(exact_match(text, answers))
                     scores[index] = ProbeScore(text, hit, token_f1(text, answers))
@@ -105,20 +108,27 @@ class Evaluator:
         finally:
             model.train(was_training)
 
-    def _generate(self, model: nn.Module, probes: Sequence[Probe]) -> list[str]:
+    @torch.no_grad()
+    def complete(self, model: nn.Module, prompts: Sequence[str], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy continuations of `prompts`, batched with left padding."""
+        was_training = model.training
+        model.eval()
+        try:
+            return [text for start in range(0, len(prompts), self.batch_size)
+                    for text in self._generate(model, prompts[start : start + self.batch_size], max_new_tokens or self.max_new_tokens)]
+        finally:
+            model.train(was_training)
+
+    def _generate(self, model: nn.Module, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         tokenizer = self.tokenizer
-        longest_answer = max(len(tokenizer(a, add_special_tokens=False).input_ids) for p in probes for a in (p.answer, *p.aliases))
         side, tokenizer.padding_side = tokenizer.padding_side, "left"
         try:
-            batch = tokenizer([p.prompt for p in probes], return_tensors="pt", padding=True)
+            batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
         finally:
             tokenizer.padding_side = side
         device = next(model.parameters()).device
         output = model.generate(
-            **batch.to(device),
-            max_new_tokens=min(self.max_new_tokens, longest_answer + 4),
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
+            **batch.to(device), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )
         return tokenizer.batch_decode(output[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
 

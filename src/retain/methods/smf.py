@@ -40,11 +40,15 @@ class SMFConfig:
                                                            "empty = the stream's general text."})
     background_batch: int = field(default=1, metadata={"help": "Texts per background batch (the IDF's document)."})
     seed: int = field(default=0, metadata={"help": "Seed of the memory's keys and query projection."})
+    key_init: str = field(default="random", metadata={"help": "'random' half-keys, or 'data': half-keys drawn from "
+                                                               "the queries of background tokens (addresses real hidden states)."})
     heal_steps: int = field(default=0, metadata={"help": "Warm-up steps on the background text that fit the keys "
                                                           "and query to the model before they are frozen (0 = off)."})
     heal_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the warm-up."})
 
     def __post_init__(self) -> None:
+        if self.key_init not in ("random", "data"):
+            raise MethodError(f"--method-arg key_init: expected 'random' or 'data', got {self.key_init!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise MethodError(f"--method-arg optimizer: expected 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.top_t < 1:
@@ -84,6 +88,8 @@ class SparseMemoryFinetuning(Method):
             raise MethodError("smf: background statistics need text: give the stream a `general` file "
                               "or --method-arg background=FILE.jsonl")
         features = data.tokenize([{"text": t} for t in texts])
+        if self.config.key_init == "data":
+            self._keys_from_queries(model, [data.collate(features[i : i + 8]) for i in range(0, len(features), 8)])
         if self.config.heal_steps:
             with torch.enable_grad():
                 self._heal(model, [data.collate(features[i : i + 8]) for i in range(0, len(features), 8)])
@@ -99,6 +105,28 @@ class SparseMemoryFinetuning(Method):
             frequency[read.cpu()] += 1
         model.train(was_training)
         self.document_frequency, self.background_batches = frequency, len(batches)
+
+    def _keys_from_queries(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> None:
+        """Set each head's half-keys to distinct query halves of background tokens (seeded sample)."""
+        memory, device, inputs = self.memory, next(model.parameters()).device, []
+        handle = memory.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+        try:
+            for batch in batches:
+                mask = batch["attention_mask"].bool()
+                model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+                inputs[-1] = inputs[-1][mask.to(device)]
+        finally:
+            handle.remove()
+        queries = memory.query(torch.cat(inputs)).view(-1, memory.heads, 2, memory.half)
+        generator = torch.Generator().manual_seed(self.config.seed)
+        for head in range(memory.heads):
+            for half in range(2):
+                candidates = queries[:, head, half].unique(dim=0)
+                if len(candidates) < memory.n_keys:
+                    raise MethodError(f"smf: key_init=data needs at least n_keys={memory.n_keys} distinct background "
+                                      f"tokens, got {len(candidates)}; add background text or use key_init=random")
+                chosen = torch.randperm(len(candidates), generator=generator)[: memory.n_keys]
+                memory.keys.data[head, half] = candidates[chosen.to(candidates.device)]
 
     def _heal(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> None:
         """Fit query, keys and values to the background text, then zero the values again: the memory now
