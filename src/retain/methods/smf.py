@@ -40,8 +40,9 @@ class SMFConfig:
                                                            "empty = the stream's general text."})
     background_batch: int = field(default=1, metadata={"help": "Texts per background batch (the IDF's document)."})
     seed: int = field(default=0, metadata={"help": "Seed of the memory's keys and query projection."})
-    key_init: str = field(default="random", metadata={"help": "'random' half-keys, or 'data': half-keys drawn from "
-                                                               "the queries of background tokens (addresses real hidden states)."})
+    # 'data' beat 'random' on the temporal small stream: period loss 2.04 vs 2.4, plasticity 0.17 vs 0.00.
+    key_init: str = field(default="data", metadata={"help": "'data': half-keys drawn from the queries of background "
+                                                             "tokens (they address real hidden states); or 'random'."})
     heal_steps: int = field(default=0, metadata={"help": "Warm-up steps on the background text that fit the keys "
                                                           "and query to the model before they are frozen (0 = off)."})
     heal_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the warm-up."})
