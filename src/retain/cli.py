@@ -246,7 +246,7 @@ def _execute(run_args: RunArguments, train_args: ContinualTrainingArguments, con
     stream = load_stream(run_args.stream)
     result = _train_one(run_args.method, _parse_method_args(run_args.method_arg), run_args.model, stream, run_args.stream,
                         train_args, run_args.output, run_args.resume, run_args.overwrite, console)
-    Console().print(summary_table(result))
+    _wide_console().print(summary_table(result))
     console.print(f"Results in [bold]{run_args.output}[/] (result.json, predictions.jsonl)")
     return 0
 
@@ -292,9 +292,14 @@ def _execute_compare(args: CompareArguments, train_args: ContinualTrainingArgume
                                      str(run_dir), resume, args.overwrite, console)
         gc.collect()
     paths = write_report(output)
-    Console().print(comparison_table(output))
+    _wide_console().print(comparison_table(output))
     console.print(f"Report: [bold]{paths['html']}[/] (and report.md, PNGs, one run directory per method)")
     return 0
+
+
+def _wide_console() -> Console:
+    """Tables stay readable when output goes to a pipe or log, where rich would assume 80 columns."""
+    return Console(width=max(Console().width, 130))
 
 
 def comparison_table(directory: Path) -> Table:
