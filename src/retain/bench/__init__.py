@@ -1,0 +1,1 @@
+"""Deterministic, offline benchmark streams: temporal facts and a sequential task suite."""
