@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -37,6 +38,38 @@ def compare(stream: Path, output: Path, methods: list[str], options: list[str]) 
     if retain(["compare", "--methods", ",".join(methods), "--stream", str(stream), "--output", str(output), *options]) != 0:
         raise SystemExit(f"retain compare failed for {output}")
     return time.time() - started
+
+
+def temporal_parser(description: str, name: str, methods: str) -> argparse.ArgumentParser:
+    """Options shared by the benchmarks on the temporal-facts stream; `name` names their run and result paths."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small", choices=["small", "full"])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--methods", default=methods)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=Path, default=None, help=f"default: runs/bench-{name}-<preset>")
+    parser.add_argument("--output", type=Path, default=None, help=f"default: benchmarks/results/{name}_<preset>.json")
+    parser.set_defaults(name=name)
+    return parser
+
+
+def compare_on_temporal_facts(args: argparse.Namespace) -> tuple[Path, float]:
+    """Generate the preset's stream and run `retain compare` on it; return the run directory and seconds."""
+    runs = args.runs or ROOT / "runs" / f"bench-{args.name}-{args.preset}"
+    stream = runs / "stream"
+    if retain(["generate", "temporal-facts", "--preset", args.preset, "--seed", str(args.seed), "--output", str(stream)]):
+        raise SystemExit("could not generate the stream")
+    options = ["--model", args.model, "--seed", str(args.seed), "--num_train_epochs", str(args.epochs),
+               "--learning_rate", "2e-4", "--per_device_train_batch_size", str(args.batch_size),
+               "--per_device_eval_batch_size", "32", "--lr_scheduler_type", "constant", "--warmup_steps", "0",
+               "--disable_tqdm", "true", "--overwrite"]
+    return runs, compare(stream, runs, args.methods.split(","), options)
+
+
+def result_path(args: argparse.Namespace) -> Path:
+    return args.output or ROOT / "benchmarks" / "results" / f"{args.name}_{args.preset}.json"
 
 
 def condense(output: Path) -> dict[str, Any]:
