@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from retain.cli import main as retain  # noqa: E402
-from retain.report import load_results  # noqa: E402
+from retain.report import load_results, seconds_per_token  # noqa: E402
 from retain.runstate import atomic_write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,8 +80,7 @@ def condense(output: Path) -> dict[str, Any]:
         timings = result["timings"]
         seconds = sum(t["train_seconds"] for t in timings)
         steps = sum(t["optimizer_steps"] for t in timings)
-        tokens = sum(t["train_tokens"] for t in timings)
-        return {"train_seconds": seconds, "seconds_per_step": seconds / steps, "seconds_per_token": seconds / tokens,
+        return {"train_seconds": seconds, "seconds_per_step": seconds / steps, "seconds_per_token": seconds_per_token(result),
                 "consolidate_seconds": sum(t.get("consolidate_seconds", 0.0) for t in timings),
                 "optimizer_state_bytes": max(t.get("optimizer_state_bytes", 0) for t in timings),
                 "trainable_parameters": max(t.get("trainable_parameters", 0) for t in timings)}

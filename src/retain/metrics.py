@@ -27,7 +27,7 @@ from collections.abc import Sequence
 Row = Sequence[float | None]
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
+def mean(values: Sequence[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return sum(kept) / len(kept) if kept else None
 
@@ -37,23 +37,23 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 def acc(matrix: Sequence[Row]) -> float | None:
-    return _mean(matrix[-1])
+    return mean(matrix[-1])
 
 
 def acc_curve(matrix: Sequence[Row]) -> list[float | None]:
     """Mean score over the tasks trained so far, after each task."""
-    return [_mean(row[: i + 1]) for i, row in enumerate(matrix)]
+    return [mean(row[: i + 1]) for i, row in enumerate(matrix)]
 
 
 def bwt(matrix: Sequence[Row]) -> float | None:
     last = len(matrix) - 1
-    return _mean([_diff(matrix[last][j], matrix[j][j]) for j in range(last)]) if last else None
+    return mean([_diff(matrix[last][j], matrix[j][j]) for j in range(last)]) if last else None
 
 
 def fwt(matrix: Sequence[Row], initial: Row) -> float | None:
     if len(matrix) < 2:
         return None
-    return _mean([_diff(matrix[j - 1][j], initial[j]) for j in range(1, len(matrix))])
+    return mean([_diff(matrix[j - 1][j], initial[j]) for j in range(1, len(matrix))])
 
 
 def forgetting(matrix: Sequence[Row]) -> float | None:
@@ -64,11 +64,11 @@ def forgetting(matrix: Sequence[Row]) -> float | None:
     for j in range(last):
         earlier = [matrix[l][j] for l in range(j, last) if matrix[l][j] is not None]
         drops.append(_diff(max(earlier), matrix[last][j]) if earlier else None)
-    return _mean(drops)
+    return mean(drops)
 
 
 def diagonal_mean(matrix: Sequence[Row], start: int = 1) -> float | None:
-    return _mean([matrix[i][i] for i in range(start, len(matrix))])
+    return mean([matrix[i][i] for i in range(start, len(matrix))])
 
 
 def historical(last_row: Sequence[dict], current_task: str, score: str = "correct") -> float | None:
@@ -76,7 +76,7 @@ def historical(last_row: Sequence[dict], current_task: str, score: str = "correc
     current = {p["key"]: p["answer"] for p in last_row if p["task"] == current_task and p.get("key")}
     past = [float(p[score]) for p in last_row
             if p["task"] != current_task and p.get("key") in current and p["answer"] != current[p["key"]]]
-    return _mean(past)
+    return mean(past)
 
 
 def summarize(matrix: Sequence[Row], initial: Row) -> dict[str, float | list[float | None] | None]:

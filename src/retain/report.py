@@ -39,7 +39,7 @@ def load_results(directory: str | Path) -> dict[str, dict[str, Any]]:
 def summary_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     present = [c for c in _COLUMNS if any(r["summary"].get(c[0]) is not None for r in results.values())]
     headers = ["method", *[c[1] for c in present], "ppl", "Δppl", "time×"]
-    base = _seconds_per_token(results.get("full_ft"))
+    base = seconds_per_token(results.get("full_ft"))
     rows = []
     for method, result in results.items():
         summary, ppl = result["summary"], result["summary"].get("general_ppl") or []
@@ -48,13 +48,14 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[li
         cells.append(f"{ppl[0]:.1f}→{ppl[-1]:.1f}" if ppl and ppl[0] is not None else "–")
         change = summary.get("general_ppl_change")
         cells.append("–" if change is None else f"{100 * change:+.1f}%")
-        own = _seconds_per_token(result)
+        own = seconds_per_token(result)
         cells.append(f"{own / base:.2f}" if own and base else "–")
         rows.append(cells)
     return headers, rows
 
 
-def _seconds_per_token(result: dict[str, Any] | None) -> float | None:
+def seconds_per_token(result: dict[str, Any] | None) -> float | None:
+    """Training seconds per training token over a run's tasks (None without timings)."""
     if not result or not result.get("timings"):
         return None
     tokens = sum(t["train_tokens"] for t in result["timings"])
@@ -134,11 +135,11 @@ def _curves(results: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def _speed(results: dict[str, dict[str, Any]], path: Path) -> bool:
-    base = _seconds_per_token(results.get("full_ft"))
+    base = seconds_per_token(results.get("full_ft"))
     if not base:
         return False
-    methods = [m for m in results if _seconds_per_token(results[m])]
-    ratios = [_seconds_per_token(results[m]) / base for m in methods]
+    methods = [m for m in results if seconds_per_token(results[m])]
+    ratios = [seconds_per_token(results[m]) / base for m in methods]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     bars = ax.barh(methods, ratios, color=[f"C{i}" for i in range(len(methods))])
     ax.bar_label(bars, fmt="%.2f×", fontsize=8, padding=2)

@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from transformers.trainer_utils import TrainOutput
 
 from retain.evaluation import Evaluator
+from retain.metrics import mean
 from retain.methods.base import Features, Method, StreamData, TaskData
 from retain.methods.full_ft import FullFineTuning
 from retain.result import EvalRow, RunResult
@@ -202,7 +203,7 @@ class ContinualTrainer(Trainer):
             })
 
         def means(buckets: dict[str, dict[str, list[float]]], metric: str) -> list[float | None]:
-            return [_mean(buckets[t.name][metric]) for t in tasks]
+            return [mean(buckets[t.name][metric]) for t in tasks]
 
         return EvalRow(
             label=label,
@@ -239,7 +240,7 @@ class ContinualTrainer(Trainer):
             result.rows.append(row)
             result.timings.append({"task": task.name, **self.last_timing, "eval_seconds": row.eval_seconds})
             logger.info("Task %d/%d %r: EM on it %.3f, mean so far %.3f", index + 1, len(stream), task.name,
-                        row.em[index] or 0.0, _mean([v for v in row.em[: index + 1] if v is not None]) or 0.0)
+                        row.em[index] or 0.0, mean(row.em[: index + 1]) or 0.0)
             if run_dir is not None:
                 run_dir.save_checkpoint(self.model, self.method.state_dict(), result)
         if run_dir is not None:
@@ -251,7 +252,3 @@ def _state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
     if optimizer is None:
         return 0
     return sum(v.numel() * v.element_size() for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None

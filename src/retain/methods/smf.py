@@ -89,36 +89,41 @@ class SparseMemoryFinetuning(Method):
             raise MethodError("smf: background statistics need text: give the stream a `general` file "
                               "or --method-arg background=FILE.jsonl")
         features = data.tokenize([{"text": t} for t in texts])
+        size = self.config.background_batch
+        batches = [data.collate(features[i : i + size]) for i in range(0, len(features), size)]
+        # The memory reads its layer's input, which lies upstream of the memory: one pass over the
+        # background text serves the key initialisation and the statistics, whatever the keys become.
+        documents = self._memory_inputs(model, batches)
         if self.config.key_init == "data":
-            self._keys_from_queries(model, [data.collate(features[i : i + 8]) for i in range(0, len(features), 8)])
+            self._keys_from_queries(torch.cat(documents))
         if self.config.heal_steps:
             with torch.enable_grad():
                 self._heal(model, [data.collate(features[i : i + 8]) for i in range(0, len(features), 8)])
         frequency = torch.zeros(self.memory.slots, dtype=torch.long)
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        batches = range(0, len(features), self.config.background_batch)
-        for start in batches:
-            batch = data.collate(features[start : start + self.config.background_batch])
-            model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
-            read = self.memory.last_indices[batch["attention_mask"].to(device).bool()].unique()
-            frequency[read.cpu()] += 1
-        model.train(was_training)
-        self.document_frequency, self.background_batches = frequency, len(batches)
+        for inputs in documents:
+            frequency[self.memory.lookup(inputs)[1].unique().cpu()] += 1
+        self.document_frequency, self.background_batches = frequency, len(documents)
 
-    def _keys_from_queries(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> None:
-        """Set each head's half-keys to distinct query halves of background tokens (seeded sample)."""
-        memory, device, inputs = self.memory, next(model.parameters()).device, []
-        handle = memory.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+    def _memory_inputs(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """Per batch, the memory layer's input at every real (unpadded) token."""
+        captured: list[torch.Tensor] = []
+        handle = self.memory.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        was_training, device = model.training, next(model.parameters()).device
+        model.eval()
         try:
             for batch in batches:
-                mask = batch["attention_mask"].bool()
-                model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
-                inputs[-1] = inputs[-1][mask.to(device)]
+                mask = batch["attention_mask"].to(device)
+                model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
+                captured[-1] = captured[-1][mask.bool()]
         finally:
             handle.remove()
-        queries = memory.query(torch.cat(inputs)).view(-1, memory.heads, 2, memory.half)
+            model.train(was_training)
+        return captured
+
+    def _keys_from_queries(self, inputs: torch.Tensor) -> None:
+        """Set each head's half-keys to distinct query halves of background tokens (seeded sample)."""
+        memory = self.memory
+        queries = memory.query(inputs).view(-1, memory.heads, 2, memory.half)
         generator = torch.Generator().manual_seed(self.config.seed)
         for head in range(memory.heads):
             for half in range(2):
