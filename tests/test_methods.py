@@ -43,20 +43,20 @@ def test_ewc_penalty_is_zero_at_the_anchor_and_quadratic_away(make_model, tokeni
     method = EWC(EWCConfig(ewc_lambda=3.0, fisher_samples=4))
     trainer = trainer_for(method, make_model, tokenizer, training_args)
     model = trainer.model
-    assert method.penalty(model, {}, None) is None
+    assert method.penalty(model, {}) is None
     method.after_task(model, task_data(trainer, fact_task("a", [("X is", "y"), ("Z is", "w")])))
-    assert method.penalty(model, {}, None).item() == 0.0
+    assert method.penalty(model, {}).item() == 0.0
     name = "model.layers.0.mlp.up_proj.weight"
     param = dict(model.named_parameters())[name]
-    fisher = method.fisher[name]
+    fisher = method.anchor.fisher[name]
     assert fisher.sum() > 0
     with torch.no_grad():
         param += 0.1
-    one = method.penalty(model, {}, None).item()
+    one = method.penalty(model, {}).item()
     assert one == pytest.approx(0.5 * 3.0 * (fisher * 0.01).sum().item(), rel=1e-4)
     with torch.no_grad():
         param += 0.1
-    assert method.penalty(model, {}, None).item() == pytest.approx(4 * one, rel=1e-4)
+    assert method.penalty(model, {}).item() == pytest.approx(4 * one, rel=1e-4)
 
 
 def test_ewc_separate_merge_has_the_gradient_of_the_sum_of_task_penalties(make_model, tokenizer, training_args):
@@ -83,8 +83,8 @@ def test_ewc_separate_merge_has_the_gradient_of_the_sum_of_task_penalties(make_m
         penalty_fn().backward()
         return params[name].grad.clone()
 
-    merged = grad_of(lambda: method.penalty(model, {}, None))
-    separate = grad_of(lambda: sum(m.penalty(model, {}, None) for m in snapshots))
+    merged = grad_of(lambda: method.penalty(model, {}))
+    separate = grad_of(lambda: sum(m.penalty(model, {}) for m in snapshots))
     torch.testing.assert_close(merged, separate, rtol=1e-4, atol=1e-8)
 
 
@@ -93,18 +93,18 @@ def test_online_ewc_decays_old_fisher(make_model, tokenizer, training_args):
     trainer = trainer_for(method, make_model, tokenizer, training_args)
     data = task_data(trainer, fact_task("a", [("X is", "y")]))
     method.after_task(trainer.model, data)
-    first = {k: v.clone() for k, v in method.fisher.items()}
+    first = {k: v.clone() for k, v in method.anchor.fisher.items()}
     method.after_task(trainer.model, data)  # same weights, same data: F = 0.5·F + F
     name = next(iter(first))
-    torch.testing.assert_close(method.fisher[name], 1.5 * first[name])
-    torch.testing.assert_close(method.anchor[name], dict(trainer.model.named_parameters())[name].detach())
+    torch.testing.assert_close(method.anchor.fisher[name], 1.5 * first[name])
+    torch.testing.assert_close(method.anchor.anchor[name], dict(trainer.model.named_parameters())[name].detach())
 
 
 def test_ewc_params_scope_limits_the_anchored_weights(make_model, tokenizer, training_args):
     method = EWC(EWCConfig(params=r"mlp\.", fisher_samples=2))
     trainer = trainer_for(method, make_model, tokenizer, training_args)
     method.after_task(trainer.model, task_data(trainer, fact_task("a", [("X is", "y")])))
-    assert method.fisher and all(".mlp." in name for name in method.fisher)
+    assert method.anchor.fisher and all(".mlp." in name for name in method.anchor.fisher)
 
 
 def test_replay_mixes_the_stated_ratio_from_the_buffer():

@@ -73,8 +73,8 @@ def test_only_selected_slots_change(make_model, tokenizer, training_args, small_
     selections = []
     original = method.after_forward
 
-    def record(model, inputs, outputs):
-        original(model, inputs, outputs)
+    def record(model, inputs):
+        original(model, inputs)
         selections.append(method._selected.clone())
 
     method.after_forward = record
@@ -98,7 +98,7 @@ def test_gradient_of_unselected_slots_is_exactly_zero(make_model, tokenizer, tra
     method.before_task(trainer.model, small_stream.tasks[0])
     batch = trainer.collate(trainer.tokenize(small_stream.tasks[0].train[:2]))
     outputs = trainer.model(**batch)
-    method.after_forward(trainer.model, batch, outputs)
+    method.after_forward(trainer.model, batch)
     outputs.loss.backward()
     grad = method.memory.values.weight.grad
     nonzero = grad.abs().sum(dim=1).nonzero().flatten()

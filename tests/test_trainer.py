@@ -27,7 +27,7 @@ class ConstantGradientPenalty(Method):
         self.grads: list[torch.Tensor] = []
         return model
 
-    def penalty(self, model, inputs, outputs):
+    def penalty(self, model, inputs):
         return 3.0 * model.probe_weight.sum()
 
     def after_backward(self, model):

@@ -131,11 +131,11 @@ def ask_run(run: str | Path, prompts: list[str], max_new_tokens: int = 24) -> li
     method = build_method(config["method"], config["method_args"])
     model, tokenizer = load_model(config["model"], seed=config["seed"])
     model = method.prepare(model)
-    restored = RunDirectory(run, config, resume=True).load_checkpoint(model)
+    restored = RunDirectory(run, config, resume=True).load_checkpoint(model, method.load_state_dict)
     if restored is None:
         raise RunDirectoryError(f"--run {run}: no checkpoint yet; the run has not finished a task")
-    method.load_state_dict(restored[0])
-    return [first_statement(text) for text in Evaluator(tokenizer).complete(model, prompts, max_new_tokens)]
+    evaluator = Evaluator(tokenizer, route=method.route)
+    return [first_statement(text) for text in evaluator.complete(model, prompts, max_new_tokens)]
 
 
 def _generate(args: argparse.Namespace) -> None:

@@ -6,7 +6,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,23 +59,33 @@ def token_f1(prediction: str, answers: Sequence[str]) -> float:
     return best
 
 
+Route = Callable[[nn.Module, torch.Tensor, torch.Tensor], "list[str] | None"]
+
+
 @dataclass
 class ProbeScore:
     prediction: str
     em: float
     f1: float
+    route: str | None = None
 
 
 class Evaluator:
-    """Scores probes with a model: greedy generation, or likelihood ranking when a probe has `choices`."""
+    """Scores probes with a model: greedy generation, or likelihood ranking when a probe has `choices`.
+
+    `route(model, input_ids, attention_mask)`, when given, is called on every batch of prompts before the
+    model sees it (a method choosing an adapter or memory version); what it returns is kept per probe.
+    """
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16, max_new_tokens: int = 24, progress: bool = False
+        self, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16, max_new_tokens: int = 24, progress: bool = False,
+        route: Route | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.progress = progress
+        self.route = route
 
     @torch.no_grad()
     def score(self, model: nn.Module, probes: Sequence[Probe]) -> list[ProbeScore]:
@@ -93,15 +103,16 @@ class Evaluator:
                 longest = max(len(self.tokenizer(a, add_special_tokens=False).input_ids)
                               for i in batch for a in (probes[i].answer, *probes[i].aliases))
                 budget = min(self.max_new_tokens, longest + 4)  # enough to match; no paragraph afterwards
-                for index, text in zip(batch, self._generate(model, [probes[i].prompt for i in batch], budget)):
+                texts, routes = self._generate(model, [probes[i].prompt for i in batch], budget)
+                for index, text, route in zip(batch, texts, routes):
                     answers = [probes[index].answer, *probes[index].aliases]
                     hit = float(exact_match(text, answers))
-                    scores[index] = ProbeScore(text, hit, token_f1(text, answers))
+                    scores[index] = ProbeScore(text, hit, token_f1(text, answers), route)
                 bar.update(len(batch))
             for index in ranked:
-                choice = self._rank(model, probes[index])
+                choice, route = self._rank(model, probes[index])
                 hit = float(choice == probes[index].answer)
-                scores[index] = ProbeScore(choice, hit, hit)
+                scores[index] = ProbeScore(choice, hit, hit, route)
                 bar.update(1)
             bar.close()
             return [scores[i] for i in range(len(probes))]
@@ -115,11 +126,15 @@ class Evaluator:
         model.eval()
         try:
             return [text for start in range(0, len(prompts), self.batch_size)
-                    for text in self._generate(model, prompts[start : start + self.batch_size], max_new_tokens or self.max_new_tokens)]
+                    for text in self._generate(model, prompts[start : start + self.batch_size], max_new_tokens or self.max_new_tokens)[0]]
         finally:
             model.train(was_training)
 
-    def _generate(self, model: nn.Module, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    def _routed(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str | None]:
+        routes = self.route(model, input_ids, attention_mask) if self.route is not None else None
+        return list(routes) if routes is not None else [None] * len(input_ids)
+
+    def _generate(self, model: nn.Module, prompts: Sequence[str], max_new_tokens: int) -> tuple[list[str], list[str | None]]:
         tokenizer = self.tokenizer
         side, tokenizer.padding_side = tokenizer.padding_side, "left"
         try:
@@ -127,12 +142,12 @@ class Evaluator:
         finally:
             tokenizer.padding_side = side
         device = next(model.parameters()).device
-        output = model.generate(
-            **batch.to(device), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-        )
-        return tokenizer.batch_decode(output[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+        batch = batch.to(device)
+        routes = self._routed(model, batch.input_ids, batch.attention_mask)
+        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        return tokenizer.batch_decode(output[:, batch.input_ids.shape[1] :], skip_special_tokens=True), routes
 
-    def _rank(self, model: nn.Module, probe: Probe) -> str:
+    def _rank(self, model: nn.Module, probe: Probe) -> tuple[str, str | None]:
         """The choice with the highest summed log-probability as a continuation of the prompt.
 
         A choice follows the prompt after one space unless the prompt ends in whitespace, as a
@@ -141,8 +156,11 @@ class Evaluator:
         prompt = self.tokenizer(probe.prompt).input_ids  # as in training
         separator = "" if probe.prompt[-1:].isspace() else " "
         sequences = [prompt + self.tokenizer(separator + c, add_special_tokens=False).input_ids for c in probe.choices]
+        device = next(model.parameters()).device
+        ids = torch.tensor([prompt] * len(sequences), device=device)
+        route = self._routed(model, ids, torch.ones_like(ids))[0]
         logprobs = _sequence_logprobs(model, sequences, len(prompt), self.tokenizer.pad_token_id)
-        return probe.choices[int(torch.argmax(logprobs))]
+        return probe.choices[int(torch.argmax(logprobs))], route
 
     @torch.no_grad()
     def perplexity(self, model: nn.Module, texts: Sequence[str], max_length: int = 512) -> float:
@@ -157,6 +175,7 @@ class Evaluator:
                     list(texts[start : start + self.batch_size]),
                     return_tensors="pt", padding=True, truncation=True, max_length=max_length,
                 ).to(device)
+                self._routed(model, batch.input_ids, batch.attention_mask)
                 logits = model(**batch).logits[:, :-1].float()
                 targets = batch.input_ids[:, 1:]
                 mask = batch.attention_mask[:, 1:].bool()

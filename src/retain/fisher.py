@@ -43,3 +43,48 @@ def diagonal_fisher(
     if total.item() == 0:
         raise ValueError("diagonal_fisher: no examples given")
     return {name: f / total for name, f in fisher.items()}
+
+
+class FisherAnchor:
+    """A quadratic anchor Σ F(θ−θ*)² over named parameters, with every task's terms merged into one (F, θ*) pair.
+
+    `separate` sums every task's quadratic: Σ_t F_t(θ−θ*_t)² equals (Σ F_t)(θ−θ̄)² plus a constant, with θ̄
+    the Fisher-weighted mean of the anchors, so the gradient is exact and memory stays at two copies of the
+    anchored weights whatever the number of tasks. `online` keeps F ← γF + F_t and anchors at the latest weights.
+    """
+
+    def __init__(self, mode: str = "separate", gamma: float = 1.0) -> None:
+        if mode not in ("separate", "online"):
+            raise ValueError(f"mode: expected 'separate' or 'online', got {mode!r}")
+        self.mode, self.gamma = mode, gamma
+        self.fisher: dict[str, torch.Tensor] = {}
+        self.anchor: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def add(self, params: dict[str, nn.Parameter], fisher: dict[str, torch.Tensor]) -> None:
+        """Merge one task's Fisher `fisher`, anchored at the current values of `params`."""
+        for name, p in params.items():
+            theta, f_new = p.detach().clone(), fisher[name]
+            if name not in self.fisher:
+                self.fisher[name], self.anchor[name] = f_new, theta
+            elif self.mode == "online":
+                self.fisher[name] = self.gamma * self.fisher[name] + f_new
+                self.anchor[name] = theta
+            else:
+                merged = self.fisher[name] + f_new
+                weighted = self.fisher[name] * self.anchor[name] + f_new * theta
+                self.anchor[name] = torch.where(merged > 0, weighted / merged.clamp_min(1e-30), theta)
+                self.fisher[name] = merged
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """Σ F(θ−θ*)² at the model's current weights; None before the first task was added."""
+        if not self.fisher:
+            return None
+        params = dict(model.named_parameters())
+        return sum((self.fisher[n] * (params[n] - self.anchor[n]) ** 2).sum() for n in self.fisher)
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"fisher": self.fisher, "anchor": self.anchor}
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        self.fisher, self.anchor = dict(state["fisher"]), dict(state["anchor"])

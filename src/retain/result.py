@@ -19,6 +19,7 @@ class EvalRow:
     general_ppl: float | None
     eval_seconds: float
     predictions: list[dict[str, Any]] = field(repr=False, default_factory=list)
+    routing_accuracy: float | None = None  # share of probes a routing method sent to their own task
 
 
 @dataclass
@@ -87,7 +88,9 @@ class RunResult:
                 "f1": self.summary("f1"),
                 "general_ppl": ppl,
                 "general_ppl_change": (ppl[-1] / ppl[0] - 1) if ppl and ppl[0] and ppl[-1] else None,
+                "routing_accuracy": metrics.mean([row.routing_accuracy for row in self.rows[1:]]),
             },
+            "routing_accuracy": [row.routing_accuracy for row in self.rows],
             "timings": self.timings,
             "eval_seconds": [row.eval_seconds for row in self.rows],
             "config": self.config,

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,17 +112,25 @@ class RunDirectory:
         self.write_results(result)
         return final
 
-    def load_checkpoint(self, model: nn.Module) -> tuple[dict[str, Any], RunResult] | None:
-        """Restore the model's weights in place; return (method state, result so far), or None if no checkpoint."""
+    def load_checkpoint(
+        self, model: nn.Module, restore_method: Callable[[dict[str, Any]], None] | None = None
+    ) -> tuple[dict[str, Any], RunResult] | None:
+        """Restore the model's weights in place; return (method state, result so far), or None if no checkpoint.
+
+        `restore_method` gets the method state before the weights load, so a method whose modules grow
+        during a run (one adapter per task) can rebuild them for the saved weights to fit.
+        """
         checkpoint = self.latest_checkpoint()
         if checkpoint is None:
             return None
+        method_state = torch.load(checkpoint / "method.pt", weights_only=False)
+        if restore_method is not None:
+            restore_method(method_state)
         missing, unexpected = load_model(model, str(checkpoint / "model.safetensors"), strict=False)
         if missing or unexpected:
             raise RunDirectoryError(
                 f"{checkpoint}: weights do not fit the model (missing {len(missing)}, unexpected {len(unexpected)})"
             )
-        method_state = torch.load(checkpoint / "method.pt", weights_only=False)
         result = RunResult.from_state(json.loads((checkpoint / "progress.json").read_text()))
         return method_state, result
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import TrainOutput
 
 from retain.evaluation import Evaluator
@@ -71,8 +71,10 @@ class ContinualTrainer(Trainer):
         )
         self.max_length: int = getattr(args, "max_length", 256)
         self.evaluator = Evaluator(
-            processing_class, args.per_device_eval_batch_size, getattr(args, "max_new_tokens", 24), progress=not args.disable_tqdm
+            processing_class, args.per_device_eval_batch_size, getattr(args, "max_new_tokens", 24),
+            progress=not args.disable_tqdm, route=self.method.route,
         )
+        self.add_callback(_OptimizerStepHook(self))
         self.tasks: list[Task] = []
         self.last_timing: dict[str, float] = {}
         self._pending: TaskData | None = None
@@ -116,9 +118,10 @@ class ContinualTrainer(Trainer):
     # -- training hooks ---------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        self.method.after_forward(model, inputs, outputs)
-        penalty = self.method.penalty(model, inputs, outputs)
+        computed = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss = computed[0] if return_outputs else computed
+        self.method.after_forward(model, inputs)
+        penalty = self.method.penalty(model, inputs)
         if penalty is not None:
             # When the Trainer will not divide this micro-batch's loss by the accumulation steps, divide
             # the penalty here, so that it counts once per optimizer step whatever the accumulation.
@@ -126,11 +129,25 @@ class ContinualTrainer(Trainer):
             if scaled is None:
                 scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
             loss = loss + (penalty / self.current_gradient_accumulation_steps if scaled else penalty)
-        return (loss, outputs) if return_outputs else loss
+        return (loss, computed[1]) if return_outputs else loss
 
     def create_optimizer(self, model=None):  # type: ignore[override]
         if self.optimizer is None:
             self.optimizer = self.method.create_optimizer(self.model, self.args.learning_rate)
+        if self.optimizer is None:
+            groups = self.method.param_groups(self.model, self.args.learning_rate)
+            if groups is not None:
+                # The optimizer TrainingArguments ask for, with the method's groups split by weight decay as Trainer does.
+                decay = set(self.get_decay_parameter_names(self.model))
+                names = {id(p): n for n, p in self.model.named_parameters()}
+                split = [
+                    {**group, "params": params, "weight_decay": self.args.weight_decay if decayed else 0.0}
+                    for group in groups
+                    for decayed in (True, False)
+                    if (params := [p for p in group["params"] if (names[id(p)] in decay) == decayed])
+                ]
+                optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+                self.optimizer = optimizer_cls(split, **optimizer_kwargs)
         return super().create_optimizer(model)
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # type: ignore[override]
@@ -200,7 +217,10 @@ class ContinualTrainer(Trainer):
             predictions.append({
                 "row": label, "task": task.name, "probe": index, "kind": probe.kind, "key": probe.key, "prompt": probe.prompt,
                 "answer": probe.answer, "prediction": score.prediction, "correct": bool(score.em), "f1": score.f1,
+                **({"route": score.route} if score.route is not None else {}),
             })
+        trained = {t.name for t in self.tasks}  # a task not trained yet has nothing to be routed to
+        routed = [p["route"] == p["task"] for p in predictions if "route" in p and p["task"] in trained]
 
         def means(buckets: dict[str, dict[str, list[float]]], metric: str) -> list[float | None]:
             return [mean(buckets[t.name][metric]) for t in tasks]
@@ -213,6 +233,7 @@ class ContinualTrainer(Trainer):
             general_ppl=self.evaluator.perplexity(self.model, general) if general else None,
             eval_seconds=time.perf_counter() - start,
             predictions=predictions,
+            routing_accuracy=mean(routed),
         )
 
     def fit(self, stream: Stream, run_dir: RunDirectory | None = None, model_name: str = "") -> RunResult:
@@ -222,10 +243,9 @@ class ContinualTrainer(Trainer):
             config=run_dir.config if run_dir else {},
         )
         self.start_stream(stream)
-        restored = run_dir.load_checkpoint(self.model) if run_dir else None
+        restored = run_dir.load_checkpoint(self.model, self.method.load_state_dict) if run_dir else None
         if restored is not None:
-            method_state, result = restored
-            self.method.load_state_dict(method_state)
+            result = restored[1]
             self.tasks = list(stream.tasks[: result.completed_tasks])
             logger.info("Resuming after task %d/%d", result.completed_tasks, len(stream))
         if not result.rows:
@@ -246,6 +266,14 @@ class ContinualTrainer(Trainer):
         if run_dir is not None:
             run_dir.write_results(result)
         return result
+
+
+class _OptimizerStepHook(TrainerCallback):
+    def __init__(self, trainer: ContinualTrainer) -> None:
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):  # type: ignore[override]
+        self.trainer.method.after_optimizer_step(self.trainer.model)
 
 
 def _state_bytes(optimizer: torch.optim.Optimizer | None) -> int:

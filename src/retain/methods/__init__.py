@@ -1,5 +1,6 @@
 """Continual-learning methods: one file each, registered by name."""
 
+from retain.methods.aria import ARIA, ARIAConfig
 from retain.methods.base import METHODS, Method, MethodError, TaskData, build_method, method_options
 from retain.methods.ewc import EWC, EWCConfig
 from retain.methods.full_ft import FullFineTuning, FullFTConfig
@@ -8,6 +9,6 @@ from retain.methods.replay import Replay, ReplayConfig
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 
 __all__ = [
-    "EWC", "METHODS", "EWCConfig", "FullFTConfig", "FullFineTuning", "LoRA", "LoRAConfig", "Method", "MethodError",
+    "ARIA", "ARIAConfig", "EWC", "METHODS", "EWCConfig", "FullFTConfig", "FullFineTuning", "LoRA", "LoRAConfig", "Method", "MethodError",
     "Replay", "ReplayConfig", "SMFConfig", "SparseMemoryFinetuning", "TaskData", "build_method", "method_options",
 ]

@@ -63,19 +63,32 @@ class Method:
         """The optimizer of a task; None lets the Trainer build the one TrainingArguments ask for."""
         return None
 
+    def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]] | None:
+        """Optimizer groups ({"params": [...], "lr": ...}) for the optimizer TrainingArguments ask for;
+        None trains every parameter that requires grad at `learning_rate`."""
+        return None
+
     def extend_batch(self, features: list[Features]) -> list[Features]:
         """Called on each training batch's examples before collation (e.g. to mix in replayed ones)."""
         return features
 
-    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], outputs: Any) -> None:
-        """Called after each training forward pass, before the loss is final (e.g. to choose slots to train)."""
+    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+        """Called after each training forward pass, before backward (e.g. to choose slots to train)."""
 
-    def penalty(self, model: nn.Module, inputs: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor | None:
+    def penalty(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """A regulariser added to each training step's loss, once per optimizer step."""
         return None
 
     def after_backward(self, model: nn.Module) -> None:
         """Called after each backward pass, before the optimizer step (gradient masks, dampening)."""
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        """Called after each optimizer step (step counters for warm-ups)."""
+
+    def route(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str] | None:
+        """Called at inference before each batch of prompts: set up the model for these inputs (which adapter,
+        which memory version) and return, per example, the name of the task it was routed to; None: no routing."""
+        return None
 
     def after_task(self, model: nn.Module, data: TaskData) -> None:
         """Called when a task's training ends (Fisher estimates, buffers, freezing)."""

@@ -174,7 +174,7 @@ class SparseMemoryFinetuning(Method):
         idf = torch.log((self.background_batches + 1) / (frequency + 1))
         return counts / counts.sum().clamp_min(1) * idf
 
-    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], outputs: Any) -> None:
+    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
         # Before backward: choose this batch's slots, which the gradient hook on the values keeps.
         if self.document_frequency is None:
             raise RuntimeError("smf: no background statistics; use trainer.fit(stream) or call trainer.start_stream(stream)")

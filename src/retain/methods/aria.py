@@ -1,0 +1,299 @@
+"""ARIA: gated fast/slow feed-forward pathways, slow-pathway consolidation, and per-task adapters.
+
+- Each chosen layer's feed-forward block becomes a PlasticityGatedMLP: the pretrained block is the
+  slow pathway, a copy of it the fast one, mixed per token by π = sigmoid(gate(x)). After a warm-up
+  of `warmup_steps` optimizer steps in each task, λ·mean π(1−π) pushes every π toward 0 or 1.
+- Asymmetric learning rates: the slow pathway trains at `slow_lr_ratio`× the learning rate, the
+  other pretrained weights (attention, norms, embeddings) at `shared_lr_ratio`× (0: frozen).
+- Gradient dampening: each micro-batch's gradient of a layer's slow pathway is scaled by (1 − π̄),
+  π̄ that layer's mean gate over the micro-batch's tokens; applied as the gradient arrives, so it is
+  exact under gradient accumulation.
+- SPC: after each task, the diagonal Fisher of the slow pathway anchors it with λ·Σ F(θ−θ*)²,
+  all tasks merged into one (F, θ*) pair.
+- Task adapters: a zero-initialised bottleneck adapter per task after each chosen feed-forward
+  block, trained in its task and frozen after. At inference each input goes to the adapter of the
+  task whose prototype (mean input embedding of its training prompts) is nearest by cosine.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from retain.fisher import FisherAnchor, diagonal_fisher
+from retain.methods.base import Method, MethodError, TaskData, register
+from retain.nn.adapters import TaskAdapters
+from retain.nn.gated_mlp import PlasticityGatedMLP, feed_forward_layout, gate_feed_forwards
+from retain.nn.product_key_memory import decoder_layers
+from retain.stream import Task
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ARIAConfig:
+    plasticity_lambda: float = field(default=0.1, metadata={"help": "Gate regulariser λ in λ·mean π(1−π) (0 = off)."})
+    warmup_steps: int = field(default=10, metadata={"help": "Optimizer steps of each task before the gate regulariser applies."})
+    spc_lambda: float = field(default=1e6, metadata={"help": "SPC strength λ in λ·Σ F(θ−θ*)² on the slow pathway (0 = off)."})
+    slow_lr_ratio: float = field(default=0.1, metadata={"help": "Learning rate of the slow pathway, × --learning_rate."})
+    shared_lr_ratio: float = field(default=0.0, metadata={"help": "Learning rate of the other pretrained weights "
+                                                                  "(attention, norms, embeddings), × --learning_rate; 0 = frozen."})
+    adapter_dim: int = field(default=64, metadata={"help": "Bottleneck width of the per-task adapters (0 = no adapters)."})
+    adapter_lr_ratio: float = field(default=10.0, metadata={"help": "Learning rate of the task's adapter, × --learning_rate."})
+    consolidation_steps_per_task: int = field(default=0, metadata={
+        "help": "After each task, optimizer steps that train only the slow pathway on the task (gates pinned to "
+                "the slow side) under SPC, moving what the task taught into the consolidated weights."})
+    gate: bool = field(default=True, metadata={"help": "Split feed-forward blocks into gated fast/slow pathways."})
+    dampening: bool = field(default=True, metadata={"help": "Scale slow-pathway gradients by (1 − mean π)."})
+    fast_rank: int = field(default=0, metadata={"help": "0: the fast pathway is a full copy; r>0: slow + a rank-r bottleneck."})
+    layers: str = field(default="", metadata={"help": "Comma-separated decoder layers to modify; empty = all."})
+    spc_params: str = field(default="", metadata={"help": "Regex of other trainable weights SPC anchors too."})
+    fisher_samples: int = field(default=32, metadata={"help": "Training examples per task for the SPC Fisher."})
+    seed: int = field(default=0, metadata={"help": "Seed of the Fisher and consolidation examples."})
+
+    def __post_init__(self) -> None:
+        for name in ("plasticity_lambda", "spc_lambda", "slow_lr_ratio", "shared_lr_ratio", "adapter_lr_ratio"):
+            if getattr(self, name) < 0:
+                raise MethodError(f"--method-arg {name}: must be ≥ 0, got {getattr(self, name)}")
+        for name in ("warmup_steps", "adapter_dim", "consolidation_steps_per_task", "fast_rank", "fisher_samples"):
+            if getattr(self, name) < 0:
+                raise MethodError(f"--method-arg {name}: must be ≥ 0, got {getattr(self, name)}")
+        try:
+            self.layer_indices()
+        except ValueError:
+            raise MethodError(f"--method-arg layers: expected comma-separated integers, got {self.layers!r}") from None
+
+    def layer_indices(self) -> list[int] | None:
+        return [int(part) for part in self.layers.split(",")] if self.layers.strip() else None
+
+
+@register
+class ARIA(Method):
+    name = "aria"
+    config_class = ARIAConfig
+
+    def __init__(self, config: ARIAConfig | None = None) -> None:
+        super().__init__(config)
+        self.gated: list[PlasticityGatedMLP] = []
+        self.feed_forwards: list[nn.Module] = []  # the slow pathways (the pretrained blocks)
+        self.adapter_blocks: list[TaskAdapters] = []
+        self.embeddings: nn.Module | None = None
+        self.anchor = FisherAnchor()
+        self.task_names: list[str] = []
+        self.prototypes: torch.Tensor | None = None  # (tasks, hidden), unit rows
+        self.steps = 0  # optimizer steps in the current task
+        self.learning_rate: float | None = None
+        self._dampening: list[float | None] = []
+        self._report: dict[str, float] = {}
+
+    # -- surgery --------------------------------------------------------------------------------
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        config = self.config
+        layers, stack = config.layer_indices(), decoder_layers(model)
+        chosen = list(range(len(stack))) if layers is None else layers
+        if config.gate:
+            self.gated = gate_feed_forwards(model, chosen, config.fast_rank)
+            self.feed_forwards = [g.slow for g in self.gated]
+        else:
+            for index in chosen:
+                feed_forward_layout(stack[index].mlp)
+            self.feed_forwards = [stack[index].mlp for index in chosen]
+        if config.adapter_dim > 0:
+            hidden = model.config.get_text_config().hidden_size
+            for index in chosen:
+                stack[index].mlp = TaskAdapters(stack[index].mlp, hidden, config.adapter_dim)
+                self.adapter_blocks.append(stack[index].mlp)
+        self.embeddings = model.get_input_embeddings()
+        self._dampening = [None] * len(self.gated)
+        if config.gate and config.dampening:
+            for index, gated in enumerate(self.gated):
+                for param in gated.slow.parameters():
+                    param.register_hook(lambda grad, index=index: self._dampen(grad, index))
+        return model
+
+    def _dampen(self, grad: torch.Tensor, index: int) -> torch.Tensor:
+        factor = self._dampening[index]
+        return grad if factor is None else grad * factor
+
+    def _ids(self, modules: list[nn.Module]) -> set[int]:
+        return {id(p) for module in modules for p in module.parameters()}
+
+    def slow_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        slow = self._ids(self.feed_forwards)
+        return {name: p for name, p in model.named_parameters() if id(p) in slow}
+
+    # -- training -------------------------------------------------------------------------------
+
+    def before_task(self, model: nn.Module, task: Task) -> None:
+        for block in self.adapter_blocks:
+            block.add_adapter()
+            block.active = len(block.adapters) - 1
+        fast = self._ids([m for g in self.gated for m in (g.fast, g.fast_delta, g.gate) if m is not None])
+        slow = self._ids(self.feed_forwards)
+        current = self._ids([block.adapters[-1] for block in self.adapter_blocks])
+        adapters = self._ids(self.adapter_blocks) - self._ids([b.block for b in self.adapter_blocks])
+        for p in model.parameters():
+            if id(p) in fast or id(p) in current:
+                p.requires_grad_(True)
+            elif id(p) in slow:
+                p.requires_grad_(self.config.slow_lr_ratio > 0)
+            elif id(p) in adapters:
+                p.requires_grad_(False)  # earlier tasks' adapters stay as their task left them
+            else:
+                p.requires_grad_(self.config.shared_lr_ratio > 0)
+        self.steps = 0
+
+    def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]]:
+        self.learning_rate = learning_rate
+        slow = self._ids(self.feed_forwards)
+        current = self._ids([block.adapters[-1] for block in self.adapter_blocks]) if self.adapter_blocks else set()
+        fast = self._ids([m for g in self.gated for m in (g.fast, g.fast_delta, g.gate) if m is not None])
+        groups: dict[str, list[nn.Parameter]] = {"fast": [], "adapter": [], "slow": [], "shared": []}
+        for p in model.parameters():
+            if p.requires_grad:
+                kind = "fast" if id(p) in fast else "adapter" if id(p) in current else "slow" if id(p) in slow else "shared"
+                groups[kind].append(p)
+        ratios = {"fast": 1.0, "adapter": self.config.adapter_lr_ratio, "slow": self.config.slow_lr_ratio,
+                  "shared": self.config.shared_lr_ratio}
+        return [{"params": params, "lr": learning_rate * ratios[kind], "name": kind} for kind, params in groups.items() if params]
+
+    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+        if self.config.dampening:
+            mask = inputs.get("attention_mask")
+            self._dampening = [1.0 - float(_masked_mean(g.plasticity.detach(), mask)) for g in self.gated]
+
+    def penalty(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        terms = []
+        if self.gated and self.config.plasticity_lambda > 0 and self.steps >= self.config.warmup_steps:
+            mask = inputs.get("attention_mask")
+            spread = torch.stack([_masked_mean(g.plasticity * (1 - g.plasticity), mask) for g in self.gated]).mean()
+            terms.append(self.config.plasticity_lambda * spread)
+        if self.config.spc_lambda > 0:
+            anchored = self.anchor.penalty(model)
+            if anchored is not None:
+                terms.append(self.config.spc_lambda * anchored)
+        return sum(terms) if terms else None
+
+    def after_backward(self, model: nn.Module) -> None:
+        self._dampening = [None] * len(self.gated)
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        self.steps += 1
+
+    # -- end of task ----------------------------------------------------------------------------
+
+    def after_task(self, model: nn.Module, data: TaskData) -> None:
+        rng = random.Random(f"{self.config.seed}:{data.task.name}")
+        sample = rng.sample(data.features, min(self.config.fisher_samples, len(data.features)))
+        self._consolidate(model, data, rng)
+        self._report = self._gate_statistics(model, data, sample)
+        if self.config.spc_lambda > 0:
+            params = self.slow_parameters(model)
+            if self.config.spc_params:
+                pattern = re.compile(self.config.spc_params)
+                params |= {n: p for n, p in model.named_parameters() if p.requires_grad and pattern.search(n)}
+            params = {n: p for n, p in params.items() if p.requires_grad}
+            if params:
+                self.anchor.add(params, diagonal_fisher(model, (data.collate([f]) for f in sample), params))
+        for block in self.adapter_blocks:
+            block.adapters[-1].requires_grad_(False)
+        self._add_prototype(data)
+
+    def _consolidate(self, model: nn.Module, data: TaskData, rng: random.Random) -> None:
+        slow = [p for p in self.slow_parameters(model).values() if p.requires_grad]
+        if not self.config.consolidation_steps_per_task or not slow or not self.gated:
+            return
+        optimizer = torch.optim.AdamW(slow, lr=(self.learning_rate or 1e-4) * self.config.slow_lr_ratio, weight_decay=0.0)
+        for gated in self.gated:
+            gated.force_slow = True
+        try:
+            for _ in range(self.config.consolidation_steps_per_task):
+                batch = data.collate(rng.sample(data.features, min(8, len(data.features))))
+                device = slow[0].device
+                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+                anchored = self.anchor.penalty(model) if self.config.spc_lambda > 0 else None
+                if anchored is not None:
+                    loss = loss + self.config.spc_lambda * anchored
+                loss.backward()
+                optimizer.step()
+                model.zero_grad(set_to_none=True)
+        finally:
+            for gated in self.gated:
+                gated.force_slow = False
+
+    @torch.no_grad()
+    def _gate_statistics(self, model: nn.Module, data: TaskData, sample: list) -> dict[str, float]:
+        if not self.gated or not sample:
+            return {}
+        batch = data.collate(sample)
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            model(**{k: v.to(device) for k, v in batch.items()})
+        finally:
+            model.train(was_training)
+        mask = batch["attention_mask"].bool().to(device)
+        pi = torch.cat([g.plasticity[mask] for g in self.gated])
+        return {"gate_mean": float(pi.mean()), "gate_decided": float(((pi < 0.1) | (pi > 0.9)).float().mean())}
+
+    @torch.no_grad()
+    def _add_prototype(self, data: TaskData) -> None:
+        if not self.adapter_blocks:
+            return
+        means = [self._embed([f["input_ids"]], [_prompt_mask(f)]) for f in data.features]
+        prototype = nn.functional.normalize(torch.cat(means).mean(0, keepdim=True), dim=-1)
+        self.prototypes = prototype if self.prototypes is None else torch.cat([self.prototypes, prototype])
+        self.task_names.append(data.task.name)
+
+    def _embed(self, ids: list[list[int]] | torch.Tensor, mask: list[list[int]] | torch.Tensor) -> torch.Tensor:
+        weight = self.embeddings.weight
+        ids = torch.as_tensor(ids, device=weight.device)
+        mask = torch.as_tensor(mask, device=weight.device, dtype=weight.dtype)
+        summed = (self.embeddings(ids) * mask[..., None]).sum(1)
+        return nn.functional.normalize(summed / mask.sum(1, keepdim=True).clamp_min(1), dim=-1).float()
+
+    def task_report(self) -> dict[str, float]:
+        return self._report
+
+    # -- inference ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def route(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str] | None:
+        if self.prototypes is None:
+            return None
+        chosen = (self._embed(input_ids, attention_mask) @ self.prototypes.to(input_ids.device).T).argmax(-1)
+        for block in self.adapter_blocks:
+            block.active = chosen
+        return [self.task_names[i] for i in chosen.tolist()]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"anchor": self.anchor.state_dict(), "prototypes": self.prototypes, "task_names": self.task_names,
+                "adapters": len(self.adapter_blocks[0].adapters) if self.adapter_blocks else 0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.anchor.load_state_dict(state["anchor"])
+        self.prototypes, self.task_names = state["prototypes"], list(state["task_names"])
+        for block in self.adapter_blocks:
+            while len(block.adapters) < state["adapters"]:
+                block.add_adapter().requires_grad_(False)
+            block.active = None
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None or mask.shape != values.shape:
+        return values.mean()
+    weights = mask.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp_min(1)
+
+
+def _prompt_mask(features: dict[str, list[int]]) -> list[int]:
+    """The tokens an input shows before its answer: the prompt of a prompt/completion pair, or all of a text."""
+    prompt = [int(label == IGNORE_INDEX) for label in features["labels"]]
+    return prompt if any(prompt) else [1] * len(features["input_ids"])
