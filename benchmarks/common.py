@@ -29,10 +29,11 @@ METHOD_LR = {"lora": "1e-3"}
 METHOD_ARGS = {"ewc": ["fisher_samples=32"], "replay": ["buffer_size=64", "ratio=0.25"], "smf": []}
 
 
-def compare(stream: Path, output: Path, methods: list[str], options: list[str]) -> float:
-    """Run `retain compare` with the shared per-method settings of `methods`; return its wall-clock seconds."""
+def compare(stream: Path, output: Path, methods: list[str], options: list[str], method_args: list[str] = ()) -> float:
+    """Run `retain compare` with the shared per-method settings of `methods` plus `method_args`
+    (METHOD.key=value); return its wall-clock seconds."""
     lrs = [f"{m}={METHOD_LR[m]}" for m in methods if m in METHOD_LR]
-    method_args = [f"{m}.{arg}" for m in methods for arg in METHOD_ARGS.get(m, [])]
+    method_args = [f"{m}.{arg}" for m in methods for arg in METHOD_ARGS.get(m, [])] + list(method_args)
     options = [*options, *(["--method-lr", *lrs] if lrs else []), *(["--method-arg", *method_args] if method_args else [])]
     started = time.time()
     if retain(["compare", "--methods", ",".join(methods), "--stream", str(stream), "--output", str(output), *options]) != 0:
@@ -92,7 +93,7 @@ def condense(output: Path) -> dict[str, Any]:
         if base:
             own["step_time_ratio_vs_full_ft"] = own["seconds_per_step"] / base["seconds_per_step"]
             own["token_time_ratio_vs_full_ft"] = own["seconds_per_token"] / base["seconds_per_token"]
-        condensed[method] = {key: result[key] for key in ("tasks", "initial", "matrix", "by_kind", "summary")} | {
+        condensed[method] = {key: result[key] for key in ("tasks", "initial", "matrix", "by_kind", "summary", "timings")} | {
             "speed": own, "training_args": {k: result["config"]["training_args"][k] for k in
                                             ("learning_rate", "num_train_epochs", "per_device_train_batch_size")},
             "method_args": result["config"]["method_args"],

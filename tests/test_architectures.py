@@ -33,7 +33,7 @@ def gpt2(vocab: int) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256))
 
 
-METHODS = {"full_ft": {}, "lora": {"r": "4"}, "ewc": {"fisher_samples": "2"}, "replay": {"ratio": "0.5"},
+METHODS = {"full_ft": {}, "aria": {"adapter_dim": "8", "fisher_samples": "2", "warmup_steps": "0"}, "lora": {"r": "4"}, "ewc": {"fisher_samples": "2"}, "replay": {"ratio": "0.5"},
            "smf": {"n_keys": "8", "heads": "2", "k": "4", "key_dim": "8", "top_t": "8"}}
 
 

@@ -54,7 +54,9 @@ class RunArguments:
 class CompareArguments:
     stream: str | None = field(default=None, metadata={"help": "Stream directory holding stream.yaml (required)."})
     output: str | None = field(default=None, metadata={"help": "Comparison directory: one run directory per method (required)."})
-    methods: str = field(default="full_ft,lora,ewc,replay", metadata={"help": "Comma-separated methods, run in this order."})
+    methods: str = field(default="full_ft,lora,ewc,replay", metadata={
+        "help": "Comma-separated methods, run in this order; NAME=METHOD runs a variant under its own name "
+                "(e.g. aria_no_spc=aria with --method-arg aria_no_spc.spc_lambda=0)."})
     model: str = field(default=EMBEDDED_DEFAULT, metadata={"help": "The model every method starts from."})
     method_arg: list[str] = field(
         default_factory=list, metadata={"help": "Method options as method.key=value, e.g. lora.r=8.", "nargs": "*"}
@@ -254,7 +256,8 @@ def _execute(run_args: RunArguments, train_args: ContinualTrainingArguments, con
 def _execute_compare(args: CompareArguments, train_args: ContinualTrainingArguments, console: Console) -> int:
     _setup_logging(console)
     stream = load_stream(args.stream)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    variants = dict(_variant(m.strip()) for m in args.methods.split(",") if m.strip())
+    methods = list(variants)
     per_method: dict[str, dict[str, str]] = {m: {} for m in methods}
     for key, value in _parse_method_args(args.method_arg).items():
         method, dot, option = key.partition(".")
@@ -271,10 +274,10 @@ def _execute_compare(args: CompareArguments, train_args: ContinualTrainingArgume
         except ValueError:
             raise MethodError(f"--method-lr {pair}: {value!r} is not a number") from None
     for method in methods:  # fail on a bad option before hours of training, not after
-        build_method(method, per_method[method])
+        build_method(variants[method], per_method[method])
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    atomic_write(output / "compare.json", json.dumps({"methods": methods, "method_args": per_method,
+    atomic_write(output / "compare.json", json.dumps({"methods": methods, "variants": variants, "method_args": per_method,
                                                        "method_lr": learning_rates, "model": args.model}, indent=2))
     results = {}
     for index, method in enumerate(methods, start=1):
@@ -288,13 +291,22 @@ def _execute_compare(args: CompareArguments, train_args: ContinualTrainingArgume
             train_args, learning_rate=learning_rates.get(method, train_args.learning_rate), output_dir=str(run_dir / "trainer")
         )
         resume = not args.overwrite and (run_dir / "config.json").is_file()
-        results[method] = _train_one(method, per_method[method], args.model, stream, args.stream, method_train_args,
+        results[method] = _train_one(variants[method], per_method[method], args.model, stream, args.stream, method_train_args,
                                      str(run_dir), resume, args.overwrite, console)
         gc.collect()
     paths = write_report(output)
     _wide_console().print(comparison_table(output))
     console.print(f"Report: [bold]{paths['html']}[/] (and report.md, PNGs, one run directory per method)")
     return 0
+
+
+def _variant(text: str) -> tuple[str, str]:
+    """"aria" → (aria, aria); "aria_no_spc=aria" → (aria_no_spc, aria)."""
+    name, _, method = text.partition("=")
+    name, method = name.strip(), (method or name).strip()
+    if not name or not method:
+        raise MethodError(f"--methods {text!r}: expected METHOD or NAME=METHOD")
+    return name, method
 
 
 def _wide_console() -> Console:

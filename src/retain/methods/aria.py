@@ -11,8 +11,10 @@
 - SPC: after each task, the diagonal Fisher of the slow pathway anchors it with λ·Σ F(θ−θ*)²,
   all tasks merged into one (F, θ*) pair.
 - Task adapters: a zero-initialised bottleneck adapter per task after each chosen feed-forward
-  block, trained in its task and frozen after. At inference each input goes to the adapter of the
-  task whose prototype (mean input embedding of its training prompts) is nearest by cosine.
+  block, trained in its task and frozen after. At inference (the model in eval mode) each input
+  goes to the adapter of the task whose prototype (mean input embedding of its training prompts)
+  is nearest by cosine; the model routes itself on the first forward of a sequence, so plain
+  `model(...)` and `model.generate(...)` use the right adapter too.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class ARIA(Method):
         self.learning_rate: float | None = None
         self._dampening: list[float | None] = []
         self._report: dict[str, float] = {}
+        self._routing = True
 
     # -- surgery --------------------------------------------------------------------------------
 
@@ -110,6 +113,8 @@ class ARIA(Method):
                 stack[index].mlp = TaskAdapters(stack[index].mlp, hidden, config.adapter_dim)
                 self.adapter_blocks.append(stack[index].mlp)
         self.embeddings = model.get_input_embeddings()
+        if self.adapter_blocks:
+            model.register_forward_pre_hook(self._route_on_first_forward, with_kwargs=True)
         self._dampening = [None] * len(self.gated)
         if config.gate and config.dampening:
             for index, gated in enumerate(self.gated):
@@ -191,16 +196,22 @@ class ARIA(Method):
     def after_task(self, model: nn.Module, data: TaskData) -> None:
         rng = random.Random(f"{self.config.seed}:{data.task.name}")
         sample = rng.sample(data.features, min(self.config.fisher_samples, len(data.features)))
-        self._consolidate(model, data, rng)
-        self._report = self._gate_statistics(model, data, sample)
-        if self.config.spc_lambda > 0:
-            params = self.slow_parameters(model)
-            if self.config.spc_params:
-                pattern = re.compile(self.config.spc_params)
-                params |= {n: p for n, p in model.named_parameters() if p.requires_grad and pattern.search(n)}
-            params = {n: p for n, p in params.items() if p.requires_grad}
-            if params:
-                self.anchor.add(params, diagonal_fisher(model, (data.collate([f]) for f in sample), params))
+        self._routing = False  # the task's own data goes through the task's own adapter
+        for block in self.adapter_blocks:
+            block.active = len(block.adapters) - 1
+        try:
+            self._consolidate(model, data, rng)
+            self._report = self._gate_statistics(model, data, sample)
+            if self.config.spc_lambda > 0:
+                params = self.slow_parameters(model)
+                if self.config.spc_params:
+                    pattern = re.compile(self.config.spc_params)
+                    params |= {n: p for n, p in model.named_parameters() if p.requires_grad and pattern.search(n)}
+                params = {n: p for n, p in params.items() if p.requires_grad}
+                if params:
+                    self.anchor.add(params, diagonal_fisher(model, (data.collate([f]) for f in sample), params))
+        finally:
+            self._routing = True
         for block in self.adapter_blocks:
             block.adapters[-1].requires_grad_(False)
         self._add_prototype(data)
@@ -263,6 +274,16 @@ class ARIA(Method):
         return self._report
 
     # -- inference ------------------------------------------------------------------------------
+
+    def _route_on_first_forward(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        if model.training or not self._routing or self.prototypes is None:
+            return
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        cache = kwargs.get("past_key_values")
+        if input_ids is None or (cache is not None and cache.get_seq_length() > 0):
+            return  # later generation steps keep the sequence's route
+        mask = kwargs.get("attention_mask")
+        self.route(model, input_ids, mask if mask is not None else torch.ones_like(input_ids))
 
     @torch.no_grad()
     def route(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str] | None:

@@ -47,6 +47,8 @@ class TaskAdapters(nn.Module):
             return y
         if isinstance(self.active, int):
             return y + self.adapters[self.active](y)
+        if len(self.active) != len(y):
+            raise ValueError(f"adapters were routed for {len(self.active)} inputs but got a batch of {len(y)}; route this batch first")
         out = y.clone()
         for index in self.active.unique().tolist():
             if index >= 0:
