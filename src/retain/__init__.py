@@ -6,12 +6,13 @@ from retain.models import EMBEDDED_DEFAULT, TINY, ModelLoadError, load_model
 from retain.result import EvalRow, RunResult
 from retain.runstate import RunDirectory, RunDirectoryError
 from retain.stream import Probe, Stream, StreamError, Task, load_stream, save_stream
-from retain.trainer import ContinualTrainer, ContinualTrainingArguments
+from retain.methods.aria import ARIAConfig
+from retain.trainer import ContinualSFTConfig, ContinualSFTTrainer, ContinualTrainer, ContinualTrainingArguments
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "EMBEDDED_DEFAULT", "METHODS", "TINY", "ContinualTrainer", "ContinualTrainingArguments", "EvalRow",
+    "ARIAConfig", "ContinualSFTConfig", "ContinualSFTTrainer", "EMBEDDED_DEFAULT", "METHODS", "TINY", "ContinualTrainer", "ContinualTrainingArguments", "EvalRow",
     "Evaluator", "Method", "ModelLoadError", "Probe", "RunDirectory", "RunDirectoryError", "RunResult",
     "Stream", "StreamError", "Task", "TaskData", "build_method", "exact_match", "load_model", "load_stream",
     "normalize_answer", "save_stream", "token_f1",

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
+from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import TrainOutput
+from trl import SFTConfig, SFTTrainer
 
 from retain.evaluation import Evaluator
 from retain.metrics import mean
+from retain.methods.aria import ARIA, ARIAConfig
 from retain.methods.base import Features, Method, StreamData, TaskData
 from retain.methods.full_ft import FullFineTuning
 from retain.result import EvalRow, RunResult
 from retain.runstate import RunDirectory
-from retain.stream import Stream, Task
+from retain.stream import Probe, Stream, Task
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -236,6 +244,35 @@ class ContinualTrainer(Trainer):
             routing_accuracy=mean(routed),
         )
 
+    def save_continual_state(self, directory: str | Path) -> Path:
+        """Save the model, the method's state (Fisher anchors, adapters, prototypes, buffers…) and the tasks
+        learned so far, for `load_continual_state` to continue the stream. The directory is replaced whole."""
+        if self._pending is not None:
+            raise RuntimeError(f"save_continual_state: call consolidate_task() for task {self._pending.task.name!r} first")
+        path = Path(directory)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        save_model(self.model, str(staging / "model.safetensors"))
+        torch.save({"method": self.method.name, "state": self.method.state_dict(), "tasks": self.tasks}, staging / "continual.pt")
+        retired = path.with_name(f".{path.name}.old")
+        if path.exists():
+            os.replace(path, retired)
+        os.replace(staging, path)
+        shutil.rmtree(retired, ignore_errors=True)
+        return path
+
+    def load_continual_state(self, directory: str | Path) -> None:
+        """Restore what `save_continual_state` saved into this trainer's model and method (same method and config)."""
+        path = Path(directory)
+        if not (path / "continual.pt").is_file():
+            raise FileNotFoundError(f"{path}: no continual.pt; not saved by save_continual_state")
+        saved = torch.load(path / "continual.pt", weights_only=False)
+        if saved["method"] != self.method.name:
+            raise ValueError(f"{path}: saved by method {saved['method']!r}, this trainer runs {self.method.name!r}")
+        self.method.load_state_dict(saved["state"])
+        load_model(self.model, str(path / "model.safetensors"))
+        self.tasks = list(saved["tasks"])
+
     def fit(self, stream: Stream, run_dir: RunDirectory | None = None, model_name: str = "") -> RunResult:
         """Train through `stream`, evaluating every task after each one; resumes from `run_dir`'s checkpoint."""
         result = RunResult(
@@ -280,3 +317,63 @@ def _state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
     if optimizer is None:
         return 0
     return sum(v.numel() * v.element_size() for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
+
+
+@dataclass
+class ContinualSFTConfig(SFTConfig):
+    """TRL's SFTConfig with the defaults of continual runs: bf16 only where a GPU has it (CPUs run fp32),
+    activation checkpointing off unless asked for."""
+
+    bf16: bool | None = field(default=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+                              metadata={"help": "bf16 mixed precision (default: on GPUs that support it)."})
+    # SFTConfig turns checkpointing on through the deprecated name; off here: small models train faster without it.
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated: use --activation_checkpointing."})
+    save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints; runs checkpoint per task."})
+    logging_strategy: str = field(default="epoch", metadata={"help": "When the Trainer logs the training loss."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the tokenized fields as they are."})
+    dataloader_pin_memory: bool = field(
+        default=torch.cuda.is_available(), metadata={"help": "Pin batches in page-locked memory (helps only on GPU)."}
+    )
+    max_length: int | None = field(default=256, metadata={"help": "Training examples are truncated to this many tokens."})
+    max_new_tokens: int = field(default=24, metadata={"help": "Generation budget per probe (capped near the answer's length)."})
+
+
+class ContinualSFTTrainer(ContinualTrainer, SFTTrainer):
+    """TRL's SFTTrainer with the continual task lifecycle; ARIA unless another method is given.
+
+        trainer = ContinualSFTTrainer(model, args=ContinualSFTConfig(...), aria_config=ARIAConfig(...),
+                                      processing_class=tokenizer)
+        for task in stream.tasks:
+            trainer.add_task(task)          # a Task, or a datasets.Dataset of text / prompt+completion rows
+            trainer.consolidate_task()
+        trainer.evaluate_all_tasks()
+
+    SFTTrainer insists on a dataset when it is built; the first task's is given to it if passed as
+    `train_dataset`, and each `add_task` brings its own.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module,
+        args: TrainingArguments | None = None,
+        aria_config: ARIAConfig | None = None,
+        method: Method | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        train_dataset: Dataset | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if method is not None and aria_config is not None:
+            raise ValueError("ContinualSFTTrainer: give aria_config= or method=, not both")
+        method = method if method is not None else ARIA(aria_config)
+        args = args if args is not None else ContinualSFTConfig(output_dir="retain_output")
+        if train_dataset is None:
+            train_dataset = Dataset.from_list([{"text": "placeholder"}])
+        super().__init__(model, args, method=method, processing_class=processing_class, train_dataset=train_dataset, **kwargs)
+
+    def add_task(  # type: ignore[override]
+        self, task: Task | Dataset, name: str | None = None, probes: Sequence[Probe | dict[str, Any]] = ()
+    ) -> TrainOutput:
+        """Train on `task`: a Task, or a Dataset of training rows with the `probes` that will measure it."""
+        if isinstance(task, Dataset):
+            task = Task(name=name or f"task-{len(self.tasks) + 1}", train=task, probes=list(probes))
+        return super().add_task(task)
