@@ -17,8 +17,9 @@ FAST = ["--model", "tiny", "--num_train_epochs", "1", "--per_device_train_batch_
 def comparison(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     assert main(["generate", "temporal-facts", "--preset", "small", "--facts", "6", "--output", str(root / "stream")]) == 0
-    code = main(["compare", "--methods", "full_ft,replay,ewc", "--stream", str(root / "stream"), "--output", str(root / "out"),
-                 *FAST, "--method-arg", "ewc.fisher_samples=2", "replay.ratio=0.5", "--method-lr", "replay=1e-3"])
+    code = main(["compare", "--methods", "full_ft,replay,ewc,ewc_strong=ewc", "--stream", str(root / "stream"),
+                 "--output", str(root / "out"), *FAST, "--method-arg", "ewc.fisher_samples=2", "replay.ratio=0.5",
+                 "ewc_strong.fisher_samples=2", "ewc_strong.ewc_lambda=1e9", "--method-lr", "replay=1e-3"])
     assert code == 0
     return root / "out"
 
@@ -30,6 +31,8 @@ def test_compare_writes_one_complete_run_per_method(comparison):
         assert {"plasticity", "stability", "historical"} <= set(result["summary"])
     assert json.loads((comparison / "replay" / "config.json").read_text())["training_args"]["learning_rate"] == 1e-3
     assert json.loads((comparison / "ewc" / "config.json").read_text())["method_args"] == {"fisher_samples": "2"}
+    variant = json.loads((comparison / "ewc_strong" / "config.json").read_text())  # NAME=METHOD: a variant in its own run
+    assert variant["method"] == "ewc" and variant["method_args"] == {"fisher_samples": "2", "ewc_lambda": "1e9"}
 
 
 def test_report_files_exist_and_images_decode(comparison):
@@ -47,7 +50,7 @@ def test_report_files_exist_and_images_decode(comparison):
 def test_html_is_self_contained_and_embeds_every_figure(comparison):
     page = (comparison / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 6
+    assert len(images) == 4 + 3  # a heatmap per method, then summary bars, forgetting curves and speed
     for data in images:
         Image.open(io.BytesIO(base64.b64decode(data))).verify()
     assert "http" not in page.replace("http-equiv", "")  # nothing fetched from elsewhere
