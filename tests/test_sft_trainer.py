@@ -5,7 +5,7 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from retain import ARIAConfig, ContinualSFTConfig, ContinualSFTTrainer
+from retain import ARIAConfig, ContinualSFTConfig, ContinualSFTTrainer, Task
 from retain.methods import EWC, ARIA
 
 REVIEW = "Review: the {} was lovely.\nVerdict:"
@@ -76,3 +76,34 @@ def test_the_example_runs_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(example), "--model", "tiny", "--output", str(tmp_path / "out")])
     runpy.run_path(str(example), run_name="__main__")
     assert (tmp_path / "out" / "state" / "continual.pt").is_file()
+
+
+@pytest.mark.parametrize("method", ["full_ft", "aria"])
+def test_sequence_classification_model_learns_labels(tokenizer, tmp_path, method):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from retain import ContinualTrainer, ContinualTrainingArguments, build_method
+
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id, id2label={0: "positive", 1: "negative"},
+        label2id={"positive": 0, "negative": 1}))
+    options = dict(output_dir=str(tmp_path / "cls"), learning_rate=1e-2, num_train_epochs=8, per_device_train_batch_size=2,
+                   report_to="none", disable_tqdm=True)
+    if method == "aria":  # the TRL-style trainer, as the aria-trl Quick Start uses it with a classifier
+        trainer = ContinualSFTTrainer(model, ContinualSFTConfig(**options), processing_class=tokenizer,
+                                      aria_config=ARIAConfig(adapter_dim=8, fisher_samples=4, shared_lr_ratio=1))
+    else:
+        trainer = ContinualTrainer(model, ContinualTrainingArguments(**options), method=build_method(method),
+                                   processing_class=tokenizer)
+    data, probes = dataset(REVIEW, [("zobi", "positive"), ("kemu", "negative")])
+    trainer.add_task(Task(name="review", train=data, probes=probes))
+    trainer.consolidate_task()
+    row = trainer.evaluate_all_tasks()
+    assert row.em == [1.0] and {p["prediction"] for p in row.predictions} == {"positive", "negative"}
+    if method == "aria":  # the new classification head trains with the fast weights
+        trained = {id(p) for group in trainer.optimizer.param_groups if group["name"] == "fast" for p in group["params"]}
+        assert id(model.score.weight) in trained and row.routing_accuracy == 1.0
+    with pytest.raises(ValueError, match="'neutral' is not one of the model's labels"):
+        trainer.tokenize([{"prompt": "x", "completion": " neutral"}])

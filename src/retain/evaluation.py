@@ -75,23 +75,27 @@ class Evaluator:
 
     `route(model, input_ids, attention_mask)`, when given, is called on every batch of prompts before the
     model sees it (a method choosing an adapter or memory version); what it returns is kept per probe.
+    With `class_labels`, the model is a sequence classifier and its prediction is the label it scores highest.
     """
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16, max_new_tokens: int = 24, progress: bool = False,
-        route: Route | None = None,
+        route: Route | None = None, class_labels: Sequence[str] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.progress = progress
         self.route = route
+        self.class_labels = list(class_labels) if class_labels is not None else None
 
     @torch.no_grad()
     def score(self, model: nn.Module, probes: Sequence[Probe]) -> list[ProbeScore]:
         was_training = model.training
         model.eval()
         try:
+            if self.class_labels is not None:
+                return self._classify(model, probes)
             scores: dict[int, ProbeScore] = {}
             generated = [i for i, p in enumerate(probes) if not p.choices]
             ranked = [i for i, p in enumerate(probes) if p.choices]
@@ -129,6 +133,20 @@ class Evaluator:
                     for text in self._generate(model, prompts[start : start + self.batch_size], max_new_tokens or self.max_new_tokens)[0]]
         finally:
             model.train(was_training)
+
+    def _classify(self, model: nn.Module, probes: Sequence[Probe]) -> list[ProbeScore]:
+        scores = []
+        device = next(model.parameters()).device
+        for start in range(0, len(probes), self.batch_size):
+            batch = probes[start : start + self.batch_size]
+            inputs = self.tokenizer([p.prompt for p in batch], return_tensors="pt", padding=True).to(device)
+            routes = self._routed(model, inputs.input_ids, inputs.attention_mask)
+            predicted = model(**inputs).logits.argmax(-1).tolist()
+            for probe, index, route in zip(batch, predicted, routes):
+                label = self.class_labels[index]
+                hit = float(normalize_answer(label) in {normalize_answer(a) for a in (probe.answer, *probe.aliases)})
+                scores.append(ProbeScore(label, hit, hit, route))
+        return scores
 
     def _routed(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str | None]:
         routes = self.route(model, input_ids, attention_mask) if self.route is not None else None

@@ -18,6 +18,7 @@ from datasets import Dataset
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 from transformers.trainer_utils import TrainOutput
 from trl import SFTConfig, SFTTrainer
 
@@ -78,9 +79,10 @@ class ContinualTrainer(Trainer):
             **kwargs,
         )
         self.max_length: int = getattr(args, "max_length", 256)
+        self.class_labels = _class_labels(self.model)
         self.evaluator = Evaluator(
             processing_class, args.per_device_eval_batch_size, getattr(args, "max_new_tokens", 24),
-            progress=not args.disable_tqdm, route=self.method.route,
+            progress=not args.disable_tqdm, route=self.method.route, class_labels=self.class_labels,
         )
         self.add_callback(_OptimizerStepHook(self))
         self.tasks: list[Task] = []
@@ -91,10 +93,19 @@ class ContinualTrainer(Trainer):
     # -- data ---------------------------------------------------------------------------------------
 
     def tokenize(self, examples: Sequence[dict[str, str]]) -> list[Features]:
-        """`text` trains on every token; `prompt`+`completion` trains on the completion only."""
+        """`text` trains on every token; `prompt`+`completion` trains on the completion only. A sequence
+        classification model reads the prompt and learns the completion as its class label."""
         tokenizer, eos = self.processing_class, self.processing_class.eos_token_id
         features = []
         for example in examples:
+            if self.class_labels is not None:
+                label = example.get("completion", "").strip()
+                if label not in self.class_labels:
+                    raise ValueError(f"completion {label!r} is not one of the model's labels {self.class_labels} "
+                                     "(a classification model trains on prompt + completion rows whose completion is a label)")
+                ids = tokenizer(example["prompt"]).input_ids[: self.max_length]
+                features.append({"input_ids": ids, "labels": [self.class_labels.index(label)]})
+                continue
             if "text" in example:
                 ids = tokenizer(example["text"]).input_ids + [eos]
                 labels = list(ids)
@@ -112,10 +123,12 @@ class ContinualTrainer(Trainer):
         def padded(values: list[int], fill: int) -> list[int]:
             return values + [fill] * (width - len(values))
 
+        labels = [f["labels"][0] for f in features] if self.class_labels is not None else \
+            [padded(f["labels"], IGNORE_INDEX) for f in features]
         return {
             "input_ids": torch.tensor([padded(f["input_ids"], pad) for f in features]),
             "attention_mask": torch.tensor([padded([1] * len(f["input_ids"]), 0) for f in features]),
-            "labels": torch.tensor([padded(f["labels"], IGNORE_INDEX) for f in features]),
+            "labels": torch.tensor(labels),
         }
 
     def _collate_training(self, features: list[Features]) -> dict[str, torch.Tensor]:
@@ -126,7 +139,7 @@ class ContinualTrainer(Trainer):
     # -- training hooks ---------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
-        computed = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        computed = self._model_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = computed[0] if return_outputs else computed
         self.method.after_forward(model, inputs)
         penalty = self.method.penalty(model, inputs)
@@ -138,6 +151,9 @@ class ContinualTrainer(Trainer):
                 scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
             loss = loss + (penalty / self.current_gradient_accumulation_steps if scaled else penalty)
         return (loss, computed[1]) if return_outputs else loss
+
+    def _model_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool, num_items_in_batch: Any):
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def create_optimizer(self, model=None):  # type: ignore[override]
         if self.optimizer is None:
@@ -238,7 +254,7 @@ class ContinualTrainer(Trainer):
             em=means(per_task, "em"),
             f1=means(per_task, "f1"),
             by_kind={kind: {"em": means(b, "em"), "f1": means(b, "f1")} for kind, b in sorted(per_kind.items()) if kind},
-            general_ppl=self.evaluator.perplexity(self.model, general) if general else None,
+            general_ppl=self.evaluator.perplexity(self.model, general) if general and self.class_labels is None else None,
             eval_seconds=time.perf_counter() - start,
             predictions=predictions,
             routing_accuracy=mean(routed),
@@ -305,6 +321,14 @@ class ContinualTrainer(Trainer):
         return result
 
 
+def _class_labels(model: nn.Module) -> list[str] | None:
+    """The label names of a sequence classification model, in index order; None for a language model."""
+    if type(model).__name__ not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values():
+        return None
+    id2label = model.config.id2label
+    return [id2label[i] for i in range(model.config.num_labels)]
+
+
 class _OptimizerStepHook(TrainerCallback):
     def __init__(self, trainer: ContinualTrainer) -> None:
         self.trainer = trainer
@@ -349,7 +373,9 @@ class ContinualSFTTrainer(ContinualTrainer, SFTTrainer):
         trainer.evaluate_all_tasks()
 
     SFTTrainer insists on a dataset when it is built; the first task's is given to it if passed as
-    `train_dataset`, and each `add_task` brings its own.
+    `train_dataset`, and each `add_task` brings its own. A sequence classification model (the aria-trl
+    Quick Start's `AutoModelForSequenceClassification`) trains on prompt + completion rows whose
+    completion is one of its labels, with its own classification loss.
     """
 
     def __init__(
@@ -369,6 +395,11 @@ class ContinualSFTTrainer(ContinualTrainer, SFTTrainer):
         if train_dataset is None:
             train_dataset = Dataset.from_list([{"text": "placeholder"}])
         super().__init__(model, args, method=method, processing_class=processing_class, train_dataset=train_dataset, **kwargs)
+
+    def _model_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool, num_items_in_batch: Any):
+        if self.class_labels is not None:  # SFTTrainer's loss is a language model's; a classifier's is its own
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        return super()._model_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def add_task(  # type: ignore[override]
         self, task: Task | Dataset, name: str | None = None, probes: Sequence[Probe | dict[str, Any]] = ()

@@ -85,6 +85,7 @@ class ARIA(Method):
         self.feed_forwards: list[nn.Module] = []  # the slow pathways (the pretrained blocks)
         self.adapter_blocks: list[TaskAdapters] = []
         self.embeddings: nn.Module | None = None
+        self.heads: list[nn.Module] = []  # task heads new to the model (a classifier's score layer), trained like fast weights
         self.anchor = FisherAnchor()
         self.task_names: list[str] = []
         self.prototypes: torch.Tensor | None = None  # (tasks, hidden), unit rows
@@ -113,6 +114,8 @@ class ARIA(Method):
                 stack[index].mlp = TaskAdapters(stack[index].mlp, hidden, config.adapter_dim)
                 self.adapter_blocks.append(stack[index].mlp)
         self.embeddings = model.get_input_embeddings()
+        base, output = getattr(model, "base_model", None), model.get_output_embeddings()
+        self.heads = [m for m in model.children() if m is not base and m is not output and any(True for _ in m.parameters())]
         if self.adapter_blocks:
             model.register_forward_pre_hook(self._route_on_first_forward, with_kwargs=True)
         self._dampening = [None] * len(self.gated)
@@ -129,6 +132,9 @@ class ARIA(Method):
     def _ids(self, modules: list[nn.Module]) -> set[int]:
         return {id(p) for module in modules for p in module.parameters()}
 
+    def _fast_ids(self) -> set[int]:
+        return self._ids([m for g in self.gated for m in (g.fast, g.fast_delta, g.gate) if m is not None] + self.heads)
+
     def slow_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         slow = self._ids(self.feed_forwards)
         return {name: p for name, p in model.named_parameters() if id(p) in slow}
@@ -139,7 +145,7 @@ class ARIA(Method):
         for block in self.adapter_blocks:
             block.add_adapter()
             block.active = len(block.adapters) - 1
-        fast = self._ids([m for g in self.gated for m in (g.fast, g.fast_delta, g.gate) if m is not None])
+        fast = self._fast_ids()
         slow = self._ids(self.feed_forwards)
         current = self._ids([block.adapters[-1] for block in self.adapter_blocks])
         adapters = self._ids(self.adapter_blocks) - self._ids([b.block for b in self.adapter_blocks])
@@ -158,7 +164,7 @@ class ARIA(Method):
         self.learning_rate = learning_rate
         slow = self._ids(self.feed_forwards)
         current = self._ids([block.adapters[-1] for block in self.adapter_blocks]) if self.adapter_blocks else set()
-        fast = self._ids([m for g in self.gated for m in (g.fast, g.fast_delta, g.gate) if m is not None])
+        fast = self._fast_ids()
         groups: dict[str, list[nn.Parameter]] = {"fast": [], "adapter": [], "slow": [], "shared": []}
         for p in model.parameters():
             if p.requires_grad:
@@ -315,6 +321,8 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
 
 
 def _prompt_mask(features: dict[str, list[int]]) -> list[int]:
-    """The tokens an input shows before its answer: the prompt of a prompt/completion pair, or all of a text."""
-    prompt = [int(label == IGNORE_INDEX) for label in features["labels"]]
+    """The tokens an input shows before its answer: the prompt of a prompt/completion pair, or all of a text
+    (or of a classifier's input, whose label is not a token)."""
+    labels = features["labels"]
+    prompt = [int(label == IGNORE_INDEX) for label in labels] if len(labels) == len(features["input_ids"]) else []
     return prompt if any(prompt) else [1] * len(features["input_ids"])
