@@ -36,7 +36,7 @@ def main() -> None:
         model,
         args=ContinualSFTConfig(output_dir=args.output, learning_rate=2e-4, num_train_epochs=4, per_device_train_batch_size=4,
                                 lr_scheduler_type="constant", report_to="none", seed=0),
-        aria_config=ARIAConfig(plasticity_lambda=0.1, spc_lambda=1e6, adapter_dim=64, slow_lr_ratio=0.1, warmup_steps=2),
+        aria_config=ARIAConfig(plasticity_lambda=1.0, spc_lambda=1e6, adapter_dim=64, slow_lr_ratio=0.1, warmup_steps=2),
         processing_class=tokenizer,
     )
     for name, (template, pairs) in TASKS.items():

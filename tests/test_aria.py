@@ -91,7 +91,8 @@ def test_gate_regulariser_waits_for_the_warm_up(make_model, tokenizer, training_
 
 
 def test_slow_pathway_gets_the_slow_learning_rate(make_model, tokenizer, training_args):
-    trainer, method = aria_trainer(make_model, tokenizer, training_args, slow_lr_ratio=0.25, adapter_lr_ratio=3.0)
+    trainer, method = aria_trainer(make_model, tokenizer, training_args, slow_lr_ratio=0.25, adapter_lr_ratio=3.0,
+                                   gate_lr_ratio=7.0)
     method.before_task(trainer.model, fact_task("a", [("X is", "y")]))
     optimizer = trainer.create_optimizer()
     lr = trainer.args.learning_rate
@@ -100,6 +101,7 @@ def test_slow_pathway_gets_the_slow_learning_rate(make_model, tokenizer, trainin
     assert slow and all(rate[id(p)] == pytest.approx(0.25 * lr) for p in slow.values())
     assert all(rate[id(p)] == pytest.approx(lr) for g in method.gated for p in g.fast.parameters())
     assert all(rate[id(p)] == pytest.approx(3 * lr) for b in method.adapter_blocks for p in b.adapters[-1].parameters())
+    assert all(rate[id(p)] == pytest.approx(7 * lr) for g in method.gated for p in g.gate.parameters())
     attention = trainer.model.model.layers[0].self_attn.q_proj.weight
     assert not attention.requires_grad and id(attention) not in rate  # shared weights frozen by default
 
