@@ -94,7 +94,7 @@ class ARIA(Method):
         self.prototypes: torch.Tensor | None = None  # (tasks, hidden), unit rows
         self.steps = 0  # optimizer steps in the current task
         self.learning_rate: float | None = None
-        self._dampening: list[float | None] = []
+        self._dampening: list[torch.Tensor | None] = []
         self._report: dict[str, float] = {}
         self._routing = True
 
@@ -182,7 +182,7 @@ class ARIA(Method):
     def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
         if self.config.dampening:
             mask = inputs.get("attention_mask")
-            self._dampening = [1.0 - float(_masked_mean(g.plasticity.detach(), mask)) for g in self.gated]
+            self._dampening = [1.0 - _masked_mean(g.plasticity.detach(), mask) for g in self.gated]  # no host sync
 
     def penalty(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
         terms = []
