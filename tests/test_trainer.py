@@ -104,11 +104,14 @@ class Crash(TrainerCallback):
             raise KeyboardInterrupt("simulated kill in the middle of the second task")
 
 
-@pytest.mark.parametrize("method_name", ["replay", "ewc"])
+RESUME_OPTIONS = {"replay": {"ratio": "0.5"}, "ewc": {"fisher_samples": "2"}, "aria": {"adapter_dim": "8", "fisher_samples": "2"}}
+
+
+@pytest.mark.parametrize("method_name", sorted(RESUME_OPTIONS))
 def test_resume_after_a_kill_equals_an_uninterrupted_run(make_model, tokenizer, training_args, small_stream, tmp_path, method_name):
     def run(path, crash: bool):
         args = training_args(num_train_epochs=4, learning_rate=1e-2)
-        method = build_method(method_name, {"fisher_samples": "2"} if method_name == "ewc" else {"ratio": "0.5"})
+        method = build_method(method_name, RESUME_OPTIONS[method_name])
         trainer = ContinualTrainer(make_model(), args, method=method, processing_class=tokenizer)
         if crash:
             trainer.add_callback(Crash(trainer))
