@@ -162,6 +162,11 @@ def test_adapters_train_only_in_their_task_and_routing_finds_them(make_model, to
     with torch.no_grad():
         trainer.model(**tokenizer(["Record: owner Tara; place Danu; item cup\nPlace:"], return_tensors="pt"))
     assert all(b.active.tolist() == [1] for b in method.adapter_blocks)
+    review = tokenizer(["Review: the zobi was lovely.\nVerdict:"], return_tensors="pt")
+    method.route(trainer.model, review.input_ids, review.attention_mask)  # an explicit route holds for the next forward
+    with torch.no_grad():
+        trainer.model(**tokenizer(["Record: owner Tara; place Danu; item cup\nPlace:"], return_tensors="pt"))
+    assert all(b.active.tolist() == [0] for b in method.adapter_blocks)
     assert "gate_decided" in trainer.last_timing
 
 

@@ -59,7 +59,7 @@ def token_f1(prediction: str, answers: Sequence[str]) -> float:
     return best
 
 
-Route = Callable[[nn.Module, torch.Tensor, torch.Tensor], "list[str] | None"]
+Route = Callable[[nn.Module, torch.Tensor, torch.Tensor, Sequence[str]], "list[str] | None"]
 
 
 @dataclass
@@ -73,7 +73,7 @@ class ProbeScore:
 class Evaluator:
     """Scores probes with a model: greedy generation, or likelihood ranking when a probe has `choices`.
 
-    `route(model, input_ids, attention_mask)`, when given, is called on every batch of prompts before the
+    `route(model, input_ids, attention_mask, prompts)`, when given, is called on every batch of prompts before the
     model sees it (a method choosing an adapter or memory version); what it returns is kept per probe.
     With `class_labels`, the model is a sequence classifier and its prediction is the label it scores highest.
     """
@@ -140,7 +140,7 @@ class Evaluator:
         for start in range(0, len(probes), self.batch_size):
             batch = probes[start : start + self.batch_size]
             inputs = self.tokenizer([p.prompt for p in batch], return_tensors="pt", padding=True).to(device)
-            routes = self._routed(model, inputs.input_ids, inputs.attention_mask)
+            routes = self._routed(model, inputs.input_ids, inputs.attention_mask, [p.prompt for p in batch])
             predicted = model(**inputs).logits.argmax(-1).tolist()
             for probe, index, route in zip(batch, predicted, routes):
                 label = self.class_labels[index]
@@ -148,8 +148,10 @@ class Evaluator:
                 scores.append(ProbeScore(label, hit, hit, route))
         return scores
 
-    def _routed(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str | None]:
-        routes = self.route(model, input_ids, attention_mask) if self.route is not None else None
+    def _routed(
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: Sequence[str]
+    ) -> list[str | None]:
+        routes = self.route(model, input_ids, attention_mask, list(prompts)) if self.route is not None else None
         return list(routes) if routes is not None else [None] * len(input_ids)
 
     def _generate(self, model: nn.Module, prompts: Sequence[str], max_new_tokens: int) -> tuple[list[str], list[str | None]]:
@@ -161,7 +163,7 @@ class Evaluator:
             tokenizer.padding_side = side
         device = next(model.parameters()).device
         batch = batch.to(device)
-        routes = self._routed(model, batch.input_ids, batch.attention_mask)
+        routes = self._routed(model, batch.input_ids, batch.attention_mask, prompts)
         output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         return tokenizer.batch_decode(output[:, batch.input_ids.shape[1] :], skip_special_tokens=True), routes
 
@@ -176,7 +178,7 @@ class Evaluator:
         sequences = [prompt + self.tokenizer(separator + c, add_special_tokens=False).input_ids for c in probe.choices]
         device = next(model.parameters()).device
         ids = torch.tensor([prompt] * len(sequences), device=device)
-        route = self._routed(model, ids, torch.ones_like(ids))[0]
+        route = self._routed(model, ids, torch.ones_like(ids), [probe.prompt] * len(ids))[0]
         logprobs = _sequence_logprobs(model, sequences, len(prompt), self.tokenizer.pad_token_id)
         return probe.choices[int(torch.argmax(logprobs))], route
 
@@ -193,7 +195,7 @@ class Evaluator:
                     list(texts[start : start + self.batch_size]),
                     return_tensors="pt", padding=True, truncation=True, max_length=max_length,
                 ).to(device)
-                self._routed(model, batch.input_ids, batch.attention_mask)
+                self._routed(model, batch.input_ids, batch.attention_mask, texts[start : start + self.batch_size])
                 logits = model(**batch).logits[:, :-1].float()
                 targets = batch.input_ids[:, 1:]
                 mask = batch.attention_mask[:, 1:].bool()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,7 @@ class ARIA(Method):
         self._dampening: list[torch.Tensor | None] = []
         self._report: dict[str, float] = {}
         self._routing = True
+        self._routed_explicitly = False  # route() was called for the next forward: keep its choice
 
     # -- surgery --------------------------------------------------------------------------------
 
@@ -121,6 +123,7 @@ class ARIA(Method):
         self.heads = [m for m in model.children() if m is not base and m is not output and any(True for _ in m.parameters())]
         if self.adapter_blocks:
             model.register_forward_pre_hook(self._route_on_first_forward, with_kwargs=True)
+            model.register_forward_hook(self._end_forward)
         self._dampening = [None] * len(self.gated)
         if config.gate and config.dampening:
             for index, gated in enumerate(self.gated):
@@ -287,19 +290,29 @@ class ARIA(Method):
     # -- inference ------------------------------------------------------------------------------
 
     def _route_on_first_forward(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        if model.training or not self._routing or self.prototypes is None:
+        if model.training or not self._routing or self.prototypes is None or self._routed_explicitly:
             return
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         cache = kwargs.get("past_key_values")
         if input_ids is None or (cache is not None and cache.get_seq_length() > 0):
             return  # later generation steps keep the sequence's route
         mask = kwargs.get("attention_mask")
-        self.route(model, input_ids, mask if mask is not None else torch.ones_like(input_ids))
+        self._select(input_ids, mask if mask is not None else torch.ones_like(input_ids))
+
+    def _end_forward(self, model: nn.Module, args: tuple, output: Any) -> None:
+        self._routed_explicitly = False
 
     @torch.no_grad()
-    def route(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str] | None:
+    def route(
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: Sequence[str] = ()
+    ) -> list[str] | None:
         if self.prototypes is None:
             return None
+        self._routed_explicitly = True  # the caller's inputs may be the prompts alone; the forward may add answers
+        return self._select(input_ids, attention_mask)
+
+    @torch.no_grad()
+    def _select(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
         chosen = (self._embed(input_ids, attention_mask) @ self.prototypes.to(input_ids.device).T).argmax(-1)
         for block in self.adapter_blocks:
             block.active = chosen

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -85,7 +85,9 @@ class Method:
     def after_optimizer_step(self, model: nn.Module) -> None:
         """Called after each optimizer step (step counters for warm-ups)."""
 
-    def route(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str] | None:
+    def route(
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: Sequence[str]
+    ) -> list[str] | None:
         """Called at inference before each batch of prompts: set up the model for these inputs (which adapter,
         which memory version) and return, per example, the name of the task it was routed to; None: no routing."""
         return None

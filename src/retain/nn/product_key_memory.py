@@ -24,6 +24,10 @@ class ProductKeyMemory(nn.Module):
         self.keys = nn.Parameter(torch.randn(heads, 2, n_keys, self.half) / math.sqrt(self.half))
         self.values = nn.EmbeddingBag(n_keys * n_keys, dim, mode="sum")
         self.last_indices: torch.Tensor | None = None  # (*batch, heads·k) slots read by the last forward
+        # Optional per-example value tables (versioned memories): example i reads tables[table_of[i]],
+        # or the live values where table_of[i] is −1.
+        self.tables: list[torch.Tensor] = []
+        self.table_of: torch.Tensor | None = None
 
     @property
     def slots(self) -> int:
@@ -47,7 +51,19 @@ class ProductKeyMemory(nn.Module):
         weights = torch.softmax(scores.float(), dim=-1).to(x.dtype)
         flat = slots.reshape(len(slots), -1)
         self.last_indices = flat.detach().view(*shape[:-1], -1)
-        return self.values(flat, per_sample_weights=weights.reshape(len(slots), -1)).view(shape)
+        weights = weights.reshape(len(slots), -1)
+        if self.table_of is None:
+            return self.values(flat, per_sample_weights=weights).view(shape)
+        if len(flat) % len(self.table_of):
+            raise ValueError(f"memory routed for {len(self.table_of)} inputs, got a batch of {shape[:-1]} tokens")
+        # Tokens of example i are rows i·T … (i+1)·T−1 of the flattened batch.
+        table_of = self.table_of.to(x.device).repeat_interleave(len(flat) // len(self.table_of))
+        out = torch.empty(len(flat), shape[-1], dtype=x.dtype, device=x.device)
+        for table in table_of.unique().tolist():
+            rows = table_of == table
+            weight = self.values.weight if table < 0 else self.tables[table]
+            out[rows] = nn.functional.embedding_bag(flat[rows], weight, per_sample_weights=weights[rows], mode="sum")
+        return out.view(shape)
 
 
 class MemoryAugmentedMLP(nn.Module):
