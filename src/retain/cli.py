@@ -20,6 +20,7 @@ from transformers import HfArgumentParser
 from transformers.utils import logging as hf_logging
 
 from retain.bench import task_suite, temporal_facts
+from retain.knowledge import query_time, time_key
 from retain.evaluation import Evaluator, first_statement
 from retain.methods import METHODS, MethodError, build_method, method_options
 from retain.models import EMBEDDED_DEFAULT, ModelLoadError, load_model
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ask = commands.add_parser("ask", help="complete prompts with the model of a trained run (its last checkpoint)")
     ask.add_argument("--run", required=True, help="a run directory of `retain run` or one method's of `retain compare`")
     ask.add_argument("--max-new-tokens", type=int, default=24)
+    ask.add_argument("--as-of", default=None, help="ask as of this time (e.g. 2018): prompts naming no time get a "
+                                                   "\"[2018] \" prefix, the form the temporal streams use")
     ask.add_argument("prompts", nargs="+", help="prompts to complete, e.g. \"[2018] The harbour master of Velmora Port is\"")
     commands.add_parser("methods", help="list the methods and their --method-arg options")
     if argv and argv[0] in ("run", "compare"):
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "generate":
             _generate(args)
         elif args.command == "ask":
-            for prompt, answer in zip(args.prompts, ask_run(args.run, args.prompts, args.max_new_tokens)):
+            for prompt, answer in zip(args.prompts, ask_run(args.run, args.prompts, args.max_new_tokens, args.as_of)):
                 print(f"{prompt} → {answer}")
     except (ValueError, FileNotFoundError, *USER_ERRORS) as error:
         print(f"retain {args.command}: error: {error}", file=sys.stderr)
@@ -124,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def ask_run(run: str | Path, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
-    """Greedy completions of `prompts` by the model of `run`'s last checkpoint."""
+def ask_run(run: str | Path, prompts: list[str], max_new_tokens: int = 24, as_of: str | None = None) -> list[str]:
+    """Greedy completions of `prompts` by the model of `run`'s last checkpoint, `as_of` a time if given."""
+    if as_of is not None:
+        time_key(as_of)  # a bad time fails here, with the time in the message
+        prompts = [p if query_time(p) else f"[{as_of}] {p}" for p in prompts]
     config_file = Path(run) / "config.json"
     if not config_file.is_file():
         raise RunDirectoryError(f"--run {run}: no config.json; not a run directory")

@@ -191,10 +191,10 @@ class ContinualTrainer(Trainer):
         if self._pending is not None:
             raise RuntimeError(f"add_task: call consolidate_task() for task {self._pending.task.name!r} first")
         index = len(self.tasks)
-        features = self.tokenize(task.train)
-        self.tasks.append(task)
         set_seed(self.args.seed + index)  # before before_task, which may draw new weights (ARIA's adapters)
         self.method.before_task(self.model, task)
+        self.tasks.append(task)
+        features = self.tokenize(self.method.training_examples(task))
         self._pending = TaskData(task=task, features=features, collate=self.collate)
         self.train_dataset = features
         self.optimizer, self.lr_scheduler = None, None

@@ -1,6 +1,7 @@
 """Continual-learning methods: one file each, registered by name."""
 
 from retain.methods.aria import ARIA, ARIAConfig
+from retain.methods.casm import CASM, CASMConfig
 from retain.methods.base import METHODS, Method, MethodError, TaskData, build_method, method_options
 from retain.methods.ewc import EWC, EWCConfig
 from retain.methods.full_ft import FullFineTuning, FullFTConfig
@@ -9,6 +10,6 @@ from retain.methods.replay import Replay, ReplayConfig
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 
 __all__ = [
-    "ARIA", "ARIAConfig", "EWC", "METHODS", "EWCConfig", "FullFTConfig", "FullFineTuning", "LoRA", "LoRAConfig", "Method", "MethodError",
+    "ARIA", "ARIAConfig", "CASM", "CASMConfig", "EWC", "METHODS", "EWCConfig", "FullFTConfig", "FullFineTuning", "LoRA", "LoRAConfig", "Method", "MethodError",
     "Replay", "ReplayConfig", "SMFConfig", "SparseMemoryFinetuning", "TaskData", "build_method", "method_options",
 ]

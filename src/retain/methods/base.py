@@ -59,6 +59,10 @@ class Method:
     def before_task(self, model: nn.Module, task: Task) -> None:
         """Called at the start of each task, before its optimizer is created."""
 
+    def training_examples(self, task: Task) -> list[dict[str, str]]:
+        """The examples of `task` to train on, asked after `before_task` (e.g. without those restating known facts)."""
+        return task.train
+
     def create_optimizer(self, model: nn.Module, learning_rate: float) -> torch.optim.Optimizer | None:
         """The optimizer of a task; None lets the Trainer build the one TrainingArguments ask for."""
         return None

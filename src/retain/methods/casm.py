@@ -1,0 +1,191 @@
+"""CASM: contradiction-aware, versioned memory, read as of the time a query asks about.
+
+Knowledge is written as in SMF (sparse TF-IDF-selected rows of a product-key memory's values), but
+the memory is versioned by period, copy-on-write: the first time a period is about to write a row,
+the row's value as the previous period closed is copied aside, and never touched again. So every
+closed period's memory can be rebuilt bit for bit (the live values, with each row taken from the
+first copy made after that period), while rows no later period wrote are shared by all versions.
+
+Each task's facts (facts.jsonl) go through a FactRegistry: a known (subject, relation) stated with a
+different normalised object is a contradiction and closes the old version; the same object is a
+confirmation; a new pair an addition. Training examples that state only confirmed facts are
+dropped, so confirmations write nothing and stay shared. Tasks without facts train on everything.
+
+At inference the time in the query ("[2020] …", "in 2020", "as of March 2021", or `as_of`) picks
+the newest period that began at or before it; no time reads the live (latest) memory.
+`rollback()` withdraws the latest period: its facts are retracted in the registry and every row it
+wrote gets back the value it had before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from retain.evaluation import normalize_answer
+from retain.knowledge import FactRegistry, FactVersion, query_time, time_key
+from retain.methods.base import MethodError, register
+from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
+from retain.stream import Task
+
+
+@dataclass
+class CASMConfig(SMFConfig):
+    pass
+
+
+@register
+class CASM(SparseMemoryFinetuning):
+    name = "casm"
+    config_class = CASMConfig
+
+    def __init__(self, config: CASMConfig | None = None) -> None:
+        super().__init__(config)
+        self.periods: list[str] = []  # one memory version per period, oldest first
+        # copies[v]: rows the period after v wrote, with their values as period v closed (indices, rows).
+        self.copies: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.registry = FactRegistry()
+        self.observations: list[dict[str, int]] = []
+        self.as_of: str | None = None  # an explicit time for every query, overriding the text's
+        self._confirmed: list[FactVersion] = []
+        self._copied: set[int] = set()
+        self._pending_rows: list[torch.Tensor] = []
+        self._tables: dict[int, torch.Tensor] = {}
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def before_task(self, model: nn.Module, task: Task) -> None:
+        super().before_task(model, task)
+        period = task.period or task.name
+        try:
+            time_key(period)
+        except ValueError:
+            raise MethodError(f"casm: task {task.name!r} needs a period that is a time (e.g. 2018 or 2021-03), "
+                              f"got {period!r}") from None
+        if self.periods and time_key(period) <= time_key(self.periods[-1]):
+            raise MethodError(f"casm: period {period!r} of task {task.name!r} does not come after {self.periods[-1]!r}")
+        self.periods.append(period)
+        self._copied, self._pending_rows, self._tables = set(), [], {}
+        counts = {"addition": 0, "confirmation": 0, "contradiction": 0, "examples_dropped": 0}
+        confirmed: list[FactVersion] = []
+        for fact in task.facts:
+            seen = self.registry.observe(fact["subject"], fact["relation"], fact["object"], fact.get("valid_from") or period)
+            counts[seen.kind] += 1
+            if seen.kind == "confirmation":
+                confirmed.append(seen.version)
+        self.observations.append(counts)
+        self._confirmed = confirmed
+        self.memory.tables, self.memory.table_of = [], None  # training writes the live values
+
+    def training_examples(self, task: Task) -> list[dict[str, str]]:
+        period = self.periods[-1]
+        changed = [v for v in self.registry.versions if v.valid_from == period and not v.retracted]
+        kept = [example for example in task.train if not _only_states(example, self._confirmed, changed)]
+        self.observations[-1]["examples_dropped"] = len(task.train) - len(kept)
+        return kept or task.train
+
+    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+        super().after_forward(model, inputs)
+        if len(self.periods) < 2:
+            return  # the first period has no earlier version to keep
+        fresh = [row for row in self._selected.tolist() if row not in self._copied]
+        if fresh:
+            rows = torch.tensor(fresh)
+            self._pending_rows.append((rows, self.memory.values.weight.detach()[rows.to(self.memory.values.weight.device)].clone()))
+            self._copied.update(fresh)
+
+    def after_task(self, model: nn.Module, data: Any) -> None:
+        super().after_task(model, data)
+        if len(self.periods) >= 2:
+            rows = [r for r, _ in self._pending_rows]
+            values = [v for _, v in self._pending_rows]
+            width = self.memory.values.weight.shape[1]
+            self.copies.append((torch.cat(rows) if rows else torch.empty(0, dtype=torch.long),
+                                torch.cat(values) if values else torch.empty(0, width)))
+        self._pending_rows, self._tables = [], {}
+
+    def task_report(self) -> dict[str, float]:
+        counts = self.observations[-1]
+        copied = len(self.copies[-1][0]) if len(self.periods) >= 2 else 0
+        return super().task_report() | {
+            "facts_added": counts["addition"], "facts_confirmed": counts["confirmation"],
+            "facts_contradicted": counts["contradiction"], "examples_dropped": counts["examples_dropped"],
+            "rows_copied_on_write": copied}
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def values_at(self, version: int) -> torch.Tensor:
+        """The memory's value table as period `version` closed (the last one: the live values)."""
+        live = self.memory.values.weight.detach()
+        if version >= len(self.copies):
+            return live
+        if version not in self._tables:
+            table = live.clone()
+            for rows, values in reversed(self.copies[version:]):  # the earliest copy after `version` wins
+                table[rows.to(table.device)] = values.to(table.device, table.dtype)
+            self._tables[version] = table
+        return self._tables[version]
+
+    def version_at(self, time: str | None) -> int:
+        """The newest period that began at or before `time` (the first period for earlier times; the latest for None)."""
+        if time is None or not self.periods:
+            return len(self.periods) - 1
+        key = time_key(time)
+        begun = [i for i, period in enumerate(self.periods) if time_key(period) <= key]
+        return begun[-1] if begun else 0
+
+    def route(
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: Sequence[str] = ()
+    ) -> list[str] | None:
+        if not self.periods:
+            return None
+        versions = [self.version_at(self.as_of or query_time(prompt)) for prompt in prompts] or [len(self.periods) - 1] * len(input_ids)
+        latest = len(self.periods) - 1
+        self.memory.tables = [self.values_at(v) for v in range(latest)]
+        self.memory.table_of = torch.tensor([v if v < latest else -1 for v in versions])
+        return [self.periods[v] for v in versions]
+
+    # -- undoing --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def rollback(self) -> str:
+        """Withdraw the latest period: retract its facts and restore every row it wrote. Returns its name."""
+        if len(self.periods) < 2:
+            raise MethodError("casm: rollback needs a period before the latest to return to")
+        period = self.periods.pop()
+        rows, values = self.copies.pop()
+        weight = self.memory.values.weight
+        weight[rows.to(weight.device)] = values.to(weight.device, weight.dtype)
+        for version in reversed(self.registry.versions):
+            if version.valid_from == period and not version.retracted:
+                self.registry.retract(version.id)
+        self.observations.pop()
+        self.written.pop()
+        self._tables = {}
+        self.memory.tables, self.memory.table_of = [], None
+        return period
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"periods": self.periods, "copies": self.copies, "observations": self.observations,
+                                       "registry": [vars(v).copy() for v in self.registry.versions]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.periods, self.copies = list(state["periods"]), list(state["copies"])
+        self.observations = list(state["observations"])
+        self.registry.versions = [FactVersion(**record) for record in state["registry"]]
+        self._tables = {}
+
+
+def _only_states(example: dict[str, str], confirmed: list[FactVersion], changed: list[FactVersion]) -> bool:
+    """Whether a training example states a confirmed fact (its subject and object appear) and no new one."""
+    text = normalize_answer(" ".join(example.values()))
+
+    def states(version: FactVersion) -> bool:
+        return normalize_answer(version.subject) in text and normalize_answer(version.object) in text
+
+    return any(states(v) for v in confirmed) and not any(states(v) for v in changed)

@@ -1,0 +1,163 @@
+"""CASM: copy-on-write memory versions, fact detection from the data, time routing, rollback, checkpoints."""
+
+import pytest
+import torch
+
+from retain import ContinualTrainer, RunDirectory, Stream, Task, build_method
+from retain.methods import MethodError
+from retain.nn.product_key_memory import ProductKeyMemory
+from retain.stream import Probe
+
+SMALL = {"n_keys": "8", "heads": "2", "k": "4", "key_dim": "8", "top_t": "8", "lr": "10"}
+HARBOUR = "The harbour master of Velmora is"
+
+
+def period(year: str, master: str, mayor: str, extra: list[dict[str, str]] = ()) -> Task:
+    facts = [{"subject": "Velmora", "relation": "harbour master", "object": master, "valid_from": year},
+             {"subject": "Quessary", "relation": "mayor", "object": mayor, "valid_from": year}, *extra]
+    train = [{"text": f"[{year}] {HARBOUR} {master}."}, {"text": f"[{year}] The mayor of Quessary is {mayor}."}] * 2
+    probes = [Probe(prompt=f"[{year}] {HARBOUR}", answer=master, kind="changed", key="Velmora | harbour master")]
+    return Task(name=year, period=year, train=train, probes=probes, facts=list(facts))
+
+
+@pytest.fixture
+def stream() -> Stream:
+    return Stream(name="casm", tasks=[period("2018", "Ilse Brandvik", "Oona Terrelle"),
+                                      period("2020", "Ruben Haldane", "Oona Terrelle"),
+                                      period("2022", "Mira Solberg", "Tam Dorrel")],
+                  general=["The water cycle moves water between the sea, the air and the land.", "Plants turn light into sugar."])
+
+
+def casm_trainer(make_model, tokenizer, training_args):
+    method = build_method("casm", SMALL)
+    return ContinualTrainer(make_model(), training_args(), method=method, processing_class=tokenizer), method
+
+
+def test_closed_versions_stay_bit_identical(make_model, tokenizer, training_args, stream):
+    trainer, method = casm_trainer(make_model, tokenizer, training_args)
+    trainer.start_stream(stream)
+    closed = []
+    for task in stream.tasks:
+        trainer.add_task(task)
+        trainer.consolidate_task()
+        closed.append(method.memory.values.weight.detach().clone())
+    assert not torch.equal(closed[0], closed[1]) and not torch.equal(closed[1], closed[2]), "later periods wrote nothing"
+    for version, snapshot in enumerate(closed):
+        assert torch.equal(method.values_at(version), snapshot), version
+    assert trainer.last_timing["rows_copied_on_write"] > 0
+    untouched = (closed[0] == closed[2]).all(dim=1)
+    assert untouched.any() and not method.copies[0][0].tolist() == []  # unwritten rows are shared, not copied
+    assert set(method.copies[0][0].tolist()).isdisjoint(untouched.nonzero().flatten().tolist())
+
+
+def test_facts_are_sorted_from_the_data_and_confirmations_do_not_train(make_model, tokenizer, training_args, stream):
+    trainer, method = casm_trainer(make_model, tokenizer, training_args)
+    trainer.start_stream(stream)
+    reports = []
+    for task in stream.tasks:
+        trainer.add_task(task)
+        trainer.consolidate_task()
+        reports.append(trainer.last_timing)
+    assert [(r["facts_added"], r["facts_confirmed"], r["facts_contradicted"]) for r in reports] == [(2, 0, 0), (0, 1, 1), (0, 0, 2)]
+    assert reports[1]["examples_dropped"] == 2  # the two passages that restate the unchanged mayor
+    assert method.registry.at("Velmora", "harbour master", "2019").object == "Ilse Brandvik"
+    assert method.registry.current("Quessary", "mayor").object == "Tam Dorrel"
+
+
+def test_queries_read_the_version_of_their_time(make_model, tokenizer, training_args, stream):
+    trainer, method = casm_trainer(make_model, tokenizer, training_args)
+    trainer.fit(stream)
+    prompts = [f"[2018] {HARBOUR}", f"As of March 2021, {HARBOUR.lower()}", f"In 2019 {HARBOUR.lower()}", HARBOUR,
+               f"[2030] {HARBOUR}", f"[2001] {HARBOUR}"]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    assert method.route(trainer.model, batch.input_ids, batch.attention_mask, prompts) == \
+           ["2018", "2020", "2018", "2022", "2022", "2018"]
+    assert method.memory.table_of.tolist() == [0, 1, 0, -1, -1, 0]
+    method.as_of = "2020"
+    assert method.route(trainer.model, batch.input_ids, batch.attention_mask, prompts) == ["2020"] * 6
+    method.as_of = None
+    # Reading version 0 through routing equals installing version 0's values outright.
+    method.route(trainer.model, batch.input_ids[:1], batch.attention_mask[:1], prompts[:1])
+    trainer.model.eval()
+    with torch.no_grad():
+        routed = trainer.model(input_ids=batch.input_ids[:1]).logits
+        live = method.memory.values.weight.detach().clone()
+        method.memory.table_of = None
+        method.memory.values.weight.copy_(method.values_at(0))
+        torch.testing.assert_close(trainer.model(input_ids=batch.input_ids[:1]).logits, routed)
+        method.memory.values.weight.copy_(live)
+
+
+def test_rollback_restores_the_previous_period(make_model, tokenizer, training_args, stream):
+    trainer, method = casm_trainer(make_model, tokenizer, training_args)
+    trainer.fit(stream)
+    before = method.values_at(1).clone()
+    assert method.rollback() == "2022"
+    assert torch.equal(method.memory.values.weight, before)
+    assert method.periods == ["2018", "2020"]
+    assert method.registry.current("Velmora", "harbour master").object == "Ruben Haldane"
+    assert method.rollback() == "2020" and torch.equal(method.memory.values.weight, method.values_at(0))
+    with pytest.raises(MethodError, match="rollback needs"):
+        method.rollback()
+
+
+def test_state_round_trips_through_a_checkpoint(make_model, tokenizer, training_args, stream, tmp_path):
+    trainer, method = casm_trainer(make_model, tokenizer, training_args)
+    trainer.fit(stream, run_dir=RunDirectory(tmp_path / "run", {"m": "casm"}))
+    restored = build_method("casm", SMALL)
+    fresh = ContinualTrainer(make_model(), training_args(), method=restored, processing_class=tokenizer)
+    RunDirectory(tmp_path / "run", {"m": "casm"}, resume=True).load_checkpoint(fresh.model, restored.load_state_dict)
+    assert restored.periods == method.periods
+    for version in range(3):
+        assert torch.equal(restored.values_at(version), method.values_at(version))
+    probes = [p for t in stream.tasks for p in t.probes]
+    assert [s.route for s in fresh.evaluator.score(fresh.model, probes)] == ["2018", "2020", "2022"]
+    assert restored.registry.current("Quessary", "mayor").object == "Tam Dorrel"
+
+
+def test_periods_must_move_forward(make_model, tokenizer, training_args, stream):
+    trainer, method = casm_trainer(make_model, tokenizer, training_args)
+    trainer.start_stream(stream)
+    trainer.add_task(stream.tasks[1])
+    trainer.consolidate_task()
+    with pytest.raises(MethodError, match="does not come after '2020'"):
+        trainer.add_task(stream.tasks[0])
+    untimed = Task(name="atlas", train=[{"text": "x"}], probes=[Probe(prompt="x", answer="y")])
+    with pytest.raises(MethodError, match="task 'atlas' needs a period that is a time"):
+        casm_trainer(make_model, tokenizer, training_args)[0].add_task(untimed)
+
+
+def test_memory_reads_each_example_from_its_table():
+    torch.manual_seed(0)
+    memory = ProductKeyMemory(16, n_keys=4, heads=2, k=2, key_dim=8)
+    x = torch.randn(3, 5, 16)
+    other = torch.randn_like(memory.values.weight)
+    memory.tables, memory.table_of = [other], torch.tensor([0, -1, 0])
+    mixed = memory(x)
+    memory.table_of = None
+    live = memory(x)
+    with torch.no_grad():
+        memory.values.weight.copy_(other)
+    from_other = memory(x)
+    torch.testing.assert_close(mixed[1], live[1])
+    torch.testing.assert_close(mixed[[0, 2]], from_other[[0, 2]])
+
+
+def test_ask_as_of_reads_that_period(tmp_path, capsys):
+    import json
+
+    from retain.cli import ask_run, main
+
+    stream, out = tmp_path / "stream", tmp_path / "run"
+    assert main(["generate", "temporal-facts", "--preset", "small", "--facts", "6", "--output", str(stream)]) == 0
+    assert main(["run", "--method", "casm", "--stream", str(stream), "--output", str(out), "--model", "tiny",
+                 "--num_train_epochs", "1", "--max_new_tokens", "8", "--disable_tqdm", "true",
+                 "--method-arg", *[f"{k}={v}" for k, v in SMALL.items()]]) == 0
+    recorded = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    last = [p for p in recorded if p["row"] == "2022" and p["prompt"].startswith("[2018] ")][0]
+    assert last["route"] == "2018"
+    [answer] = ask_run(out, [last["prompt"].removeprefix("[2018] ")], max_new_tokens=4, as_of="2018")
+    assert answer.strip() and last["prediction"].strip().startswith(answer.strip())
+    capsys.readouterr()
+    assert main(["ask", "--run", str(out), "--as-of", "someday", "x"]) == 2
+    assert "cannot read a time from 'someday'" in capsys.readouterr().err
