@@ -33,18 +33,25 @@ def casm_trainer(make_model, tokenizer, training_args):
     return ContinualTrainer(make_model(), training_args(), method=method, processing_class=tokenizer), method
 
 
-def test_closed_versions_stay_bit_identical(make_model, tokenizer, training_args, stream):
-    trainer, method = casm_trainer(make_model, tokenizer, training_args)
+def learn_period_by_period(trainer, method, stream) -> tuple[list[dict], list[torch.Tensor]]:
+    """Each period's task report, and the memory's values as it closed."""
     trainer.start_stream(stream)
-    closed = []
+    reports, closed = [], []
     for task in stream.tasks:
         trainer.add_task(task)
         trainer.consolidate_task()
+        reports.append(dict(trainer.last_timing))
         closed.append(method.memory.values.weight.detach().clone())
+    return reports, closed
+
+
+def test_closed_versions_stay_bit_identical(make_model, tokenizer, training_args, stream):
+    trainer, method = casm_trainer(make_model, tokenizer, training_args)
+    reports, closed = learn_period_by_period(trainer, method, stream)
     assert not torch.equal(closed[0], closed[1]) and not torch.equal(closed[1], closed[2]), "later periods wrote nothing"
     for version, snapshot in enumerate(closed):
         assert torch.equal(method.values_at(version), snapshot), version
-    assert trainer.last_timing["rows_copied_on_write"] > 0
+    assert reports[-1]["rows_copied_on_write"] > 0
     untouched = (closed[0] == closed[2]).all(dim=1)
     assert untouched.any() and not method.copies[0][0].tolist() == []  # unwritten rows are shared, not copied
     assert set(method.copies[0][0].tolist()).isdisjoint(untouched.nonzero().flatten().tolist())
@@ -52,12 +59,7 @@ def test_closed_versions_stay_bit_identical(make_model, tokenizer, training_args
 
 def test_facts_are_sorted_from_the_data_and_confirmations_do_not_train(make_model, tokenizer, training_args, stream):
     trainer, method = casm_trainer(make_model, tokenizer, training_args)
-    trainer.start_stream(stream)
-    reports = []
-    for task in stream.tasks:
-        trainer.add_task(task)
-        trainer.consolidate_task()
-        reports.append(trainer.last_timing)
+    reports, _ = learn_period_by_period(trainer, method, stream)
     assert [(r["facts_added"], r["facts_confirmed"], r["facts_contradicted"]) for r in reports] == [(2, 0, 0), (0, 1, 1), (0, 0, 2)]
     assert reports[1]["examples_dropped"] == 2  # the two passages that restate the unchanged mayor
     assert method.registry.at("Velmora", "harbour master", "2019").object == "Ilse Brandvik"
