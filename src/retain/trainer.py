@@ -25,19 +25,18 @@ from trl import SFTConfig, SFTTrainer
 from retain.evaluation import Evaluator
 from retain.metrics import mean
 from retain.methods.aria import ARIA, ARIAConfig
-from retain.methods.base import Features, Method, StreamData, TaskData
+from retain.methods.base import IGNORE_INDEX, Features, Method, StreamData, TaskData
 from retain.methods.full_ft import FullFineTuning
 from retain.result import EvalRow, RunResult
 from retain.runstate import RunDirectory
 from retain.stream import Probe, Stream, Task
 
 logger = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 
 
 @dataclass
-class ContinualTrainingArguments(TrainingArguments):
-    """TrainingArguments with defaults for continual runs (checkpoints are per task, by the run directory)."""
+class _ContinualDefaults:
+    """Defaults shared by the continual trainers' argument classes; listed first among their bases, so they win."""
 
     save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints; runs checkpoint per task."})
     logging_strategy: str = field(default="epoch", metadata={"help": "When the Trainer logs the training loss."})
@@ -47,6 +46,11 @@ class ContinualTrainingArguments(TrainingArguments):
     )
     max_length: int = field(default=256, metadata={"help": "Training examples are truncated to this many tokens."})
     max_new_tokens: int = field(default=24, metadata={"help": "Generation budget per probe (capped near the answer's length)."})
+
+
+@dataclass
+class ContinualTrainingArguments(_ContinualDefaults, TrainingArguments):
+    """TrainingArguments with defaults for continual runs (checkpoints are per task, by the run directory)."""
 
 
 class ContinualTrainer(Trainer):
@@ -344,7 +348,7 @@ def _state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
 
 
 @dataclass
-class ContinualSFTConfig(SFTConfig):
+class ContinualSFTConfig(_ContinualDefaults, SFTConfig):
     """TRL's SFTConfig with the defaults of continual runs: bf16 only where a GPU has it (CPUs run fp32),
     activation checkpointing off unless asked for."""
 
@@ -352,14 +356,6 @@ class ContinualSFTConfig(SFTConfig):
                               metadata={"help": "bf16 mixed precision (default: on GPUs that support it)."})
     # SFTConfig turns checkpointing on through the deprecated name; off here: small models train faster without it.
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated: use --activation_checkpointing."})
-    save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints; runs checkpoint per task."})
-    logging_strategy: str = field(default="epoch", metadata={"help": "When the Trainer logs the training loss."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the tokenized fields as they are."})
-    dataloader_pin_memory: bool = field(
-        default=torch.cuda.is_available(), metadata={"help": "Pin batches in page-locked memory (helps only on GPU)."}
-    )
-    max_length: int | None = field(default=256, metadata={"help": "Training examples are truncated to this many tokens."})
-    max_new_tokens: int = field(default=24, metadata={"help": "Generation budget per probe (capped near the answer's length)."})
 
 
 class ContinualSFTTrainer(ContinualTrainer, SFTTrainer):

@@ -29,13 +29,11 @@ import torch
 from torch import nn
 
 from retain.fisher import FisherAnchor, diagonal_fisher
-from retain.methods.base import Method, MethodError, TaskData, register
+from retain.methods.base import IGNORE_INDEX, Method, MethodError, TaskData, register
 from retain.nn.adapters import TaskAdapters
 from retain.nn.gated_mlp import PlasticityGatedMLP, feed_forward_layout, gate_feed_forwards
 from retain.nn.product_key_memory import decoder_layers
 from retain.stream import Task
-
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -14,6 +14,7 @@ from torch import nn
 from retain.stream import Stream, Task
 
 Features = dict[str, list[int]]
+IGNORE_INDEX = -100  # the label of tokens that carry no loss (a prompt's)
 Collate = Callable[[list[Features]], dict[str, torch.Tensor]]
 Tokenize = Callable[[list[dict[str, str]]], list[Features]]
 
