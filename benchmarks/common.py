@@ -50,6 +50,8 @@ def temporal_parser(description: str, name: str, methods: str) -> argparse.Argum
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method-arg", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
+                        help="extra method options; with NAME=METHOD variants in --methods this sweeps a method")
     parser.add_argument("--runs", type=Path, default=None, help=f"default: runs/bench-{name}-<preset>")
     parser.add_argument("--output", type=Path, default=None, help=f"default: benchmarks/results/{name}_<preset>.json")
     parser.set_defaults(name=name)
@@ -66,7 +68,7 @@ def compare_on_temporal_facts(args: argparse.Namespace) -> tuple[Path, float]:
                "--learning_rate", "2e-4", "--per_device_train_batch_size", str(args.batch_size),
                "--per_device_eval_batch_size", "32", "--lr_scheduler_type", "constant", "--warmup_steps", "0",
                "--disable_tqdm", "true", "--overwrite"]
-    return runs, compare(stream, runs, args.methods.split(","), options)
+    return runs, compare(stream, runs, args.methods.split(","), options, args.method_arg)
 
 
 def result_path(args: argparse.Namespace) -> Path:

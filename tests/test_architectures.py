@@ -34,7 +34,8 @@ def gpt2(vocab: int) -> GPT2LMHeadModel:
 
 
 METHODS = {"full_ft": {}, "aria": {"adapter_dim": "8", "fisher_samples": "2", "warmup_steps": "0"}, "lora": {"r": "4"}, "ewc": {"fisher_samples": "2"}, "replay": {"ratio": "0.5"},
-           "smf": {"n_keys": "8", "heads": "2", "k": "4", "key_dim": "8", "top_t": "8"}}
+           "smf": {"k": "4", "top_t": "8"},
+           "smf/product_key": {"memory": "product_key", "n_keys": "8", "heads": "2", "k": "4", "key_dim": "8", "top_t": "8"}}
 
 
 @pytest.mark.parametrize("architecture", [llama32, qwen2, mistral, gpt2], ids=lambda f: f.__name__)
@@ -45,7 +46,7 @@ def test_method_trains_and_evaluates_on_architecture(architecture, method_name, 
     ids = torch.tensor([[5, 9, 200, 31]])
     with torch.no_grad():
         before = model(input_ids=ids).logits
-    trainer = ContinualTrainer(model, training_args(num_train_epochs=1), method=build_method(method_name, METHODS[method_name]),
+    trainer = ContinualTrainer(model, training_args(num_train_epochs=1), method=build_method(method_name.split("/")[0], METHODS[method_name]),
                                processing_class=tokenizer)
     with torch.no_grad():
         torch.testing.assert_close(trainer.model(input_ids=ids).logits, before)  # preparing changes nothing yet

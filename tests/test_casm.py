@@ -8,7 +8,7 @@ from retain.methods import MethodError
 from retain.nn.product_key_memory import ProductKeyMemory
 from retain.stream import Probe
 
-SMALL = {"n_keys": "8", "heads": "2", "k": "4", "key_dim": "8", "top_t": "8", "lr": "10"}
+SMALL = {"memory": "product_key", "n_keys": "8", "heads": "2", "k": "4", "key_dim": "8", "top_t": "8", "lr": "10"}
 HARBOUR = "The harbour master of Velmora is"
 
 

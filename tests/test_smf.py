@@ -4,11 +4,14 @@ import pytest
 import torch
 
 from retain import ContinualTrainer, RunDirectory, build_method
+from retain.nn.feed_forward_memory import FeedForwardMemory
 from retain.nn.product_key_memory import ProductKeyMemory, insert_memory
 
 from conftest import fact_task
 
-SMALL = {"n_keys": "8", "heads": "2", "k": "4", "key_dim": "8", "top_t": "6", "lr": "5.0"}
+SMALL = {"memory": "product_key", "n_keys": "8", "heads": "2", "k": "4", "key_dim": "8", "top_t": "6", "lr": "5.0"}
+FEED_FORWARD = {"memory": "feed_forward", "k": "8", "top_t": "6", "lr": "5.0"}
+MEMORIES = pytest.mark.parametrize("memory", [SMALL, FEED_FORWARD], ids=["product_key", "feed_forward"])
 
 
 def test_memory_read_equals_a_dense_computation():
@@ -39,8 +42,8 @@ def test_retrofit_leaves_logits_unchanged(make_model):
         insert_memory(model, layer=5)
 
 
-def stream_trainer(make_model, tokenizer, training_args, small_stream, **overrides):
-    method = build_method("smf", SMALL | overrides)
+def stream_trainer(make_model, tokenizer, training_args, small_stream, memory=SMALL, **overrides):
+    method = build_method("smf", memory | overrides)
     trainer = ContinualTrainer(make_model(), training_args(num_train_epochs=1, per_device_train_batch_size=2),
                                method=method, processing_class=tokenizer)
     trainer.start_stream(small_stream)
@@ -66,10 +69,12 @@ def test_background_statistics_count_batches_that_read_a_slot(make_model, tokeni
     assert method.document_frequency.max() <= 2 and method.document_frequency.sum() > 0
 
 
-def test_only_selected_slots_change(make_model, tokenizer, training_args, small_stream):
-    trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream)
-    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "memory.values" not in n}
-    values_before = method.memory.values.weight.detach().clone()
+@MEMORIES
+def test_only_selected_slots_change(make_model, tokenizer, training_args, small_stream, memory):
+    trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream, memory)
+    value_ids = {id(values) for _, values in method.memory.value_blocks()}
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if id(p) not in value_ids}
+    values_before = method.memory.value_table()
     selections = []
     original = method.after_forward
 
@@ -82,41 +87,44 @@ def test_only_selected_slots_change(make_model, tokenizer, training_args, small_
     selected = torch.unique(torch.cat(selections))
     assert 0 < len(selected) <= 6 * len(selections)
     assert all(len(s) <= 6 for s in selections)
-    changed = (method.memory.values.weight != values_before).any(dim=1).nonzero().flatten()
+    values_after = method.memory.value_table()
+    changed = (values_after != values_before).any(dim=1).nonzero().flatten()
     assert len(changed) > 0 and set(changed.tolist()) <= set(selected.tolist())
     untouched = torch.ones(method.memory.slots, dtype=torch.bool)
     untouched[selected] = False
-    assert torch.equal(method.memory.values.weight[untouched], values_before[untouched])  # bit-identical
+    assert torch.equal(values_after[untouched], values_before[untouched])  # bit-identical
     for name, param in trainer.model.named_parameters():
         if name in frozen:
             assert torch.equal(param, frozen[name]), name
     assert trainer.last_timing["optimizer_state_bytes"] == 0
 
 
-def test_gradient_of_unselected_slots_is_exactly_zero(make_model, tokenizer, training_args, small_stream):
-    trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream)
+@MEMORIES
+def test_gradient_of_unselected_slots_is_exactly_zero(make_model, tokenizer, training_args, small_stream, memory):
+    trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream, memory)
     method.before_task(trainer.model, small_stream.tasks[0])
     batch = trainer.collate(trainer.tokenize(small_stream.tasks[0].train[:2]))
     outputs = trainer.model(**batch)
     method.after_forward(trainer.model, batch)
     outputs.loss.backward()
-    grad = method.memory.values.weight.grad
+    grad = torch.cat([values.grad for _, values in method.memory.value_blocks()])
     nonzero = grad.abs().sum(dim=1).nonzero().flatten()
     assert len(nonzero) > 0 and set(nonzero.tolist()) <= set(method._selected.tolist())
 
 
-def test_state_round_trips_through_a_checkpoint(make_model, tokenizer, training_args, small_stream, tmp_path):
-    trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream)
+@MEMORIES
+def test_state_round_trips_through_a_checkpoint(make_model, tokenizer, training_args, small_stream, tmp_path, memory):
+    trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream, memory)
     result = trainer.fit(small_stream, run_dir=RunDirectory(tmp_path / "run", {"m": "smf"}))
     assert [t["slots_written"] > 0 for t in result.timings] == [True] * 3
     assert all("slots_shared_with_earlier_tasks" in t for t in result.timings)
-    restored = build_method("smf", SMALL)
+    restored = build_method("smf", memory)
     fresh = ContinualTrainer(make_model(), training_args(), method=restored, processing_class=tokenizer)
     state, _ = RunDirectory(tmp_path / "run", {"m": "smf"}, resume=True).load_checkpoint(fresh.model)
     restored.load_state_dict(state)
     assert torch.equal(restored.document_frequency, method.document_frequency)
     assert [torch.equal(a, b) for a, b in zip(restored.written, method.written)] == [True] * 3
-    assert torch.equal(restored.memory.values.weight, method.memory.values.weight)
+    assert torch.equal(restored.memory.value_table(), method.memory.value_table())
     ids = torch.tensor([[5, 9, 200, 31]])
     with torch.no_grad():
         assert torch.equal(fresh.model(input_ids=ids).logits, trainer.model(input_ids=ids).logits)
@@ -154,3 +162,55 @@ def test_data_key_init_draws_keys_from_background_queries(make_model, tokenizer,
             for half in range(2):
                 distances = torch.cdist(method.memory.keys[head, half], queries[:, head, half])
                 assert torch.all(distances.min(dim=1).values < 1e-5)  # every key is some token's query half
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_feed_forward_memory_is_the_model_and_reads_its_strongest_units(make_model, architecture):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = make_model() if architecture == "llama" else GPT2LMHeadModel(GPT2Config(
+        vocab_size=300, n_embd=32, n_layer=2, n_head=4, n_positions=64)).eval()
+    ids = torch.tensor([[5, 9, 200, 31, 7], [8, 1, 2, 3, 4]])
+    activations = []
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        memory = FeedForwardMemory(model, layers=[1], k=3)
+        handle = memory.projections[0].register_forward_pre_hook(lambda module, args: activations.append(args[0]))
+        after = model(input_ids=ids).logits
+        handle.remove()
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)  # the same weights, transposed
+    units = activations[0].shape[-1]
+    assert memory.slots == units and memory.dim == model.config.hidden_size
+    expected = activations[0].abs().topk(3, dim=-1).indices
+    assert torch.equal(memory.last_indices, expected)
+    both = FeedForwardMemory(make_model(), k=3) if architecture == "llama" else None
+    if both is not None:  # two layers: one row space, the second layer's units after the first's
+        assert [start for start, _ in both.value_blocks()] == [0, both.value_blocks()[0][1].shape[0]]
+    with pytest.raises(ValueError, match="out of range"):
+        FeedForwardMemory(make_model(), layers=[7])
+
+
+def test_feed_forward_memory_reads_each_example_from_its_table(make_model):
+    model = make_model()
+    memory = FeedForwardMemory(model, k=4)
+    ids = torch.tensor([[5, 9, 200, 31], [8, 1, 2, 3], [4, 4, 6, 7]])
+    other = torch.randn(memory.slots, memory.dim)
+    with torch.no_grad():
+        live = model(input_ids=ids).logits
+        memory.tables, memory.table_of = [other], torch.tensor([0, -1, 0])
+        mixed = model(input_ids=ids).logits
+        memory.tables, memory.table_of = [], None
+        memory.write_rows(torch.arange(memory.slots), other)
+        from_other = model(input_ids=ids).logits
+    torch.testing.assert_close(mixed[1], live[1])
+    torch.testing.assert_close(mixed[[0, 2]], from_other[[0, 2]])
+    assert torch.equal(memory.read_rows(torch.tensor([3, memory.slots - 1])), other[[3, -1]])
+
+
+def test_feed_forward_is_the_default_memory_and_options_are_checked():
+    assert build_method("smf").config.memory == "feed_forward"
+    with pytest.raises(ValueError, match="--method-arg memory"):
+        build_method("smf", {"memory": "dense"})
+    with pytest.raises(ValueError, match="--method-arg layers"):
+        build_method("smf", {"layers": "one"})

@@ -1,6 +1,6 @@
 """CASM: contradiction-aware, versioned memory, read as of the time a query asks about.
 
-Knowledge is written as in SMF (sparse TF-IDF-selected rows of a product-key memory's values), but
+Knowledge is written as in SMF (sparse TF-IDF-selected value rows of its memory), but
 the memory is versioned by period, copy-on-write: the first time a period is about to write a row,
 the row's value as the previous period closed is copied aside, and never touched again. So every
 closed period's memory can be rebuilt bit for bit (the live values, with each row taken from the
@@ -95,7 +95,7 @@ class CASM(SparseMemoryFinetuning):
         fresh = [row for row in self._selected.tolist() if row not in self._copied]
         if fresh:
             rows = torch.tensor(fresh)
-            self._pending_rows.append((rows, self.memory.values.weight.detach()[rows.to(self.memory.values.weight.device)].clone()))
+            self._pending_rows.append((rows, self.memory.read_rows(rows)))
             self._copied.update(fresh)
 
     def after_task(self, model: nn.Module, data: Any) -> None:
@@ -103,9 +103,8 @@ class CASM(SparseMemoryFinetuning):
         if len(self.periods) >= 2:
             rows = [r for r, _ in self._pending_rows]
             values = [v for _, v in self._pending_rows]
-            width = self.memory.values.weight.shape[1]
             self.copies.append((torch.cat(rows) if rows else torch.empty(0, dtype=torch.long),
-                                torch.cat(values) if values else torch.empty(0, width)))
+                                torch.cat(values) if values else torch.empty(0, self.memory.dim)))
         self._pending_rows, self._tables = [], {}
 
     def task_report(self) -> dict[str, float]:
@@ -120,11 +119,10 @@ class CASM(SparseMemoryFinetuning):
 
     def values_at(self, version: int) -> torch.Tensor:
         """The memory's value table as period `version` closed (the last one: the live values)."""
-        live = self.memory.values.weight.detach()
         if version >= len(self.copies):
-            return live
+            return self.memory.value_table()
         if version not in self._tables:
-            table = live.clone()
+            table = self.memory.value_table()
             for rows, values in reversed(self.copies[version:]):  # the earliest copy after `version` wins
                 table[rows.to(table.device)] = values.to(table.device, table.dtype)
             self._tables[version] = table
@@ -158,8 +156,7 @@ class CASM(SparseMemoryFinetuning):
             raise MethodError("casm: rollback needs a period before the latest to return to")
         period = self.periods.pop()
         rows, values = self.copies.pop()
-        weight = self.memory.values.weight
-        weight[rows.to(weight.device)] = values.to(weight.device, weight.dtype)
+        self.memory.write_rows(rows, values)
         for version in reversed(self.registry.versions):
             if version.valid_from == period and not version.retracted:
                 self.registry.retract(version.id)

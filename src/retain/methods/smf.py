@@ -1,17 +1,28 @@
 """Sparse memory finetuning (Lin et al. 2025): only the memory slots a batch uses unusually often are written.
 
-A product-key memory is added beside the feed-forward block of one layer, its values zero so the
-model is unchanged. Everything else is frozen. Background statistics count, for each slot, how many
-background batches read it (document frequency). For each training batch, a slot's score is
-TF-IDF = (its reads in the batch / all reads in the batch) × log((|B|+1) / (background batches that
-read it + 1)); only the value rows of the top-t slots receive gradient, and plain SGD moves nothing
-else, so slots that ordinary text reads, and slots this batch did not pick, keep their bytes.
+The memory is a table of value rows that each token reads a few of (`SlotMemory`), one of two kinds:
+
+- `feed_forward` (default): the model's own feed-forward units as slots, their down-projection
+  columns as values (Geva et al. 2021). The keys are pretrained and the model already reads the
+  values, so what is written reaches the answer from other wordings of the same fact.
+- `product_key`: a product-key memory added beside the feed-forward block of one layer (Lample et al.
+  2019; Berges et al. 2024), values zero so the model is unchanged. The paper's memory was pretrained
+  with its model; retrofitted into one that never read it, its keys address surface context, and on
+  the temporal-facts stream it learned what a passage said but not what a differently worded probe
+  asks (benchmarks/results/smf_small.json).
+
+Everything else is frozen. Background statistics count, for each slot, how many background batches
+read it (document frequency). For each training batch, a slot's score is TF-IDF = (its reads in the
+batch / all reads in the batch) × log((|B|+1) / (background batches that read it + 1)); only the
+value rows of the top-t slots receive gradient, and plain SGD moves nothing else, so slots that
+ordinary text reads, and slots this batch did not pick, keep their bytes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -19,41 +30,65 @@ import torch.distributed as dist
 from torch import nn
 
 from retain.methods.base import Method, MethodError, StreamData, TaskData, register
+from retain.nn.feed_forward_memory import FeedForwardMemory
 from retain.nn.product_key_memory import ProductKeyMemory, decoder_layers, insert_memory
+from retain.nn.slot_memory import SlotMemory
 from retain.stream import load_jsonl_texts
+
+
+# Per memory kind: (learning rate, slots trained per batch) unless the user sets them.
+MEMORY_DEFAULTS = {"feed_forward": (1.0, 2048), "product_key": (1e4, 1024)}
+_FF, _PK = MEMORY_DEFAULTS["feed_forward"], MEMORY_DEFAULTS["product_key"]
 
 
 @dataclass
 class SMFConfig:
-    layer: int = field(default=-1, metadata={"help": "Decoder layer that gets the memory; -1 = the middle one."})
-    n_keys: int = field(default=128, metadata={"help": "Half-keys per head: the memory has n_keys² slots."})
-    heads: int = field(default=4, metadata={"help": "Memory read heads (their reads are summed)."})
-    k: int = field(default=32, metadata={"help": "Slots read per head and token."})
-    key_dim: int = field(default=128, metadata={"help": "Query/key width per head (split in two halves)."})
-    # Retrofitted keys are random, so each token spreads its read over k slots per head almost evenly and a
-    # trained slot reaches the output at ≈1/k strength: values need a step ~1e4 and many slots per batch
-    # (on SmolLM2-135M, lr 10 or 50 moved the loss by <1% in 12 steps; 1e4 with top_t 1024 by 64%).
-    top_t: int = field(default=1024, metadata={"help": "Slots whose values are trained per batch, ranked by TF-IDF."})
+    memory: str = field(default="feed_forward", metadata={"help": "'feed_forward' (the model's own units) or "
+                                                                  "'product_key' (a memory layer added)."})
+    layers: str = field(default="", metadata={"help": "Comma-separated decoder layers whose memory trains; empty = "
+                                                       "all (feed_forward) or the middle one (product_key)."})
+    k: int = field(default=32, metadata={"help": "Slots a token reads per layer (feed_forward: its units of largest "
+                                                 "|activation|) or per head (product_key)."})
+    top_t: int = field(default=0, metadata={"help": "Slots whose values are trained per batch, ranked by TF-IDF; "
+                                                    f"0 = {_FF[1]} (feed_forward) or {_PK[1]} (product_key)."})
     optimizer: str = field(default="sgd", metadata={"help": "'sgd' (untouched slots never move) or 'adamw'."})
-    lr: float = field(default=1e4, metadata={"help": "Learning rate of the memory values (replaces --learning_rate)."})
+    # A retrofitted product-key memory's keys are random or drawn from data, so each token spreads its read over k
+    # slots almost evenly and a trained slot reaches the output at ≈1/k strength: its values need a step ~1e4.
+    lr: float = field(default=0.0, metadata={"help": "Learning rate of the memory values (replaces --learning_rate); "
+                                                     f"0 = {_FF[0]:g} (feed_forward) or {_PK[0]:g} (product_key)."})
     background: str = field(default="", metadata={"help": "JSONL of {\"text\"} for the background statistics; "
                                                            "empty = the stream's general text."})
     background_batch: int = field(default=1, metadata={"help": "Texts per background batch (the IDF's document)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the memory's keys and query projection."})
+    n_keys: int = field(default=128, metadata={"help": "product_key: half-keys per head (n_keys² slots)."})
+    heads: int = field(default=4, metadata={"help": "product_key: read heads (their reads are summed)."})
+    key_dim: int = field(default=128, metadata={"help": "product_key: query/key width per head (split in two halves)."})
+    seed: int = field(default=0, metadata={"help": "product_key: seed of the keys and query projection."})
     # 'data' beat 'random' on the temporal small stream: period loss 2.04 vs 2.4, plasticity 0.17 vs 0.00.
-    key_init: str = field(default="data", metadata={"help": "'data': half-keys drawn from the queries of background "
-                                                             "tokens (they address real hidden states); or 'random'."})
-    heal_steps: int = field(default=0, metadata={"help": "Warm-up steps on the background text that fit the keys "
-                                                          "and query to the model before they are frozen (0 = off)."})
-    heal_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the warm-up."})
+    key_init: str = field(default="data", metadata={"help": "product_key: 'data' draws half-keys from the queries of "
+                                                             "background tokens (they address real hidden states); "
+                                                             "or 'random'."})
+    heal_steps: int = field(default=0, metadata={"help": "product_key: warm-up steps on the background text that fit "
+                                                          "the keys and query to the model before they freeze (0 = off)."})
+    heal_lr: float = field(default=1e-3, metadata={"help": "product_key: AdamW learning rate of the warm-up."})
 
     def __post_init__(self) -> None:
+        if self.memory not in MEMORY_DEFAULTS:
+            raise MethodError(f"--method-arg memory: expected one of {', '.join(MEMORY_DEFAULTS)}, got {self.memory!r}")
         if self.key_init not in ("random", "data"):
             raise MethodError(f"--method-arg key_init: expected 'random' or 'data', got {self.key_init!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise MethodError(f"--method-arg optimizer: expected 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.top_t < 1:
-            raise MethodError(f"--method-arg top_t: must be at least 1, got {self.top_t}")
+        if self.top_t < 0 or self.lr < 0 or self.k < 1:
+            raise MethodError(f"--method-arg: top_t and lr must be ≥ 0 and k ≥ 1 (got {self.top_t}, {self.lr}, {self.k})")
+        try:
+            self.layer_indices()
+        except ValueError:
+            raise MethodError(f"--method-arg layers: expected comma-separated integers, got {self.layers!r}") from None
+        default_lr, default_top_t = MEMORY_DEFAULTS[self.memory]
+        self.lr, self.top_t = self.lr or default_lr, self.top_t or default_top_t
+
+    def layer_indices(self) -> list[int] | None:
+        return [int(part) for part in self.layers.split(",")] if self.layers.strip() else None
 
 
 @register
@@ -63,7 +98,7 @@ class SparseMemoryFinetuning(Method):
 
     def __init__(self, config: SMFConfig | None = None) -> None:
         super().__init__(config)
-        self.memory: ProductKeyMemory | None = None
+        self.memory: SlotMemory | None = None
         self.document_frequency: torch.Tensor | None = None  # background batches that read each slot
         self.background_batches = 0
         self.written: list[torch.Tensor] = []  # per finished task: the slots it wrote
@@ -72,14 +107,21 @@ class SparseMemoryFinetuning(Method):
         self._healing = False
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        layer = self.config.layer if self.config.layer >= 0 else len(decoder_layers(model)) // 2
-        with torch.random.fork_rng():
-            torch.manual_seed(self.config.seed)
-            self.memory = insert_memory(model, layer, n_keys=self.config.n_keys, heads=self.config.heads,
-                                        k=self.config.k, key_dim=self.config.key_dim)
+        config, layers = self.config, self.config.layer_indices()
+        if config.memory == "feed_forward":
+            self.memory = FeedForwardMemory(model, layers, k=config.k)
+        else:
+            if layers is not None and len(layers) != 1:
+                raise MethodError(f"--method-arg layers: a product_key memory goes into one layer, got {config.layers!r}")
+            layer = layers[0] if layers else len(decoder_layers(model)) // 2
+            with torch.random.fork_rng():
+                torch.manual_seed(config.seed)
+                self.memory = insert_memory(model, layer, n_keys=config.n_keys, heads=config.heads, k=config.k,
+                                            key_dim=config.key_dim)
         model.requires_grad_(False)
-        self.memory.values.weight.requires_grad_(True)
-        self.memory.values.weight.register_hook(self._mask_gradient)
+        for start, values in self.memory.value_blocks():
+            values.requires_grad_(True)
+            values.register_hook(lambda grad, start=start: self._mask_gradient(grad, start))
         return model
 
     @torch.no_grad()
@@ -91,33 +133,28 @@ class SparseMemoryFinetuning(Method):
         features = data.tokenize([{"text": t} for t in texts])
         size = self.config.background_batch
         batches = [data.collate(features[i : i + size]) for i in range(0, len(features), size)]
-        # The memory reads its layer's input, which lies upstream of the memory: one pass over the
-        # background text serves the key initialisation and the statistics, whatever the keys become.
-        documents = self._memory_inputs(model, batches)
-        if self.config.key_init == "data":
-            self._keys_from_queries(torch.cat(documents))
-        if self.config.heal_steps:
-            with torch.enable_grad():
-                self._heal(model, [data.collate(features[i : i + 8]) for i in range(0, len(features), 8)])
+        if isinstance(self.memory, ProductKeyMemory):
+            # The memory reads its layer's input, which lies upstream of the memory: the keys can be
+            # drawn from it before any statistics are counted.
+            if self.config.key_init == "data":
+                self._keys_from_queries(torch.cat(self._memory_inputs(model, batches)))
+            if self.config.heal_steps:
+                with torch.enable_grad():
+                    self._heal(model, [data.collate(features[i : i + 8]) for i in range(0, len(features), 8)])
         frequency = torch.zeros(self.memory.slots, dtype=torch.long)
-        for inputs in documents:
-            frequency[self.memory.lookup(inputs)[1].unique().cpu()] += 1
-        self.document_frequency, self.background_batches = frequency, len(documents)
+        for mask in _evaluate(model, batches):
+            frequency[self.memory.last_indices[mask].unique().cpu()] += 1
+        self.document_frequency, self.background_batches = frequency, len(batches)
 
     def _memory_inputs(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
-        """Per batch, the memory layer's input at every real (unpadded) token."""
+        """Per batch, the product-key memory's input at every real (unpadded) token."""
         captured: list[torch.Tensor] = []
         handle = self.memory.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
-        was_training, device = model.training, next(model.parameters()).device
-        model.eval()
         try:
-            for batch in batches:
-                mask = batch["attention_mask"].to(device)
-                model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
-                captured[-1] = captured[-1][mask.bool()]
+            for mask in _evaluate(model, batches):
+                captured[-1] = captured[-1][mask]
         finally:
             handle.remove()
-            model.train(was_training)
         return captured
 
     def _keys_from_queries(self, inputs: torch.Tensor) -> None:
@@ -160,7 +197,7 @@ class SparseMemoryFinetuning(Method):
         self._task_written = torch.zeros(self.memory.slots, dtype=torch.bool)
 
     def create_optimizer(self, model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
-        values = [self.memory.values.weight]
+        values = [values for _, values in self.memory.value_blocks()]
         if self.config.optimizer == "sgd":
             return torch.optim.SGD(values, lr=self.config.lr)
         return torch.optim.AdamW(values, lr=self.config.lr, weight_decay=0.0)
@@ -186,13 +223,13 @@ class SparseMemoryFinetuning(Method):
         if self._task_written is not None:
             self._task_written[self._selected.cpu()] = True
 
-    def _mask_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+    def _mask_gradient(self, grad: torch.Tensor, start: int) -> torch.Tensor:
         if self._healing:
             return grad
-        if self._selected is None:
-            return torch.zeros_like(grad)
         keep = torch.zeros(len(grad), 1, dtype=grad.dtype, device=grad.device)
-        keep[self._selected] = 1
+        if self._selected is not None:
+            mine = self._selected[(self._selected >= start) & (self._selected < start + len(grad))]
+            keep[mine - start] = 1
         return grad * keep
 
     def after_task(self, model: nn.Module, data: TaskData) -> None:
@@ -214,3 +251,17 @@ class SparseMemoryFinetuning(Method):
         self.background_batches = int(state["background_batches"])
         self.written = list(state["written"])
 
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> Iterator[torch.Tensor]:
+    """Run the model in eval mode over `batches`, yielding after each forward its real-token mask."""
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    try:
+        for batch in batches:
+            mask = batch["attention_mask"].to(device)
+            model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
+            yield mask.bool()
+    finally:
+        model.train(was_training)

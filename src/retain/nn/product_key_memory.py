@@ -13,8 +13,10 @@ import math
 import torch
 from torch import nn
 
+from retain.nn.slot_memory import SlotMemory
 
-class ProductKeyMemory(nn.Module):
+
+class ProductKeyMemory(SlotMemory):
     def __init__(self, dim: int, n_keys: int = 128, heads: int = 4, k: int = 32, key_dim: int = 128) -> None:
         super().__init__()
         if key_dim % 2 or k > n_keys:
@@ -24,14 +26,9 @@ class ProductKeyMemory(nn.Module):
         self.keys = nn.Parameter(torch.randn(heads, 2, n_keys, self.half) / math.sqrt(self.half))
         self.values = nn.EmbeddingBag(n_keys * n_keys, dim, mode="sum")
         self.last_indices: torch.Tensor | None = None  # (*batch, heads·k) slots read by the last forward
-        # Optional per-example value tables (versioned memories): example i reads tables[table_of[i]],
-        # or the live values where table_of[i] is −1.
-        self.tables: list[torch.Tensor] = []
-        self.table_of: torch.Tensor | None = None
 
-    @property
-    def slots(self) -> int:
-        return self.n_keys * self.n_keys
+    def value_blocks(self) -> list[tuple[int, nn.Parameter]]:
+        return [(0, self.values.weight)]
 
     def lookup(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores and slot indices of the top k slots per head: two tensors of shape (tokens, heads, k)."""
@@ -52,16 +49,13 @@ class ProductKeyMemory(nn.Module):
         flat = slots.reshape(len(slots), -1)
         self.last_indices = flat.detach().view(*shape[:-1], -1)
         weights = weights.reshape(len(slots), -1)
-        if self.table_of is None:
+        table_of = self.token_tables(len(flat), x.device)
+        if table_of is None:
             return self.values(flat, per_sample_weights=weights).view(shape)
-        if len(flat) % len(self.table_of):
-            raise ValueError(f"memory routed for {len(self.table_of)} inputs, got a batch of {shape[:-1]} tokens")
-        # Tokens of example i are rows i·T … (i+1)·T−1 of the flattened batch.
-        table_of = self.table_of.to(x.device).repeat_interleave(len(flat) // len(self.table_of))
         out = torch.empty(len(flat), shape[-1], dtype=x.dtype, device=x.device)
         for table in table_of.unique().tolist():
             rows = table_of == table
-            weight = self.values.weight if table < 0 else self.tables[table]
+            weight = self.table_rows(table, 0, self.values.weight)
             out[rows] = nn.functional.embedding_bag(flat[rows], weight, per_sample_weights=weights[rows], mode="sum")
         return out.view(shape)
 
