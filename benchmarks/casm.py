@@ -11,7 +11,8 @@ historical ≥ 0.90, general perplexity rise ≤ 2%.
 
 from __future__ import annotations
 
-from common import compare_on_temporal_facts, condense, machine, print_table, result_path, temporal_parser, write
+from common import (compare_on_temporal_facts, condense, machine, preset_name, print_table, result_path,
+                    temporal_parser, write)
 
 TARGETS = {"plasticity": 0.95, "stability": 0.95, "historical": 0.90}
 
@@ -30,7 +31,7 @@ def main() -> None:
         targets["general_ppl_change"] = {"target": 0.02, "measured": change, "met": change is not None and change <= 0.02}
         targets["routing_accuracy"] = {"measured": summary.get("routing_accuracy")}
     write(result_path(args),
-          {"benchmark": "casm", "preset": args.preset, "model": args.model, "seed": args.seed, "epochs": args.epochs,
+          {"benchmark": "casm", "preset": preset_name(args), "model": args.model, "seed": args.seed, "epochs": args.epochs,
            "machine": machine(), "wall_seconds": seconds, "targets": targets, "methods": methods})
     print_table(methods, ["plasticity", "stability", "historical", "routing_accuracy"])
     print("casm targets:", {k: v.get("met") for k, v in targets.items()})

@@ -45,10 +45,12 @@ def temporal_parser(description: str, name: str, methods: str) -> argparse.Argum
     """Options shared by the benchmarks on the temporal-facts stream; `name` names their run and result paths."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", choices=["small", "full"])
+    parser.add_argument("--facts", type=int, default=None, help="override the preset's number of facts")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--methods", default=methods)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method-arg", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
                         help="extra method options; with NAME=METHOD variants in --methods this sweeps a method")
@@ -60,19 +62,25 @@ def temporal_parser(description: str, name: str, methods: str) -> argparse.Argum
 
 def compare_on_temporal_facts(args: argparse.Namespace) -> tuple[Path, float]:
     """Generate the preset's stream and run `retain compare` on it; return the run directory and seconds."""
-    runs = args.runs or ROOT / "runs" / f"bench-{args.name}-{args.preset}"
+    runs = args.runs or ROOT / "runs" / f"bench-{args.name}-{preset_name(args)}"
     stream = runs / "stream"
-    if retain(["generate", "temporal-facts", "--preset", args.preset, "--seed", str(args.seed), "--output", str(stream)]):
+    facts = ["--facts", str(args.facts)] if args.facts else []
+    if retain(["generate", "temporal-facts", "--preset", args.preset, *facts, "--seed", str(args.seed), "--output", str(stream)]):
         raise SystemExit("could not generate the stream")
     options = ["--model", args.model, "--seed", str(args.seed), "--num_train_epochs", str(args.epochs),
                "--learning_rate", "2e-4", "--per_device_train_batch_size", str(args.batch_size),
-               "--per_device_eval_batch_size", "32", "--lr_scheduler_type", "constant", "--warmup_steps", "0",
+               "--per_device_eval_batch_size", str(args.eval_batch_size), "--lr_scheduler_type", "constant", "--warmup_steps", "0",
                "--disable_tqdm", "true", "--overwrite"]
     return runs, compare(stream, runs, args.methods.split(","), options, args.method_arg)
 
 
+def preset_name(args: argparse.Namespace) -> str:
+    """The preset, with the number of facts when overridden: full-200facts."""
+    return f"{args.preset}-{args.facts}facts" if args.facts else args.preset
+
+
 def result_path(args: argparse.Namespace) -> Path:
-    return args.output or ROOT / "benchmarks" / "results" / f"{args.name}_{args.preset}.json"
+    return args.output or ROOT / "benchmarks" / "results" / f"{args.name}_{preset_name(args)}.json"
 
 
 def condense(output: Path) -> dict[str, Any]:

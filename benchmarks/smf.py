@@ -12,7 +12,8 @@ step time ≤ 0.8×, optimizer state ≤ 5%.
 
 from __future__ import annotations
 
-from common import compare_on_temporal_facts, condense, machine, print_table, result_path, temporal_parser, write
+from common import (compare_on_temporal_facts, condense, machine, preset_name, print_table, result_path,
+                    temporal_parser, write)
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
                     "optimizer_state_ratio": method["speed"]["optimizer_state_bytes"] / base["speed"]["optimizer_state_bytes"],
                 }
     write(result_path(args),
-          {"benchmark": "smf", "preset": args.preset, "model": args.model, "seed": args.seed, "epochs": args.epochs,
+          {"benchmark": "smf", "preset": preset_name(args), "model": args.model, "seed": args.seed, "epochs": args.epochs,
            "machine": machine(), "wall_seconds": seconds, "targets_vs_full_ft": targets, "methods": methods})
     print_table(methods, ["plasticity", "stability", "historical"])
     for name, ratios in targets.items():

@@ -9,6 +9,8 @@ from retain.nn.product_key_memory import ProductKeyMemory
 from retain.stream import Probe
 
 SMALL = {"memory": "product_key", "n_keys": "8", "heads": "2", "k": "4", "key_dim": "8", "top_t": "8", "lr": "10"}
+FEED_FORWARD = {"memory": "feed_forward", "k": "8", "top_t": "8", "lr": "10"}
+MEMORIES = pytest.mark.parametrize("memory", [SMALL, FEED_FORWARD], ids=["product_key", "feed_forward"])
 HARBOUR = "The harbour master of Velmora is"
 
 
@@ -28,8 +30,8 @@ def stream() -> Stream:
                   general=["The water cycle moves water between the sea, the air and the land.", "Plants turn light into sugar."])
 
 
-def casm_trainer(make_model, tokenizer, training_args):
-    method = build_method("casm", SMALL)
+def casm_trainer(make_model, tokenizer, training_args, memory=SMALL):
+    method = build_method("casm", memory)
     return ContinualTrainer(make_model(), training_args(), method=method, processing_class=tokenizer), method
 
 
@@ -41,12 +43,13 @@ def learn_period_by_period(trainer, method, stream) -> tuple[list[dict], list[to
         trainer.add_task(task)
         trainer.consolidate_task()
         reports.append(dict(trainer.last_timing))
-        closed.append(method.memory.values.weight.detach().clone())
+        closed.append(method.memory.value_table())
     return reports, closed
 
 
-def test_closed_versions_stay_bit_identical(make_model, tokenizer, training_args, stream):
-    trainer, method = casm_trainer(make_model, tokenizer, training_args)
+@MEMORIES
+def test_closed_versions_stay_bit_identical(make_model, tokenizer, training_args, stream, memory):
+    trainer, method = casm_trainer(make_model, tokenizer, training_args, memory)
     reports, closed = learn_period_by_period(trainer, method, stream)
     assert not torch.equal(closed[0], closed[1]) and not torch.equal(closed[1], closed[2]), "later periods wrote nothing"
     for version, snapshot in enumerate(closed):
@@ -66,8 +69,24 @@ def test_facts_are_sorted_from_the_data_and_confirmations_do_not_train(make_mode
     assert method.registry.current("Quessary", "mayor").object == "Tam Dorrel"
 
 
-def test_queries_read_the_version_of_their_time(make_model, tokenizer, training_args, stream):
+def test_time_moves_from_the_text_into_the_version(make_model, tokenizer, training_args, stream):
     trainer, method = casm_trainer(make_model, tokenizer, training_args)
+    trainer.start_stream(stream)
+    trainer.add_task(stream.tasks[0])
+    assert [e["text"] for e in method.training_examples(stream.tasks[0])][:2] == [
+        f"{HARBOUR} Ilse Brandvik.", "The mayor of Quessary is Oona Terrelle."]
+    assert trainer.evaluator.prompt_text(f"[2020] {HARBOUR}") == HARBOUR
+    dated, = trainer.evaluator.score(trainer.model, [Probe(prompt=f"[2018] {HARBOUR}", answer="x")])
+    method.as_of = "2018"
+    undated, = trainer.evaluator.score(trainer.model, [Probe(prompt=HARBOUR, answer="x")])
+    assert dated.prediction == undated.prediction and dated.route == undated.route == "2018"
+    kept = build_method("casm", SMALL | {"strip_time": "false"})
+    assert kept.prompt_text(f"[2020] {HARBOUR}") == f"[2020] {HARBOUR}"
+
+
+@MEMORIES
+def test_queries_read_the_version_of_their_time(make_model, tokenizer, training_args, stream, memory):
+    trainer, method = casm_trainer(make_model, tokenizer, training_args, memory)
     trainer.fit(stream)
     prompts = [f"[2018] {HARBOUR}", f"As of March 2021, {HARBOUR.lower()}", f"In 2019 {HARBOUR.lower()}", HARBOUR,
                f"[2030] {HARBOUR}", f"[2001] {HARBOUR}"]
@@ -83,30 +102,33 @@ def test_queries_read_the_version_of_their_time(make_model, tokenizer, training_
     trainer.model.eval()
     with torch.no_grad():
         routed = trainer.model(input_ids=batch.input_ids[:1]).logits
-        live = method.memory.values.weight.detach().clone()
+        every_row = torch.arange(method.memory.slots)
+        live = method.memory.value_table()
         method.memory.table_of = None
-        method.memory.values.weight.copy_(method.values_at(0))
+        method.memory.write_rows(every_row, method.values_at(0))
         torch.testing.assert_close(trainer.model(input_ids=batch.input_ids[:1]).logits, routed)
-        method.memory.values.weight.copy_(live)
+        method.memory.write_rows(every_row, live)
 
 
-def test_rollback_restores_the_previous_period(make_model, tokenizer, training_args, stream):
-    trainer, method = casm_trainer(make_model, tokenizer, training_args)
+@MEMORIES
+def test_rollback_restores_the_previous_period(make_model, tokenizer, training_args, stream, memory):
+    trainer, method = casm_trainer(make_model, tokenizer, training_args, memory)
     trainer.fit(stream)
     before = method.values_at(1).clone()
     assert method.rollback() == "2022"
-    assert torch.equal(method.memory.values.weight, before)
+    assert torch.equal(method.memory.value_table(), before)
     assert method.periods == ["2018", "2020"]
     assert method.registry.current("Velmora", "harbour master").object == "Ruben Haldane"
-    assert method.rollback() == "2020" and torch.equal(method.memory.values.weight, method.values_at(0))
+    assert method.rollback() == "2020" and torch.equal(method.memory.value_table(), method.values_at(0))
     with pytest.raises(MethodError, match="rollback needs"):
         method.rollback()
 
 
-def test_state_round_trips_through_a_checkpoint(make_model, tokenizer, training_args, stream, tmp_path):
-    trainer, method = casm_trainer(make_model, tokenizer, training_args)
+@MEMORIES
+def test_state_round_trips_through_a_checkpoint(make_model, tokenizer, training_args, stream, tmp_path, memory):
+    trainer, method = casm_trainer(make_model, tokenizer, training_args, memory)
     trainer.fit(stream, run_dir=RunDirectory(tmp_path / "run", {"m": "casm"}))
-    restored = build_method("casm", SMALL)
+    restored = build_method("casm", memory)
     fresh = ContinualTrainer(make_model(), training_args(), method=restored, processing_class=tokenizer)
     RunDirectory(tmp_path / "run", {"m": "casm"}, resume=True).load_checkpoint(fresh.model, restored.load_state_dict)
     assert restored.periods == method.periods

@@ -1,6 +1,6 @@
 import pytest
 
-from retain.knowledge import FactRegistry, query_time, time_key
+from retain.knowledge import FactRegistry, query_time, strip_time, time_key
 
 
 def test_time_keys_order_years_and_months():
@@ -23,6 +23,19 @@ def test_time_keys_order_years_and_months():
 ])
 def test_query_time_reads_each_form(text, expected):
     assert query_time(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[2020] The harbour master of Velmora Port is", "The harbour master of Velmora Port is"),
+    ("In 2020 the harbour master of Velmora Port was", "the harbour master of Velmora Port was"),
+    ("The harbour master of Velmora Port in 2020 was", "The harbour master of Velmora Port was"),
+    ("as of March 2021, the harbour master is", "the harbour master is"),
+    ("Velmora Port, as of 2020, has a harbour master", "Velmora Port, has a harbour master"),
+    ("The docks can hold 2020 ships", "The docks can hold 2020 ships"),
+])
+def test_strip_time_drops_exactly_what_query_time_reads(text, expected):
+    assert strip_time(text) == expected
+    assert query_time(strip_time(text)) is None
 
 
 def test_observe_detects_addition_confirmation_and_contradiction():

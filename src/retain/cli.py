@@ -142,7 +142,7 @@ def ask_run(run: str | Path, prompts: list[str], max_new_tokens: int = 24, as_of
     restored = RunDirectory(run, config, resume=True).load_checkpoint(model, method.load_state_dict)
     if restored is None:
         raise RunDirectoryError(f"--run {run}: no checkpoint yet; the run has not finished a task")
-    evaluator = Evaluator(tokenizer, route=method.route)
+    evaluator = Evaluator(tokenizer, route=method.route, prompt_text=method.prompt_text)
     return [first_statement(text) for text in evaluator.complete(model, prompts, max_new_tokens)]
 
 

@@ -75,18 +75,21 @@ class Evaluator:
 
     `route(model, input_ids, attention_mask, prompts)`, when given, is called on every batch of prompts before the
     model sees it (a method choosing an adapter or memory version); what it returns is kept per probe.
+    `prompt_text(prompt)`, when given, is the text the model reads for a prompt (routing still sees the prompt).
     With `class_labels`, the model is a sequence classifier and its prediction is the label it scores highest.
     """
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16, max_new_tokens: int = 24, progress: bool = False,
         route: Route | None = None, class_labels: Sequence[str] | None = None,
+        prompt_text: Callable[[str], str] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.progress = progress
         self.route = route
+        self.prompt_text = prompt_text or (lambda prompt: prompt)
         self.class_labels = list(class_labels) if class_labels is not None else None
 
     @torch.no_grad()
@@ -139,7 +142,7 @@ class Evaluator:
         device = next(model.parameters()).device
         for start in range(0, len(probes), self.batch_size):
             batch = probes[start : start + self.batch_size]
-            inputs = self.tokenizer([p.prompt for p in batch], return_tensors="pt", padding=True).to(device)
+            inputs = self.tokenizer([self.prompt_text(p.prompt) for p in batch], return_tensors="pt", padding=True).to(device)
             routes = self._routed(model, inputs.input_ids, inputs.attention_mask, [p.prompt for p in batch])
             predicted = model(**inputs).logits.argmax(-1).tolist()
             for probe, index, route in zip(batch, predicted, routes):
@@ -158,7 +161,7 @@ class Evaluator:
         tokenizer = self.tokenizer
         side, tokenizer.padding_side = tokenizer.padding_side, "left"
         try:
-            batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
+            batch = tokenizer([self.prompt_text(p) for p in prompts], return_tensors="pt", padding=True)
         finally:
             tokenizer.padding_side = side
         device = next(model.parameters()).device
@@ -173,8 +176,9 @@ class Evaluator:
         A choice follows the prompt after one space unless the prompt ends in whitespace, as a
         completion does in training ("Verdict:" + " positive").
         """
-        prompt = self.tokenizer(probe.prompt).input_ids  # as in training
-        separator = "" if probe.prompt[-1:].isspace() else " "
+        text = self.prompt_text(probe.prompt)
+        prompt = self.tokenizer(text).input_ids  # as in training
+        separator = "" if text[-1:].isspace() else " "
         sequences = [prompt + self.tokenizer(separator + c, add_special_tokens=False).input_ids for c in probe.choices]
         device = next(model.parameters()).device
         ids = torch.tensor([prompt] * len(sequences), device=device)

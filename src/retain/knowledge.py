@@ -41,16 +41,29 @@ def time_key(label: str) -> tuple[int, int]:
     raise ValueError(f"cannot read a time from {label!r} (expected e.g. 2018, 2021-03 or March 2021)")
 
 
-def query_time(text: str) -> str | None:
-    """The time a query asks about: "[2020] …", "… in 2020 …", "as of 2020", "as of March 2021"; None if it names none."""
+def _time_match(text: str) -> re.Match[str] | None:
     for match in _QUERY_TIME.finditer(text):
-        label = match["bracket"] or match["phrase"]
         try:
-            time_key(label)
+            time_key(match["bracket"] or match["phrase"])
         except ValueError:
             continue
-        return label
+        return match
     return None
+
+
+def query_time(text: str) -> str | None:
+    """The time a query asks about: "[2020] …", "… in 2020 …", "as of 2020", "as of March 2021"; None if it names none."""
+    match = _time_match(text)
+    return None if match is None else match["bracket"] or match["phrase"]
+
+
+def strip_time(text: str) -> str:
+    """`text` without the time `query_time` reads from it: "[2020] The mayor is" → "The mayor is"."""
+    match = _time_match(text)
+    if match is None:
+        return text
+    rest = text[: match.start()] + text[match.end() :]
+    return re.sub(r"\s{2,}", " ", rest.lstrip(" ,;:-") if match.start() == 0 else rest).replace(" ,", ",").replace(",,", ",")
 
 
 @dataclass

@@ -87,6 +87,7 @@ class ContinualTrainer(Trainer):
         self.evaluator = Evaluator(
             processing_class, args.per_device_eval_batch_size, getattr(args, "max_new_tokens", 24),
             progress=not args.disable_tqdm, route=self.method.route, class_labels=self.class_labels,
+            prompt_text=self.method.prompt_text,
         )
         self.add_callback(_OptimizerStepHook(self))
         self.tasks: list[Task] = []

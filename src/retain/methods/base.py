@@ -97,6 +97,10 @@ class Method:
         which memory version) and return, per example, the name of the task it was routed to; None: no routing."""
         return None
 
+    def prompt_text(self, prompt: str) -> str:
+        """The text the model reads for an inference prompt (`route` still sees the prompt as given)."""
+        return prompt
+
     def after_task(self, model: nn.Module, data: TaskData) -> None:
         """Called when a task's training ends (Fisher estimates, buffers, freezing)."""
 

@@ -37,7 +37,7 @@ from retain.stream import load_jsonl_texts
 
 
 # Per memory kind: (learning rate, slots trained per batch) unless the user sets them.
-MEMORY_DEFAULTS = {"feed_forward": (1.0, 2048), "product_key": (1e4, 1024)}
+MEMORY_DEFAULTS = {"feed_forward": (10.0, 2048), "product_key": (1e4, 1024)}
 _FF, _PK = MEMORY_DEFAULTS["feed_forward"], MEMORY_DEFAULTS["product_key"]
 
 
