@@ -69,19 +69,19 @@ def test_facts_are_sorted_from_the_data_and_confirmations_do_not_train(make_mode
     assert method.registry.current("Quessary", "mayor").object == "Tam Dorrel"
 
 
-def test_time_moves_from_the_text_into_the_version(make_model, tokenizer, training_args, stream):
+def test_a_known_fact_is_read_where_its_version_was_written(make_model, tokenizer, training_args, stream):
     trainer, method = casm_trainer(make_model, tokenizer, training_args)
-    trainer.start_stream(stream)
-    trainer.add_task(stream.tasks[0])
-    assert [e["text"] for e in method.training_examples(stream.tasks[0])][:2] == [
-        f"{HARBOUR} Ilse Brandvik.", "The mayor of Quessary is Oona Terrelle."]
-    assert trainer.evaluator.prompt_text(f"[2020] {HARBOUR}") == HARBOUR
-    dated, = trainer.evaluator.score(trainer.model, [Probe(prompt=f"[2018] {HARBOUR}", answer="x")])
-    method.as_of = "2018"
-    undated, = trainer.evaluator.score(trainer.model, [Probe(prompt=HARBOUR, answer="x")])
-    assert dated.prediction == undated.prediction and dated.route == undated.route == "2018"
-    kept = build_method("casm", SMALL | {"strip_time": "false"})
-    assert kept.prompt_text(f"[2020] {HARBOUR}") == f"[2020] {HARBOUR}"
+    trainer.fit(stream)
+    mayor = "The mayor of Quessary is"
+    assert method.read(f"[2022] {mayor}") == (2, 2, f"[2022] {mayor}")  # changed in 2022
+    assert method.read(f"[2020] {mayor}") == (1, 0, f"[2018] {mayor}")  # unchanged since 2018 (2020 confirmed it)
+    assert method.read(f"As of 2021, {HARBOUR.lower()}") == (1, 1, f"As of 2020, {HARBOUR.lower()}")
+    assert method.read("[2020] The capital of Atlantis is") == (1, 1, "[2020] The capital of Atlantis is")
+    prompts = [f"[2020] {mayor}", f"[2022] {mayor}"]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    assert method.route(trainer.model, batch.input_ids, batch.attention_mask, prompts) == ["2020", "2022"]
+    assert method.memory.table_of.tolist() == [0, -1]
+    assert trainer.evaluator.prompt_text(f"[2020] {mayor}") == f"[2018] {mayor}"
 
 
 @MEMORIES

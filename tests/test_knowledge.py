@@ -1,6 +1,6 @@
 import pytest
 
-from retain.knowledge import FactRegistry, query_time, strip_time, time_key
+from retain.knowledge import FactRegistry, query_time, time_key, with_time
 
 
 def test_time_keys_order_years_and_months():
@@ -26,16 +26,27 @@ def test_query_time_reads_each_form(text, expected):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("[2020] The harbour master of Velmora Port is", "The harbour master of Velmora Port is"),
-    ("In 2020 the harbour master of Velmora Port was", "the harbour master of Velmora Port was"),
-    ("The harbour master of Velmora Port in 2020 was", "The harbour master of Velmora Port was"),
-    ("as of March 2021, the harbour master is", "the harbour master is"),
-    ("Velmora Port, as of 2020, has a harbour master", "Velmora Port, has a harbour master"),
+    ("[2020] The harbour master of Velmora Port is", "[2018] The harbour master of Velmora Port is"),
+    ("In 2020 the harbour master of Velmora Port was", "In 2018 the harbour master of Velmora Port was"),
+    ("as of March 2021, the harbour master is", "as of 2018, the harbour master is"),
     ("The docks can hold 2020 ships", "The docks can hold 2020 ships"),
 ])
-def test_strip_time_drops_exactly_what_query_time_reads(text, expected):
-    assert strip_time(text) == expected
-    assert query_time(strip_time(text)) is None
+def test_with_time_replaces_exactly_the_time_query_time_reads(text, expected):
+    assert with_time(text, "2018") == expected
+
+
+def test_find_names_the_version_a_text_asks_about():
+    registry = FactRegistry()
+    registry.observe("Velmora Port", "harbour master", "Ilse Brandvik", "2018")
+    registry.observe("Velmora", "mayor", "Oona Terrelle", "2018")
+    registry.observe("Velmora Port", "harbour master", "Ruben Haldane", "2022")
+    assert registry.find("[2020] The harbour master of Velmora Port is", "2020").object == "Ilse Brandvik"
+    assert registry.find("The harbour master of Velmora Port is").object == "Ruben Haldane"  # no time: current
+    assert registry.find("The mayor of Velmora is", "2024").object == "Oona Terrelle"
+    assert registry.find("The mayor of Velmora Port is", "2024").object == "Oona Terrelle"  # longest match wins
+    assert registry.find("The harbour master of Velmora Port is", "2001") is None  # before any version
+    assert registry.find("The captain of Velmora Port is", "2020") is None
+    assert registry.find("The mayor of Velmoran is", "2020") is None  # whole words only
 
 
 def test_observe_detects_addition_confirmation_and_contradiction():

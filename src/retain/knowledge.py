@@ -57,13 +57,13 @@ def query_time(text: str) -> str | None:
     return None if match is None else match["bracket"] or match["phrase"]
 
 
-def strip_time(text: str) -> str:
-    """`text` without the time `query_time` reads from it: "[2020] The mayor is" → "The mayor is"."""
+def with_time(text: str, label: str) -> str:
+    """`text` with the time `query_time` reads from it replaced by `label`; unchanged if it names none."""
     match = _time_match(text)
     if match is None:
         return text
-    rest = text[: match.start()] + text[match.end() :]
-    return re.sub(r"\s{2,}", " ", rest.lstrip(" ,;:-") if match.start() == 0 else rest).replace(" ,", ",").replace(",,", ",")
+    group = "bracket" if match["bracket"] else "phrase"
+    return text[: match.start(group)] + label + text[match.end(group) :]
 
 
 @dataclass
@@ -104,6 +104,15 @@ class FactRegistry:
     def at(self, subject: str, relation: str, time: str) -> FactVersion | None:
         valid = [v for v in self.chain(subject, relation) if v.valid_at(time)]
         return valid[-1] if valid else None
+
+    def find(self, text: str, time: str | None = None) -> FactVersion | None:
+        """The version a text asks about, valid at `time` (None: the current one): the fact whose normalised
+        subject and relation both occur in the normalised text, the longest such match; None if none does."""
+        words = f" {normalize_answer(text)} "
+        asked = [v for v in self.versions if not v.retracted
+                 and f" {normalize_answer(v.subject)} " in words and f" {normalize_answer(v.relation)} " in words]
+        asked = [v for v in asked if (v.valid_until is None if time is None else v.valid_at(time))]
+        return max(asked, key=lambda v: len(v.subject) + len(v.relation), default=None)
 
     def observe(self, subject: str, relation: str, obj: str, valid_from: str) -> Observation:
         """Record a stated fact: a new pair is an addition, the same normalised object a confirmation,

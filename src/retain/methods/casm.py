@@ -12,10 +12,11 @@ confirmation; a new pair an addition. Training examples that state only confirme
 dropped, so confirmations write nothing and stay shared. Tasks without facts train on everything.
 
 At inference the time in the query ("[2020] …", "in 2020", "as of March 2021", or `as_of`) picks
-the newest period that began at or before it; no time reads the live (latest) memory. The time is
-read into the version and dropped from the text (`strip_time`), in training and at inference: what a
-version holds is then true "as of" its period, whatever year a query names, so a fact that did not
-change is recalled from a later year's query by the version that shares its rows.
+the newest period that began at or before it; no time reads the live (latest) memory. When the
+registry knows the fact a query asks about (its subject and relation appear in it), the query reads
+the version of the period in which the fact's then-valid version was stated, with that period's time
+in its text, exactly as it was learned: a fact that has not changed since 2018 is read from 2018's
+version whatever later year is asked about.
 `rollback()` withdraws the latest period: its facts are retracted in the registry and every row it
 wrote gets back the value it had before.
 """
@@ -23,14 +24,14 @@ wrote gets back the value it had before.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from retain.evaluation import normalize_answer
-from retain.knowledge import FactRegistry, FactVersion, query_time, strip_time, time_key
+from retain.knowledge import FactRegistry, FactVersion, query_time, time_key, with_time
 from retain.methods.base import MethodError, register
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 from retain.stream import Task
@@ -38,10 +39,7 @@ from retain.stream import Task
 
 @dataclass
 class CASMConfig(SMFConfig):
-    # On the temporal-facts stream the year in "[2018] …" made what the memory learned year-specific:
-    # a fact stated in 2018 and still true was not recalled when asked "[2020] …" (stability 0.36).
-    strip_time: bool = field(default=True, metadata={"help": "Read the time of training text and queries into "
-                                                              "versions and routing only, and drop it from the text."})
+    pass
 
 
 @register
@@ -92,11 +90,7 @@ class CASM(SparseMemoryFinetuning):
         changed = [v for v in self.registry.versions if v.valid_from == period and not v.retracted]
         kept = [example for example in task.train if not _only_states(example, self._confirmed, changed)]
         self.observations[-1]["examples_dropped"] = len(task.train) - len(kept)
-        kept = kept or task.train
-        if self.config.strip_time:  # the period is the version being written
-            kept = [{key: strip_time(value) if key in ("text", "prompt") else value for key, value in example.items()}
-                    for example in kept]
-        return kept
+        return kept or task.train
 
     def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
         super().after_forward(model, inputs)
@@ -146,19 +140,35 @@ class CASM(SparseMemoryFinetuning):
         begun = [i for i, period in enumerate(self.periods) if time_key(period) <= key]
         return begun[-1] if begun else 0
 
+    def read(self, prompt: str) -> tuple[int, int, str]:
+        """For a prompt: the period its time names, the memory version it reads, and the text the model reads.
+
+        When the registry knows the fact the prompt asks about, the version read is the one written in the
+        period that fact's version (valid at the prompt's time) was stated, and the prompt's time becomes
+        that period: "[2022] The mayor of Nozer is", about a mayor unchanged since 2018, reads the 2018
+        memory as "[2018] The mayor of Nozer is", as it was learned. Otherwise the period named is read.
+        """
+        time = self.as_of or query_time(prompt)
+        named = self.version_at(time)
+        fact = self.registry.find(prompt, time)
+        if fact is None:
+            return named, named, prompt
+        written = self.version_at(fact.valid_from)
+        return named, written, with_time(prompt, self.periods[written])
+
     def route(
         self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: Sequence[str] = ()
     ) -> list[str] | None:
         if not self.periods:
             return None
-        versions = [self.version_at(self.as_of or query_time(prompt)) for prompt in prompts] or [len(self.periods) - 1] * len(input_ids)
         latest = len(self.periods) - 1
+        reads = [self.read(prompt) for prompt in prompts] or [(latest, latest, "")] * len(input_ids)
         self.memory.tables = [self.values_at(v) for v in range(latest)]
-        self.memory.table_of = torch.tensor([v if v < latest else -1 for v in versions])
-        return [self.periods[v] for v in versions]
+        self.memory.table_of = torch.tensor([version if version < latest else -1 for _, version, _ in reads])
+        return [self.periods[named] for named, _, _ in reads]
 
     def prompt_text(self, prompt: str) -> str:
-        return strip_time(prompt) if self.config.strip_time else prompt
+        return self.read(prompt)[2] if self.periods else prompt
 
     # -- undoing --------------------------------------------------------------------------------
 
