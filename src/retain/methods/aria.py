@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from retain.fisher import FisherAnchor, diagonal_fisher
-from retain.methods.base import IGNORE_INDEX, Method, MethodError, TaskData, register
+from retain.methods.base import IGNORE_INDEX, Method, MethodError, TaskData, layer_list, register
 from retain.nn.adapters import TaskAdapters
 from retain.nn.gated_mlp import PlasticityGatedMLP, feed_forward_layout, gate_feed_forwards
 from retain.nn.product_key_memory import decoder_layers
@@ -67,13 +67,10 @@ class ARIAConfig:
         for name in ("warmup_steps", "adapter_dim", "consolidation_steps_per_task", "fast_rank", "fisher_samples"):
             if getattr(self, name) < 0:
                 raise MethodError(f"--method-arg {name}: must be ≥ 0, got {getattr(self, name)}")
-        try:
-            self.layer_indices()
-        except ValueError:
-            raise MethodError(f"--method-arg layers: expected comma-separated integers, got {self.layers!r}") from None
+        layer_list(self.layers)
 
     def layer_indices(self) -> list[int] | None:
-        return [int(part) for part in self.layers.split(",")] if self.layers.strip() else None
+        return layer_list(self.layers)
 
 
 @register

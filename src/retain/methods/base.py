@@ -128,6 +128,14 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def layer_list(text: str) -> list[int] | None:
+    """The decoder layers a `layers` option names ("3,7"); None when empty (the method's default)."""
+    try:
+        return [int(part) for part in text.split(",")] if text.strip() else None
+    except ValueError:
+        raise MethodError(f"--method-arg layers: expected comma-separated integers, got {text!r}") from None
+
+
 def build_method(name: str, args: dict[str, str] | None = None) -> Method:
     """Instantiate a registered method from string arguments such as the CLI's `--method-arg k=v`."""
     if name not in METHODS:

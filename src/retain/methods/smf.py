@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from retain.methods.base import Method, MethodError, StreamData, TaskData, register
+from retain.methods.base import Method, MethodError, StreamData, TaskData, layer_list, register
 from retain.nn.feed_forward_memory import FeedForwardMemory
 from retain.nn.product_key_memory import ProductKeyMemory, decoder_layers, insert_memory
 from retain.nn.slot_memory import SlotMemory
@@ -80,15 +80,12 @@ class SMFConfig:
             raise MethodError(f"--method-arg optimizer: expected 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.top_t < 0 or self.lr < 0 or self.k < 1:
             raise MethodError(f"--method-arg: top_t and lr must be ≥ 0 and k ≥ 1 (got {self.top_t}, {self.lr}, {self.k})")
-        try:
-            self.layer_indices()
-        except ValueError:
-            raise MethodError(f"--method-arg layers: expected comma-separated integers, got {self.layers!r}") from None
+        layer_list(self.layers)
         default_lr, default_top_t = MEMORY_DEFAULTS[self.memory]
         self.lr, self.top_t = self.lr or default_lr, self.top_t or default_top_t
 
     def layer_indices(self) -> list[int] | None:
-        return [int(part) for part in self.layers.split(",")] if self.layers.strip() else None
+        return layer_list(self.layers)
 
 
 @register
