@@ -179,7 +179,7 @@ def test_feed_forward_memory_is_the_model_and_reads_its_strongest_units(make_mod
         handle = memory.projections[0].register_forward_pre_hook(lambda module, args: activations.append(args[0]))
         after = model(input_ids=ids).logits
         handle.remove()
-    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)  # the same weights, transposed
+    assert torch.equal(after, before)  # nothing written yet
     units = activations[0].shape[-1]
     assert memory.slots == units and memory.dim == model.config.hidden_size
     expected = activations[0].abs().topk(3, dim=-1).indices
@@ -214,3 +214,18 @@ def test_feed_forward_is_the_default_memory_and_options_are_checked():
         build_method("smf", {"memory": "dense"})
     with pytest.raises(ValueError, match="--method-arg layers"):
         build_method("smf", {"layers": "one"})
+
+
+def test_a_written_unit_reaches_only_the_tokens_that_read_it(make_model):
+    torch.manual_seed(0)
+    memory = FeedForwardMemory(make_model(), layers=[0], k=2)
+    projection = memory.projections[0]
+    a = torch.randn(1, 6, projection.delta.shape[0])
+    with torch.no_grad():
+        before = projection(a)
+        reads = memory.last_indices[0]  # (tokens, k)
+        unit = reads[0, 0].item()
+        memory.write_rows(torch.tensor([unit]), torch.ones(1, memory.dim))
+        after = projection(a)
+    changed = (after != before).any(dim=-1)[0]
+    assert changed[0] and torch.equal(changed, (reads == unit).any(dim=-1))

@@ -2,14 +2,15 @@
 
 A feed-forward block computes down(a) with a = act(x·W_in): each intermediate unit i is a slot whose
 key is its input weights and whose value is column i of the down projection (Geva et al. 2021,
-"Transformer Feed-Forward Layers Are Key-Value Memories"). A token reads every slot, weighted by
-a_i; the slots it reads most are the k units of largest |a_i|. Unlike a retrofitted product-key
-memory, these keys are pretrained and the rest of the model already reads these values, so writing a
-few value rows changes what the model says from any wording that activates them.
+"Transformer Feed-Forward Layers Are Key-Value Memories"). The slots a token reads are the k units
+of largest |a_i|. Unlike a retrofitted product-key memory, these keys are pretrained and the rest of
+the model already reads these values, so what is written reaches the answer from other wordings of
+the same fact.
 
-The down projections of the chosen layers are replaced by `MemoryProjection`s that hold the value rows
-(intermediate × hidden, the transposed weight), so every slot of every layer is one row, as in a
-product-key memory's value table. Before training the model computes what it computed before.
+Writes are kept apart from the pretrained values and read sparsely: each chosen layer's down
+projection becomes down(a) + Σ_{i ∈ top-k |a|} a_i·Δ_i, with one zero-initialised row Δ_i per unit.
+Every unit contributes to every token densely, so writing into the pretrained values themselves
+would reach all text a little; a written Δ_i reaches only the tokens that read unit i.
 """
 
 from __future__ import annotations
@@ -26,41 +27,45 @@ DOWN_PROJECTIONS = {"gated (Llama, Mistral, Qwen, SmolLM)": ("down_proj", False)
 
 
 class MemoryProjection(nn.Module):
-    """out = a·values + bias, recording the k units of largest |a| per token as the slots read."""
+    """down(a) + the written rows of the k units of largest |a| per token, weighted by a."""
 
-    def __init__(self, values: torch.Tensor, bias: torch.Tensor | None, memory: FeedForwardMemory, start: int) -> None:
+    def __init__(self, down: nn.Module, units: int, hidden: int, memory: FeedForwardMemory, start: int) -> None:
         super().__init__()
-        self.values = nn.Parameter(values.detach().clone())
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.down = down
+        self.delta = nn.Parameter(torch.zeros(units, hidden, dtype=down.weight.dtype, device=down.weight.device))
         self.start = start
         object.__setattr__(self, "memory", memory)  # a back-reference, not a submodule
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         shape = a.shape
         flat = a.reshape(-1, shape[-1])
-        self.memory.reads[self.start] = (flat.detach().abs().topk(self.memory.k, dim=-1).indices + self.start).view(
-            *shape[:-1], -1)
+        units = flat.detach().abs().topk(self.memory.k, dim=-1).indices
+        self.memory.reads[self.start] = (units + self.start).view(*shape[:-1], -1)
+        weights = flat.gather(-1, units)
         table_of = self.memory.token_tables(len(flat), a.device)
         if table_of is None:
-            out = flat @ self.values
+            written = nn.functional.embedding_bag(units, self.delta, per_sample_weights=weights, mode="sum")
         else:
-            out = torch.empty(len(flat), self.values.shape[1], dtype=a.dtype, device=a.device)
+            written = torch.empty(len(flat), self.delta.shape[1], dtype=a.dtype, device=a.device)
             for table in table_of.unique().tolist():
                 rows = table_of == table
-                out[rows] = flat[rows] @ self.memory.table_rows(table, self.start, self.values)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.view(*shape[:-1], -1)
+                delta = self.memory.table_rows(table, self.start, self.delta)
+                written[rows] = nn.functional.embedding_bag(units[rows], delta, per_sample_weights=weights[rows], mode="sum")
+        return self.down(a) + written.view(*shape[:-1], -1)
 
 
 class FeedForwardMemory(SlotMemory):
-    """The units of the feed-forward blocks of `layers` (default: all) as one memory of value rows."""
+    """The units of the feed-forward blocks of `layers` (default: all) as one memory of value rows.
+
+    Its value rows are the written changes Δ (zero until trained), one per unit, layer after layer.
+    """
 
     def __init__(self, model: nn.Module, layers: list[int] | None = None, k: int = 32) -> None:
         super().__init__()
         stack = decoder_layers(model)
         chosen = range(len(stack)) if layers is None else layers
         self.k = k
+        hidden = model.config.get_text_config().hidden_size
         self.reads: dict[int, torch.Tensor] = {}
         self.projections: list[MemoryProjection] = []  # plain list: each is registered in its own layer
         start = 0
@@ -70,16 +75,16 @@ class FeedForwardMemory(SlotMemory):
             mlp = stack[index].mlp
             name, stored_in_out = DOWN_PROJECTIONS[feed_forward_layout(mlp)]
             down = getattr(mlp, name)
-            values = down.weight if stored_in_out else down.weight.T
-            if k > len(values):
-                raise ValueError(f"memory k={k} exceeds the {len(values)} units of layer {index}'s feed-forward block")
-            projection = MemoryProjection(values, down.bias, self, start)
+            units = down.weight.shape[0 if stored_in_out else 1]
+            if k > units:
+                raise ValueError(f"memory k={k} exceeds the {units} units of layer {index}'s feed-forward block")
+            projection = MemoryProjection(down, units, hidden, self, start)
             setattr(mlp, name, projection)
             self.projections.append(projection)
-            start += len(values)
+            start += units
 
     def value_blocks(self) -> list[tuple[int, nn.Parameter]]:
-        return [(p.start, p.values) for p in self.projections]
+        return [(p.start, p.delta) for p in self.projections]
 
     @property
     def last_indices(self) -> torch.Tensor | None:
