@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -66,6 +67,9 @@ def with_time(text: str, label: str) -> str:
     return text[: match.start(group)] + label + text[match.end(group) :]
 
 
+_normalized = lru_cache(maxsize=65536)(normalize_answer)  # subjects and relations recur in every lookup
+
+
 @dataclass
 class FactVersion:
     id: int
@@ -110,7 +114,7 @@ class FactRegistry:
         subject and relation both occur in the normalised text, the longest such match; None if none does."""
         words = f" {normalize_answer(text)} "
         asked = [v for v in self.versions if not v.retracted
-                 and f" {normalize_answer(v.subject)} " in words and f" {normalize_answer(v.relation)} " in words]
+                 and f" {_normalized(v.subject)} " in words and f" {_normalized(v.relation)} " in words]
         asked = [v for v in asked if (v.valid_until is None if time is None else v.valid_at(time))]
         return max(asked, key=lambda v: len(v.subject) + len(v.relation), default=None)
 
