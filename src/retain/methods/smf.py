@@ -2,14 +2,15 @@
 
 The memory is a table of value rows that each token reads a few of (`SlotMemory`), one of two kinds:
 
-- `feed_forward` (default): the model's own feed-forward units as slots, their down-projection
-  columns as values (Geva et al. 2021). The keys are pretrained and the model already reads the
-  values, so what is written reaches the answer from other wordings of the same fact.
+- `feed_forward` (default): the model's own feed-forward units as slots (Geva et al. 2021), each with
+  a zero-initialised row added to its down-projection column for the tokens that read it. The keys
+  are pretrained and the model already reads these values, so what is written reaches the answer
+  from other wordings of the same fact.
 - `product_key`: a product-key memory added beside the feed-forward block of one layer (Lample et al.
   2019; Berges et al. 2024), values zero so the model is unchanged. The paper's memory was pretrained
   with its model; retrofitted into one that never read it, its keys address surface context, and on
   the temporal-facts stream it learned what a passage said but not what a differently worded probe
-  asks (benchmarks/results/smf_small.json).
+  asks (benchmarks/results/smf_product_key_sweep_small_h100.json).
 
 Everything else is frozen. Background statistics count, for each slot, how many background batches
 read it (document frequency). For each training batch, a slot's score is TF-IDF = (its reads in the
@@ -20,9 +21,9 @@ ordinary text reads, and slots this batch did not pick, keep their bytes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import torch
