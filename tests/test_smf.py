@@ -11,7 +11,8 @@ from conftest import fact_task
 
 SMALL = {"memory": "product_key", "n_keys": "8", "heads": "2", "k": "4", "key_dim": "8", "top_t": "6", "lr": "5.0"}
 FEED_FORWARD = {"memory": "feed_forward", "k": "8", "top_t": "6", "lr": "5.0"}
-MEMORIES = pytest.mark.parametrize("memory", [SMALL, FEED_FORWARD], ids=["product_key", "feed_forward"])
+MEMORIES = pytest.mark.parametrize("memory", [SMALL, FEED_FORWARD, FEED_FORWARD | {"selection": "kl"}],
+                                   ids=["product_key", "feed_forward", "feed_forward_kl"])
 
 
 def test_memory_read_equals_a_dense_computation():
@@ -63,10 +64,27 @@ def test_tfidf_matches_a_hand_computation(make_model, tokenizer, training_args, 
     assert scores[0].item() == 0.0
 
 
+def test_kl_selection_matches_a_hand_computation(make_model, tokenizer, training_args, small_stream):
+    _, method = stream_trainer(make_model, tokenizer, training_args, small_stream, selection="kl")
+    method.background_reads = torch.zeros(method.memory.slots, dtype=torch.long)
+    method.background_reads[[1, 2]] = torch.tensor([9, 1])
+    reads = torch.tensor([[1, 1, 2], [2, 2, 5]])
+    scores = method.kl(reads)
+    total = 10 + method.memory.slots  # add-one smoothing
+    assert scores[1].item() == pytest.approx(2 / 6 * math.log((2 / 6) / (10 / total)))
+    assert scores[2].item() == pytest.approx(3 / 6 * math.log((3 / 6) / (2 / total)))
+    assert scores[5].item() == pytest.approx(1 / 6 * math.log((1 / 6) / (1 / total)))
+    assert scores[0].item() == 0.0
+    with pytest.raises(ValueError, match="--method-arg selection"):
+        build_method("smf", {"selection": "random"})
+
+
 def test_background_statistics_count_batches_that_read_a_slot(make_model, tokenizer, training_args, small_stream):
     _, method = stream_trainer(make_model, tokenizer, training_args, small_stream)
     assert method.background_batches == len(small_stream.general) == 2
     assert method.document_frequency.max() <= 2 and method.document_frequency.sum() > 0
+    assert (method.background_reads >= method.document_frequency).all()
+    assert method.background_reads.sum() > method.document_frequency.sum()  # a text reads some slots more than once
 
 
 @MEMORIES
@@ -123,6 +141,7 @@ def test_state_round_trips_through_a_checkpoint(make_model, tokenizer, training_
     state, _ = RunDirectory(tmp_path / "run", {"m": "smf"}, resume=True).load_checkpoint(fresh.model)
     restored.load_state_dict(state)
     assert torch.equal(restored.document_frequency, method.document_frequency)
+    assert torch.equal(restored.background_reads, method.background_reads)
     assert [torch.equal(a, b) for a, b in zip(restored.written, method.written)] == [True] * 3
     assert torch.equal(restored.memory.value_table(), method.memory.value_table())
     ids = torch.tensor([[5, 9, 200, 31]])

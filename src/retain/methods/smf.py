@@ -53,8 +53,10 @@ class SMFConfig:
     k: int = field(default=0, metadata={"help": "Slots a token reads per layer (feed_forward: its units of largest "
                                                 "|activation|) or per head (product_key); "
                                                 f"0 = {_FF[2]} (feed_forward) or {_PK[2]} (product_key)."})
-    top_t: int = field(default=0, metadata={"help": "Slots whose values are trained per batch, ranked by TF-IDF; "
+    top_t: int = field(default=0, metadata={"help": "Slots whose values are trained per batch, ranked by `selection`; "
                                                     f"0 = {_FF[1]} (feed_forward) or {_PK[1]} (product_key)."})
+    selection: str = field(default="tfidf", metadata={"help": "How slots are ranked per batch: 'tfidf', or 'kl' (each "
+                                                              "slot's term of KL(batch reads ‖ background reads))."})
     optimizer: str = field(default="sgd", metadata={"help": "'sgd' (untouched slots never move) or 'adamw'."})
     # A retrofitted product-key memory's keys are random or drawn from data, so each token spreads its read over k
     # slots almost evenly and a trained slot reaches the output at ≈1/k strength: its values need a step ~1e4.
@@ -80,6 +82,8 @@ class SMFConfig:
             raise MethodError(f"--method-arg memory: expected one of {', '.join(MEMORY_DEFAULTS)}, got {self.memory!r}")
         if self.key_init not in ("random", "data"):
             raise MethodError(f"--method-arg key_init: expected 'random' or 'data', got {self.key_init!r}")
+        if self.selection not in ("tfidf", "kl"):
+            raise MethodError(f"--method-arg selection: expected 'tfidf' or 'kl', got {self.selection!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise MethodError(f"--method-arg optimizer: expected 'sgd' or 'adamw', got {self.optimizer!r}")
         if min(self.top_t, self.lr, self.k) < 0:
@@ -101,6 +105,7 @@ class SparseMemoryFinetuning(Method):
         super().__init__(config)
         self.memory: SlotMemory | None = None
         self.document_frequency: torch.Tensor | None = None  # background batches that read each slot
+        self.background_reads: torch.Tensor | None = None  # all background reads of each slot
         self.background_batches = 0
         self.written: list[torch.Tensor] = []  # per finished task: the slots it wrote
         self._selected: torch.Tensor | None = None
@@ -143,9 +148,12 @@ class SparseMemoryFinetuning(Method):
                 with torch.enable_grad():
                     self._heal(model, [data.collate(features[i : i + 8]) for i in range(0, len(features), 8)])
         frequency = torch.zeros(self.memory.slots, dtype=torch.long)
+        reads = torch.zeros(self.memory.slots, dtype=torch.long)
         for mask in _evaluate(model, batches):
-            frequency[self.memory.last_indices[mask].unique().cpu()] += 1
-        self.document_frequency, self.background_batches = frequency, len(batches)
+            batch_reads = self.memory.last_indices[mask].flatten().cpu()
+            frequency[batch_reads.unique()] += 1
+            reads += torch.bincount(batch_reads, minlength=self.memory.slots)
+        self.document_frequency, self.background_reads, self.background_batches = frequency, reads, len(batches)
 
     def _memory_inputs(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
         """Per batch, the product-key memory's input at every real (unpadded) token."""
@@ -203,14 +211,27 @@ class SparseMemoryFinetuning(Method):
             return torch.optim.SGD(values, lr=self.config.lr)
         return torch.optim.AdamW(values, lr=self.config.lr, weight_decay=0.0)
 
-    def tfidf(self, reads: torch.Tensor) -> torch.Tensor:
-        """TF-IDF of every slot for a batch whose reads (slot indices, any shape) are given."""
+    def _batch_counts(self, reads: torch.Tensor) -> torch.Tensor:
         counts = torch.bincount(reads.flatten(), minlength=self.memory.slots).float()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts)
+        return counts
+
+    def tfidf(self, reads: torch.Tensor) -> torch.Tensor:
+        """TF-IDF of every slot for a batch whose reads (slot indices, any shape) are given."""
+        counts = self._batch_counts(reads)
         frequency = self.document_frequency.to(counts.device).float()
         idf = torch.log((self.background_batches + 1) / (frequency + 1))
         return counts / counts.sum().clamp_min(1) * idf
+
+    def kl(self, reads: torch.Tensor) -> torch.Tensor:
+        """Each slot's term p·log(p/q) of KL(p ‖ q): p the batch's read distribution, q the background's
+        (add-one smoothed, so a slot background text never read is the most surprising)."""
+        counts = self._batch_counts(reads)
+        p = counts / counts.sum().clamp_min(1)
+        background = self.background_reads.to(counts.device).float() + 1
+        q = background / background.sum()
+        return torch.where(p > 0, p * torch.log(p.clamp_min(1e-30) / q), torch.zeros_like(p))
 
     def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
         # Before backward: choose this batch's slots, which the gradient hook on the values keeps.
@@ -218,7 +239,7 @@ class SparseMemoryFinetuning(Method):
             raise RuntimeError("smf: no background statistics; use trainer.fit(stream) or call trainer.start_stream(stream)")
         mask = inputs.get("attention_mask")
         reads = self.memory.last_indices if mask is None else self.memory.last_indices[mask.bool()]
-        scores = self.tfidf(reads)
+        scores = self.kl(reads) if self.config.selection == "kl" else self.tfidf(reads)
         top = scores.topk(min(self.config.top_t, len(scores)))
         self._selected = top.indices[top.values > 0]
         if self._task_written is not None:
@@ -244,11 +265,11 @@ class SparseMemoryFinetuning(Method):
                 "memory_slots": self.memory.slots}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"document_frequency": self.document_frequency, "background_batches": self.background_batches,
-                "written": self.written}
+        return {"document_frequency": self.document_frequency, "background_reads": self.background_reads,
+                "background_batches": self.background_batches, "written": self.written}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.document_frequency = state["document_frequency"]
+        self.document_frequency, self.background_reads = state["document_frequency"], state["background_reads"]
         self.background_batches = int(state["background_batches"])
         self.written = list(state["written"])
 
