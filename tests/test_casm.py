@@ -77,6 +77,8 @@ def test_a_known_fact_is_read_where_its_version_was_written(make_model, tokenize
     assert method.read(f"[2020] {mayor}") == (1, 0, f"[2018] {mayor}")  # unchanged since 2018 (2020 confirmed it)
     assert method.read(f"As of 2021, {HARBOUR.lower()}") == (1, 1, f"As of 2020, {HARBOUR.lower()}")
     assert method.read("[2020] The capital of Atlantis is") == (1, 1, "[2020] The capital of Atlantis is")
+    assert method.read(mayor) == (2, 2, f"[2022] {mayor}")  # no time: the current version, dated as learned
+    assert method.read("The capital of Atlantis is") == (2, 2, "The capital of Atlantis is")
     prompts = [f"[2020] {mayor}", f"[2022] {mayor}"]
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     assert method.route(trainer.model, batch.input_ids, batch.attention_mask, prompts) == ["2020", "2022"]

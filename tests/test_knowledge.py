@@ -1,6 +1,6 @@
 import pytest
 
-from retain.knowledge import FactRegistry, query_time, time_key, with_time
+from retain.knowledge import FactRegistry, at_time, query_time, time_key
 
 
 def test_time_keys_order_years_and_months():
@@ -29,10 +29,10 @@ def test_query_time_reads_each_form(text, expected):
     ("[2020] The harbour master of Velmora Port is", "[2018] The harbour master of Velmora Port is"),
     ("In 2020 the harbour master of Velmora Port was", "In 2018 the harbour master of Velmora Port was"),
     ("as of March 2021, the harbour master is", "as of 2018, the harbour master is"),
-    ("The docks can hold 2020 ships", "The docks can hold 2020 ships"),
+    ("The docks can hold 2020 ships", "[2018] The docks can hold 2020 ships"),
 ])
-def test_with_time_replaces_exactly_the_time_query_time_reads(text, expected):
-    assert with_time(text, "2018") == expected
+def test_at_time_replaces_the_time_query_time_reads_or_names_one(text, expected):
+    assert at_time(text, "2018") == expected
 
 
 def test_find_names_the_version_a_text_asks_about():

@@ -20,7 +20,7 @@ from transformers import HfArgumentParser
 from transformers.utils import logging as hf_logging
 
 from retain.bench import task_suite, temporal_facts
-from retain.knowledge import query_time, time_key
+from retain.knowledge import at_time, query_time, time_key
 from retain.evaluation import Evaluator, first_statement
 from retain.methods import METHODS, MethodError, build_method, method_options
 from retain.models import EMBEDDED_DEFAULT, ModelLoadError, load_model
@@ -131,7 +131,7 @@ def ask_run(run: str | Path, prompts: list[str], max_new_tokens: int = 24, as_of
     """Greedy completions of `prompts` by the model of `run`'s last checkpoint, `as_of` a time if given."""
     if as_of is not None:
         time_key(as_of)  # a bad time fails here, with the time in the message
-        prompts = [p if query_time(p) else f"[{as_of}] {p}" for p in prompts]
+        prompts = [p if query_time(p) else at_time(p, as_of) for p in prompts]
     config_file = Path(run) / "config.json"
     if not config_file.is_file():
         raise RunDirectoryError(f"--run {run}: no config.json; not a run directory")

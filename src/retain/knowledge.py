@@ -58,11 +58,12 @@ def query_time(text: str) -> str | None:
     return None if match is None else match["bracket"] or match["phrase"]
 
 
-def with_time(text: str, label: str) -> str:
-    """`text` with the time `query_time` reads from it replaced by `label`; unchanged if it names none."""
+def at_time(text: str, label: str) -> str:
+    """`text` with the time `query_time` reads from it replaced by `label`, or, if it names none, with
+    "[label] " in front (the form the temporal-facts stream trains on)."""
     match = _time_match(text)
     if match is None:
-        return text
+        return f"[{label}] {text}"
     group = "bracket" if match["bracket"] else "phrase"
     return text[: match.start(group)] + label + text[match.end(group) :]
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from retain.evaluation import normalize_answer
-from retain.knowledge import FactRegistry, FactVersion, query_time, time_key, with_time
+from retain.knowledge import FactRegistry, FactVersion, at_time, query_time, time_key
 from retain.methods.base import MethodError, register
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 from retain.stream import Task
@@ -146,7 +146,8 @@ class CASM(SparseMemoryFinetuning):
         When the registry knows the fact the prompt asks about, the version read is the one written in the
         period that fact's version (valid at the prompt's time) was stated, and the prompt's time becomes
         that period: "[2022] The mayor of Nozer is", about a mayor unchanged since 2018, reads the 2018
-        memory as "[2018] The mayor of Nozer is", as it was learned. Otherwise the period named is read.
+        memory as "[2018] The mayor of Nozer is", as it was learned (a prompt naming no time gets the period in
+        front). Otherwise the period named is read, and the text is the prompt.
         """
         time = self.as_of or query_time(prompt)
         named = self.version_at(time)
@@ -154,7 +155,7 @@ class CASM(SparseMemoryFinetuning):
         if fact is None:
             return named, named, prompt
         written = self.version_at(fact.valid_from)
-        return named, written, with_time(prompt, self.periods[written])
+        return named, written, at_time(prompt, self.periods[written])
 
     def route(
         self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: Sequence[str] = ()

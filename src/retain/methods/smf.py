@@ -269,7 +269,8 @@ class SparseMemoryFinetuning(Method):
                 "background_batches": self.background_batches, "written": self.written}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.document_frequency, self.background_reads = state["document_frequency"], state["background_reads"]
+        # Runs saved before `selection=kl` existed hold no read counts; TF-IDF does not need them.
+        self.document_frequency, self.background_reads = state["document_frequency"], state.get("background_reads")
         self.background_batches = int(state["background_batches"])
         self.written = list(state["written"])
 
