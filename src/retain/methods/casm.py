@@ -57,7 +57,7 @@ class CASM(SparseMemoryFinetuning):
         self.as_of: str | None = None  # an explicit time for every query, overriding the text's
         self._confirmed: list[FactVersion] = []
         self._copied: set[int] = set()
-        self._pending_rows: list[torch.Tensor] = []
+        self._pending_rows: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, their values before this period)
         self._tables: dict[int, torch.Tensor] = {}
 
     # -- writing --------------------------------------------------------------------------------
