@@ -86,6 +86,28 @@ def test_a_known_fact_is_read_where_its_version_was_written(make_model, tokenize
     assert trainer.evaluator.prompt_text(f"[2020] {mayor}") == f"[2018] {mayor}"
 
 
+@pytest.mark.parametrize("fact_prompt", ["The {relation} of {subject} is", ""])
+def test_new_and_changed_facts_are_written_as_the_questions_they_answer(make_model, tokenizer, training_args, stream,
+                                                                        fact_prompt):
+    trainer, method = casm_trainer(make_model, tokenizer, training_args, FEED_FORWARD | {"fact_prompt": fact_prompt})
+    trained, examples = [], method.training_examples
+    method.training_examples = lambda task: trained.append(examples(task)) or trained[-1]
+    learn_period_by_period(trainer, method, stream)
+    statements = [[e for e in period if "prompt" in e] for period in trained]
+    if not fact_prompt:
+        assert statements == [[], [], []] and trained[0] == stream.tasks[0].train
+        return
+    assert statements[0] == [{"prompt": f"[2018] {HARBOUR}", "completion": " Ilse Brandvik"},
+                             {"prompt": "[2018] The mayor of Quessary is", "completion": " Oona Terrelle"}]
+    assert statements[1] == [{"prompt": f"[2020] {HARBOUR}", "completion": " Ruben Haldane"}]  # the mayor was confirmed
+    assert [e["completion"] for e in statements[2]] == [" Mira Solberg", " Tam Dorrel"]
+
+
+def test_a_fact_prompt_with_other_placeholders_is_refused():
+    with pytest.raises(MethodError, match="fact_prompt: '{object} of {subject}' may only use"):
+        build_method("casm", {"fact_prompt": "{object} of {subject}"})
+
+
 @MEMORIES
 def test_queries_read_the_version_of_their_time(make_model, tokenizer, training_args, stream, memory):
     trainer, method = casm_trainer(make_model, tokenizer, training_args, memory)

@@ -9,7 +9,10 @@ first copy made after that period), while rows no later period wrote are shared 
 Each task's facts (facts.jsonl) go through a FactRegistry: a known (subject, relation) stated with a
 different normalised object is a contradiction and closes the old version; the same object is a
 confirmation; a new pair an addition. Training examples that state only confirmed facts are
-dropped, so confirmations write nothing and stay shared. Tasks without facts train on everything.
+dropped, so confirmations write nothing and stay shared. Each added or changed fact is also written
+as the question it answers, "[2020] The mayor of Nozer is" → " Ilse Brandvik" (`fact_prompt`), so
+the memory learns to answer it, not only to continue the passages that state it. Tasks without facts
+train on everything.
 
 At inference the time in the query ("[2020] …", "in 2020", "as of March 2021", or `as_of`) picks
 the newest period that began at or before it; no time reads the live (latest) memory. When the
@@ -24,7 +27,7 @@ wrote gets back the value it had before.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,7 +42,18 @@ from retain.stream import Task
 
 @dataclass
 class CASMConfig(SMFConfig):
-    pass
+    fact_prompt: str = field(default="The {relation} of {subject} is", metadata={
+        "help": "Each new or changed fact of a task is also written as this prompt (dated with the period) followed "
+                "by its object, the prompt carrying no loss; placeholders {subject} and {relation}; empty = "
+                "learn from the task's passages only."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            self.fact_prompt.format(subject="", relation="")
+        except (KeyError, IndexError, ValueError) as error:
+            raise MethodError(f"--method-arg fact_prompt: {self.fact_prompt!r} may only use the placeholders "
+                              f"{{subject}} and {{relation}} ({error!r})") from None
 
 
 @register
@@ -90,7 +104,15 @@ class CASM(SparseMemoryFinetuning):
         changed = [v for v in self.registry.versions if v.valid_from == period and not v.retracted]
         kept = [example for example in task.train if not _only_states(example, self._confirmed, changed)]
         self.observations[-1]["examples_dropped"] = len(task.train) - len(kept)
-        return kept or task.train
+        return (kept or task.train) + self._fact_statements(changed)
+
+    def _fact_statements(self, versions: list[FactVersion]) -> list[dict[str, str]]:
+        """Each fact version as its dated prompt and object, the form a query about it takes (as knowledge
+        editors such as ROME write a fact), so the memory learns to answer it and not only to continue passages."""
+        if not self.config.fact_prompt:
+            return []
+        return [{"prompt": at_time(self.config.fact_prompt.format(subject=v.subject, relation=v.relation), v.valid_from),
+                 "completion": f" {v.object}"} for v in versions]
 
     def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
         super().after_forward(model, inputs)
