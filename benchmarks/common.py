@@ -9,6 +9,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,13 +61,16 @@ def temporal_parser(description: str, name: str, methods: str) -> argparse.Argum
     return parser
 
 
-def compare_on_temporal_facts(args: argparse.Namespace) -> tuple[Path, float]:
-    """Generate the preset's stream and run `retain compare` on it; return the run directory and seconds."""
+def compare_on_temporal_facts(args: argparse.Namespace, edit_stream: Callable[[Path], None] | None = None) -> tuple[Path, float]:
+    """Generate the preset's stream (then `edit_stream(directory)`, if given) and run `retain compare` on it;
+    return the run directory and seconds."""
     runs = args.runs or ROOT / "runs" / f"bench-{args.name}-{preset_name(args)}"
     stream = runs / "stream"
     facts = ["--facts", str(args.facts)] if args.facts else []
     if retain(["generate", "temporal-facts", "--preset", args.preset, *facts, "--seed", str(args.seed), "--output", str(stream)]):
         raise SystemExit("could not generate the stream")
+    if edit_stream is not None:
+        edit_stream(stream)
     options = ["--model", args.model, "--seed", str(args.seed), "--num_train_epochs", str(args.epochs),
                "--learning_rate", "2e-4", "--per_device_train_batch_size", str(args.batch_size),
                "--per_device_eval_batch_size", str(args.eval_batch_size), "--lr_scheduler_type", "constant", "--warmup_steps", "0",

@@ -186,6 +186,12 @@ class ContinualTrainer(Trainer):
 
     # -- the task lifecycle -------------------------------------------------------------------------
 
+    def _complete_unrouted(self, prompts: Sequence[str]) -> list[str]:
+        if self.class_labels is not None:
+            raise ValueError("a sequence classification model cannot complete prompts")
+        plain = Evaluator(self.processing_class, self.evaluator.batch_size, self.evaluator.max_new_tokens)
+        return plain.complete(self.model, prompts)
+
     def start_stream(self, stream: Stream) -> None:
         """Show the method the whole stream before its first task (`fit` does this; call it when driving
         `add_task` yourself with a method that needs it, such as SMF's background statistics)."""
@@ -200,7 +206,7 @@ class ContinualTrainer(Trainer):
         self.method.before_task(self.model, task)
         self.tasks.append(task)
         features = self.tokenize(self.method.training_examples(task))
-        self._pending = TaskData(task=task, features=features, collate=self.collate)
+        self._pending = TaskData(task=task, features=features, collate=self.collate, complete=self._complete_unrouted)
         self.train_dataset = features
         self.optimizer, self.lr_scheduler = None, None
         self._train_tokens = 0

@@ -30,11 +30,13 @@ class StreamData:
 
 @dataclass
 class TaskData:
-    """A finished task's tokenized training examples and the collate function that batches them."""
+    """A finished task's tokenized training examples, the collate function that batches them, and
+    `complete`: greedy continuations of prompts by the model as trained, read without any routing."""
 
     task: Task
     features: list[Features]
     collate: Collate
+    complete: Callable[[Sequence[str]], list[str]] | None = None
 
 
 class Method:

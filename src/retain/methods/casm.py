@@ -11,8 +11,11 @@ different normalised object is a contradiction and closes the old version; the s
 confirmation; a new pair an addition. Training examples that state only confirmed facts are
 dropped, so confirmations write nothing and stay shared. Each added or changed fact is also written
 as the question it answers, "[2020] The mayor of Nozer is" → " Ilse Brandvik" (`fact_prompt`), so
-the memory learns to answer it, not only to continue the passages that state it. Tasks without facts
-train on everything.
+the memory learns to answer it, not only to continue the passages that state it. A task without
+facts trains on everything; then the model itself, as trained on it, is asked each known fact whose
+subject the text names ("[2020] The mayor of Nozer is"), and an answer other than the known object is
+taken as a contradiction, with that answer as the new version. How often that is right is measured by
+`benchmarks/casm.py --text-only-after-first`.
 
 At inference the time in the query ("[2020] …", "in 2020", "as of March 2021", or `as_of`) picks
 the newest period that began at or before it; no time reads the live (latest) memory. When the
@@ -26,16 +29,16 @@ wrote gets back the value it had before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from retain.evaluation import normalize_answer
+from retain.evaluation import exact_match, first_statement, normalize_answer
 from retain.knowledge import FactRegistry, FactVersion, at_time, query_time, time_key
-from retain.methods.base import MethodError, register
+from retain.methods.base import MethodError, TaskData, register
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 from retain.stream import Task
 
@@ -88,7 +91,7 @@ class CASM(SparseMemoryFinetuning):
             raise MethodError(f"casm: period {period!r} of task {task.name!r} does not come after {self.periods[-1]!r}")
         self.periods.append(period)
         self._copied, self._pending_rows, self._tables = set(), [], {}
-        counts = {"addition": 0, "confirmation": 0, "contradiction": 0, "examples_dropped": 0}
+        counts = {"addition": 0, "confirmation": 0, "contradiction": 0, "examples_dropped": 0, "asked_model": 0}
         confirmed: list[FactVersion] = []
         for fact in task.facts:
             seen = self.registry.observe(fact["subject"], fact["relation"], fact["object"], fact.get("valid_from") or period)
@@ -124,8 +127,10 @@ class CASM(SparseMemoryFinetuning):
             self._pending_rows.append((rows, self.memory.read_rows(rows)))
             self._copied.update(fresh)
 
-    def after_task(self, model: nn.Module, data: Any) -> None:
+    def after_task(self, model: nn.Module, data: TaskData) -> None:
         super().after_task(model, data)
+        if not data.task.facts and data.complete is not None and self.config.fact_prompt:
+            self._ask_model(data.task, data.complete)
         if len(self.periods) >= 2:
             rows = [r for r, _ in self._pending_rows]
             values = [v for _, v in self._pending_rows]
@@ -133,12 +138,32 @@ class CASM(SparseMemoryFinetuning):
                                 torch.cat(values) if values else torch.empty(0, self.memory.dim)))
         self._pending_rows, self._tables = [], {}
 
+    def _ask_model(self, task: Task, complete: Callable[[Sequence[str]], list[str]]) -> None:
+        """A task that brings text but no facts: ask the model, as trained on it, about every current fact whose
+        subject the text names; an answer that does not start with the known object contradicts it, and the
+        answer (up to its first sentence end) becomes the new version, valid from this period."""
+        period = self.periods[-1]
+        text = f" {normalize_answer(' '.join(value for example in task.train for value in example.values()))} "
+        asked = [v for v in self.registry.versions
+                 if not v.retracted and v.valid_until is None and f" {normalize_answer(v.subject)} " in text]
+        prompts = [at_time(self.config.fact_prompt.format(subject=v.subject, relation=v.relation), period) for v in asked]
+        counts = self.observations[-1]
+        counts["asked_model"] = len(asked)
+        for version, generated in zip(asked, complete(prompts) if prompts else []):
+            answer = first_statement(generated).strip()
+            if exact_match(answer, [version.object]):
+                counts["confirmation"] += 1
+            elif normalize_answer(answer):
+                self.registry.observe(version.subject, version.relation, answer, period)
+                counts["contradiction"] += 1
+
     def task_report(self) -> dict[str, float]:
         counts = self.observations[-1]
         copied = len(self.copies[-1][0]) if len(self.periods) >= 2 else 0
         return super().task_report() | {
             "facts_added": counts["addition"], "facts_confirmed": counts["confirmation"],
             "facts_contradicted": counts["contradiction"], "examples_dropped": counts["examples_dropped"],
+            "facts_asked_model": counts.get("asked_model", 0),
             "rows_copied_on_write": copied}
 
     # -- reading --------------------------------------------------------------------------------
