@@ -317,14 +317,14 @@ class ContinualTrainer(Trainer):
             result.rows.append(self.evaluate_all_tasks(stream.tasks, stream.general, label="initial"))
         for index in range(result.completed_tasks, len(stream)):
             task = stream.tasks[index]
-            logger.info("Task %d/%d %r: training on %d examples", index + 1, len(stream), task.name, len(task.train))
+            logger.info("Task %d/%d %r: training", index + 1, len(stream), task.name)
             self.add_task(task)
             self.consolidate_task()
             row = self.evaluate_all_tasks(stream.tasks, stream.general, label=task.name)
             result.rows.append(row)
             result.timings.append({"task": task.name, **self.last_timing, "eval_seconds": row.eval_seconds})
-            logger.info("Task %d/%d %r: EM on it %.3f, mean so far %.3f", index + 1, len(stream), task.name,
-                        row.em[index] or 0.0, mean(row.em[: index + 1]) or 0.0)
+            logger.info("Task %d/%d %r: trained on %d examples; EM on it %.3f, mean so far %.3f", index + 1, len(stream),
+                        task.name, len(self.train_dataset), row.em[index] or 0.0, mean(row.em[: index + 1]) or 0.0)
             if run_dir is not None:
                 run_dir.save_checkpoint(self.model, self.method.state_dict(), result)
         if run_dir is not None:
