@@ -103,21 +103,26 @@ def test_new_and_changed_facts_are_written_as_the_questions_they_answer(make_mod
     assert [e["completion"] for e in statements[2]] == [" Mira Solberg", " Tam Dorrel"]
 
 
-def test_a_task_without_facts_asks_the_model_what_changed(make_model, tokenizer, training_args, stream, monkeypatch):
+@pytest.mark.parametrize("mayor", [" Oona Terrelle, who", " Tam Dorrel"], ids=["confirmed", "unsupported"])
+def test_a_task_without_facts_asks_the_model_what_changed(make_model, tokenizer, training_args, stream, monkeypatch, mayor):
     trainer, method = casm_trainer(make_model, tokenizer, training_args, FEED_FORWARD)
     asked = []
 
     def model_answers(prompts):  # the model, trained on 2020's text, now names a new harbour master
         asked.extend(prompts)
-        return [" Ruben Haldane. He took" if "harbour" in p else " Oona Terrelle, who" for p in prompts]
+        return [" Ruben Haldane, who took office. He" if "harbour" in p else mayor for p in prompts]
 
     monkeypatch.setattr(trainer, "_complete_unrouted", model_answers)
     text_only = Task(name="2020", period="2020", train=stream.tasks[1].train, probes=stream.tasks[1].probes)
     reports, _ = learn_period_by_period(trainer, method, Stream(name="s", tasks=[stream.tasks[0], text_only], general=stream.general))
     assert asked == [f"[2020] {HARBOUR}", "[2020] The mayor of Quessary is"]
-    assert (reports[1]["facts_asked_model"], reports[1]["facts_contradicted"], reports[1]["facts_confirmed"]) == (2, 1, 1)
-    assert method.registry.current("Velmora", "harbour master").object == "Ruben Haldane"
+    report = reports[1]
+    assert (report["facts_asked_model"], report["facts_contradicted"]) == (2, 1)
+    # Tam Dorrel is no passage's mayor in 2020: the model's mix-up, not a change.
+    assert (report["facts_confirmed"], report["model_answers_unsupported"]) == ((1, 0) if "Oona" in mayor else (0, 1))
+    assert method.registry.current("Velmora", "harbour master").object == "Ruben Haldane"  # the part a passage states
     assert method.registry.at("Velmora", "harbour master", "2019").object == "Ilse Brandvik"
+    assert method.registry.current("Quessary", "mayor").object == "Oona Terrelle"
     assert method.read(f"[2020] {HARBOUR}") == (1, 1, f"[2020] {HARBOUR}")
     assert method.read("[2020] The mayor of Quessary is") == (1, 0, "[2018] The mayor of Quessary is")
 

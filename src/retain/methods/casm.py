@@ -13,8 +13,9 @@ dropped, so confirmations write nothing and stay shared. Each added or changed f
 as the question it answers, "[2020] The mayor of Nozer is" → " Ilse Brandvik" (`fact_prompt`), so
 the memory learns to answer it, not only to continue the passages that state it. A task without
 facts trains on everything; then the model itself, as trained on it, is asked each known fact whose
-subject the text names ("[2020] The mayor of Nozer is"), and an answer other than the known object is
-taken as a contradiction, with that answer as the new version. How often that is right is measured by
+subject the text names ("[2020] The mayor of Nozer is"), and an answer other than the known object,
+which a passage naming the subject states, is taken as a contradiction, with that answer as the new
+version. How often that is right is measured by
 `benchmarks/casm.py --text-only-after-first`.
 
 At inference the time in the query ("[2020] …", "in 2020", "as of March 2021", or `as_of`) picks
@@ -91,7 +92,8 @@ class CASM(SparseMemoryFinetuning):
             raise MethodError(f"casm: period {period!r} of task {task.name!r} does not come after {self.periods[-1]!r}")
         self.periods.append(period)
         self._copied, self._pending_rows, self._tables = set(), [], {}
-        counts = {"addition": 0, "confirmation": 0, "contradiction": 0, "examples_dropped": 0, "asked_model": 0}
+        counts = {"addition": 0, "confirmation": 0, "contradiction": 0, "examples_dropped": 0, "asked_model": 0,
+                  "unsupported": 0}
         confirmed: list[FactVersion] = []
         for fact in task.facts:
             seen = self.registry.observe(fact["subject"], fact["relation"], fact["object"], fact.get("valid_from") or period)
@@ -140,22 +142,27 @@ class CASM(SparseMemoryFinetuning):
 
     def _ask_model(self, task: Task, complete: Callable[[Sequence[str]], list[str]]) -> None:
         """A task that brings text but no facts: ask the model, as trained on it, about every current fact whose
-        subject the text names; an answer that does not start with the known object contradicts it, and the
-        answer (up to its first sentence end) becomes the new version, valid from this period."""
+        subject the text names. An answer that does not start with the known object contradicts it when a
+        passage naming the subject states the answer (its longest such prefix, which becomes the new version);
+        an answer no such passage states is the model's own mix-up and changes nothing."""
         period = self.periods[-1]
-        text = f" {normalize_answer(' '.join(value for example in task.train for value in example.values()))} "
-        asked = [v for v in self.registry.versions
-                 if not v.retracted and v.valid_until is None and f" {normalize_answer(v.subject)} " in text]
+        passages = [f" {normalize_answer(' '.join(example.values()))} " for example in task.train]
+        naming = {v.id: [p for p in passages if f" {normalize_answer(v.subject)} " in p] for v in self.registry.versions
+                  if not v.retracted and v.valid_until is None}
+        asked = [self.registry.versions[i] for i, found in naming.items() if found]
         prompts = [at_time(self.config.fact_prompt.format(subject=v.subject, relation=v.relation), period) for v in asked]
         counts = self.observations[-1]
         counts["asked_model"] = len(asked)
         for version, generated in zip(asked, complete(prompts) if prompts else []):
             answer = first_statement(generated).strip()
+            stated = _stated_prefix(answer, naming[version.id])
             if exact_match(answer, [version.object]):
                 counts["confirmation"] += 1
-            elif normalize_answer(answer):
-                self.registry.observe(version.subject, version.relation, answer, period)
+            elif stated:
+                self.registry.observe(version.subject, version.relation, stated, period)
                 counts["contradiction"] += 1
+            else:
+                counts["unsupported"] += 1
 
     def task_report(self) -> dict[str, float]:
         counts = self.observations[-1]
@@ -163,7 +170,7 @@ class CASM(SparseMemoryFinetuning):
         return super().task_report() | {
             "facts_added": counts["addition"], "facts_confirmed": counts["confirmation"],
             "facts_contradicted": counts["contradiction"], "examples_dropped": counts["examples_dropped"],
-            "facts_asked_model": counts.get("asked_model", 0),
+            "facts_asked_model": counts.get("asked_model", 0), "model_answers_unsupported": counts.get("unsupported", 0),
             "rows_copied_on_write": copied}
 
     # -- reading --------------------------------------------------------------------------------
@@ -247,6 +254,17 @@ class CASM(SparseMemoryFinetuning):
         self.observations = list(state["observations"])
         self.registry.versions = [FactVersion(**record) for record in state["registry"]]
         self._tables = {}
+
+
+def _stated_prefix(answer: str, passages: list[str]) -> str | None:
+    """The longest prefix of `answer`'s words that one of the normalised `passages` states (3+ characters); None if none."""
+    words = answer.split()
+    for n in range(len(words), 0, -1):
+        prefix = " ".join(words[:n]).rstrip(",;:")
+        key = normalize_answer(prefix)
+        if len(key) >= 3 and any(f" {key} " in passage for passage in passages):
+            return prefix
+    return None
 
 
 def _only_states(example: dict[str, str], confirmed: list[FactVersion], changed: list[FactVersion]) -> bool:
