@@ -15,8 +15,7 @@ the memory learns to answer it, not only to continue the passages that state it.
 facts trains on everything; then the model itself, as trained on it, is asked each known fact whose
 subject the text names ("[2020] The mayor of Nozer is"), and an answer other than the known object,
 which a passage naming the subject states, is taken as a contradiction, with that answer as the new
-version. How often that is right is measured by
-`benchmarks/casm.py --text-only-after-first`.
+version. How often that is right is measured by `benchmarks/casm.py --text-only-after-first`.
 
 At inference the time in the query ("[2020] …", "in 2020", "as of March 2021", or `as_of`) picks
 the newest period that began at or before it; no time reads the live (latest) memory. When the
@@ -155,10 +154,9 @@ class CASM(SparseMemoryFinetuning):
         counts["asked_model"] = len(asked)
         for version, generated in zip(asked, complete(prompts) if prompts else []):
             answer = first_statement(generated).strip()
-            stated = _stated_prefix(answer, naming[version.id])
             if exact_match(answer, [version.object]):
                 counts["confirmation"] += 1
-            elif stated:
+            elif stated := _stated_prefix(answer, naming[version.id]):
                 self.registry.observe(version.subject, version.relation, stated, period)
                 counts["contradiction"] += 1
             else:
@@ -170,7 +168,7 @@ class CASM(SparseMemoryFinetuning):
         return super().task_report() | {
             "facts_added": counts["addition"], "facts_confirmed": counts["confirmation"],
             "facts_contradicted": counts["contradiction"], "examples_dropped": counts["examples_dropped"],
-            "facts_asked_model": counts.get("asked_model", 0), "model_answers_unsupported": counts.get("unsupported", 0),
+            "facts_asked_model": counts["asked_model"], "model_answers_unsupported": counts["unsupported"],
             "rows_copied_on_write": copied}
 
     # -- reading --------------------------------------------------------------------------------
