@@ -78,7 +78,7 @@ def test_a_known_fact_is_read_where_its_version_was_written(make_model, tokenize
     assert method.read(f"As of 2021, {HARBOUR.lower()}") == (1, 1, f"As of 2020, {HARBOUR.lower()}")
     assert method.read("[2020] The capital of Atlantis is") == (1, 1, "[2020] The capital of Atlantis is")
     assert method.read(mayor) == (2, 2, f"[2022] {mayor}")  # no time: the current version, dated as learned
-    assert method.read("The capital of Atlantis is") == (2, 2, "The capital of Atlantis is")
+    assert method.read("The capital of Atlantis is") == (2, None, "The capital of Atlantis is")  # no memory
     prompts = [f"[2020] {mayor}", f"[2022] {mayor}"]
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     assert method.route(trainer.model, batch.input_ids, batch.attention_mask, prompts) == ["2020", "2022"]
@@ -197,6 +197,28 @@ def test_state_round_trips_through_a_checkpoint(make_model, tokenizer, training_
     assert restored.registry.current("Quessary", "mayor").object == "Tam Dorrel"
 
 
+@pytest.mark.parametrize("scope", ["facts", "all"])
+def test_text_about_nothing_learned_reads_the_pretrained_model(make_model, tokenizer, training_args, stream, scope):
+    trainer, method = casm_trainer(make_model, tokenizer, training_args, FEED_FORWARD | {"scope": scope})
+    general = "Velmora and Quessary, Ilse Brandvik and Oona Terrelle."  # words it learned, but no fact it knows
+    batch = tokenizer([general, f"[2018] {HARBOUR}"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        pretrained = trainer.model(input_ids=batch.input_ids[:1]).logits
+    trainer.fit(stream)
+    trainer.model.eval()
+    assert method.read(f"[2020] {general}")[1] == 1  # a time still names a version
+    with torch.no_grad():
+        method.route(trainer.model, batch.input_ids, batch.attention_mask, [general, f"[2018] {HARBOUR}"])
+        assert method.memory.table_of.tolist() == ([2, 0] if scope == "facts" else [-1, 0])
+        routed = trainer.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:1]
+    if scope == "facts":
+        torch.testing.assert_close(routed, pretrained)
+    else:
+        assert not torch.allclose(routed, pretrained)
+    with pytest.raises(MethodError, match="scope: expected 'facts' or 'all'"):
+        build_method("casm", {"scope": "some"})
+
+
 def test_periods_must_move_forward(make_model, tokenizer, training_args, stream):
     trainer, method = casm_trainer(make_model, tokenizer, training_args)
     trainer.start_stream(stream)
@@ -243,3 +265,10 @@ def test_ask_as_of_reads_that_period(tmp_path, capsys):
     capsys.readouterr()
     assert main(["ask", "--run", str(out), "--as-of", "someday", "x"]) == 2
     assert "cannot read a time from 'someday'" in capsys.readouterr().err
+
+
+def test_scoped_feed_forward_memory_trains_more_slots_by_default():
+    assert build_method("casm").config.top_t == 16384
+    assert build_method("casm", {"scope": "all"}).config.top_t == 8192  # SMF's: general text reads this memory
+    assert build_method("casm", {"top_t": "100"}).config.top_t == 100
+    assert build_method("casm", {"memory": "product_key"}).config.top_t == 1024
