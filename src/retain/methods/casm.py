@@ -128,8 +128,11 @@ class CASM(SparseMemoryFinetuning):
         editors such as ROME write a fact), so the memory learns to answer it and not only to continue passages."""
         if not self.config.fact_prompt:
             return []
-        return [{"prompt": at_time(self.config.fact_prompt.format(subject=v.subject, relation=v.relation), v.valid_from),
-                 "completion": f" {v.object}"} for v in versions]
+        return [{"prompt": self._question(v, v.valid_from), "completion": f" {v.object}"} for v in versions]
+
+    def _question(self, version: FactVersion, period: str) -> str:
+        """`fact_prompt` about `version`'s subject and relation, dated `period`."""
+        return at_time(self.config.fact_prompt.format(subject=version.subject, relation=version.relation), period)
 
     def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
         super().after_forward(model, inputs)
@@ -162,7 +165,7 @@ class CASM(SparseMemoryFinetuning):
         naming = {v.id: [p for p in passages if f" {normalize_answer(v.subject)} " in p] for v in self.registry.versions
                   if not v.retracted and v.valid_until is None}
         asked = [self.registry.versions[i] for i, found in naming.items() if found]
-        prompts = [at_time(self.config.fact_prompt.format(subject=v.subject, relation=v.relation), period) for v in asked]
+        prompts = [self._question(v, period) for v in asked]
         counts = self.observations[-1]
         counts["asked_model"] = len(asked)
         for version, generated in zip(asked, complete(prompts) if prompts else []):
@@ -233,7 +236,7 @@ class CASM(SparseMemoryFinetuning):
         self.memory.tables = [self.values_at(v) for v in range(latest)]
         if any(version is None for _, version, _ in reads):
             if -1 not in self._tables:  # a memory's values start at zero, so zeros read as the pretrained model
-                self._tables[-1] = torch.zeros_like(self.memory.value_table())
+                self._tables[-1] = torch.zeros(self.memory.slots, self.memory.dim)
             self.memory.tables.append(self._tables[-1])
         pretrained = latest  # the index of that zero table
         self.memory.table_of = torch.tensor([pretrained if version is None else version if version < latest else -1
