@@ -130,6 +130,22 @@ def test_gradient_of_unselected_slots_is_exactly_zero(make_model, tokenizer, tra
     assert len(nonzero) > 0 and set(nonzero.tolist()) <= set(method._selected.tolist())
 
 
+@pytest.mark.parametrize("budget, per_batch", [("batch", [3, 3]), ("example", [3, 9])])
+def test_budget_counts_slots_per_batch_or_per_example(make_model, tokenizer, training_args, small_stream, budget, per_batch):
+    trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream, FEED_FORWARD, top_t="3",
+                                     budget=budget)
+    method.before_task(trainer.model, small_stream.tasks[0])
+    selected = []
+    for size in (1, 3):  # each batch reads more distinct slots than any budget here
+        batch = trainer.collate(trainer.tokenize(small_stream.tasks[0].train[:size]))
+        trainer.model(**batch)
+        method.after_forward(trainer.model, batch)
+        selected.append(len(method._selected))
+    assert selected == per_batch
+    with pytest.raises(ValueError, match="--method-arg budget"):
+        build_method("smf", {"budget": "token"})
+
+
 @MEMORIES
 def test_state_round_trips_through_a_checkpoint(make_model, tokenizer, training_args, small_stream, tmp_path, memory):
     trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream, memory)

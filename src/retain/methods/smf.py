@@ -55,6 +55,9 @@ class SMFConfig:
                                                 f"0 = {_FF[2]} (feed_forward) or {_PK[2]} (product_key)."})
     top_t: int = field(default=0, metadata={"help": "Slots whose values are trained per batch, ranked by `selection`; "
                                                     f"0 = {_FF[1]} (feed_forward) or {_PK[1]} (product_key)."})
+    budget: str = field(default="batch", metadata={"help": "What top_t counts: slots per 'batch' (as in the paper), "
+                                                           "or per 'example' of the batch, so an epoch's short last "
+                                                           "batch trains as few slots as it has examples for."})
     selection: str = field(default="tfidf", metadata={"help": "How slots are ranked per batch: 'tfidf', or 'kl' (each "
                                                               "slot's term of KL(batch reads ‖ background reads))."})
     optimizer: str = field(default="sgd", metadata={"help": "'sgd' (untouched slots never move) or 'adamw'."})
@@ -84,6 +87,8 @@ class SMFConfig:
             raise MethodError(f"--method-arg key_init: expected 'random' or 'data', got {self.key_init!r}")
         if self.selection not in ("tfidf", "kl"):
             raise MethodError(f"--method-arg selection: expected 'tfidf' or 'kl', got {self.selection!r}")
+        if self.budget not in ("batch", "example"):
+            raise MethodError(f"--method-arg budget: expected 'batch' or 'example', got {self.budget!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise MethodError(f"--method-arg optimizer: expected 'sgd' or 'adamw', got {self.optimizer!r}")
         if min(self.top_t, self.lr, self.k) < 0:
@@ -240,7 +245,8 @@ class SparseMemoryFinetuning(Method):
         mask = inputs.get("attention_mask")
         reads = self.memory.last_indices if mask is None else self.memory.last_indices[mask.bool()]
         scores = self.kl(reads) if self.config.selection == "kl" else self.tfidf(reads)
-        top = scores.topk(min(self.config.top_t, len(scores)))
+        budget = self.config.top_t * (len(inputs["input_ids"]) if self.config.budget == "example" else 1)
+        top = scores.topk(min(budget, len(scores)))
         self._selected = top.indices[top.values > 0]
         if self._task_written is not None:
             self._task_written[self._selected.cpu()] = True
