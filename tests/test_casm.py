@@ -267,8 +267,14 @@ def test_ask_as_of_reads_that_period(tmp_path, capsys):
     assert "cannot read a time from 'someday'" in capsys.readouterr().err
 
 
-def test_scoped_feed_forward_memory_trains_more_slots_by_default():
-    assert build_method("casm").config.top_t == 16384
-    assert build_method("casm", {"scope": "all"}).config.top_t == 8192  # SMF's: general text reads this memory
-    assert build_method("casm", {"top_t": "100"}).config.top_t == 100
-    assert build_method("casm", {"memory": "product_key"}).config.top_t == 1024
+def test_scoped_feed_forward_memory_defaults_to_a_per_example_budget():
+    def settings(**args):
+        config = build_method("casm", args).config
+        return config.lr, config.top_t, config.budget
+
+    assert settings() == (5.0, 2048, "example")
+    assert settings(scope="all") == (10.0, 8192, "batch")  # SMF's: general text reads this memory
+    assert settings(top_t="100", budget="batch") == (5.0, 100, "batch")
+    assert settings(memory="product_key") == (1e4, 1024, "batch")
+    with pytest.raises(ValueError, match="--method-arg budget"):
+        build_method("casm", {"budget": "token"})
