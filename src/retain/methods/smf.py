@@ -222,6 +222,13 @@ class SparseMemoryFinetuning(Method):
             dist.all_reduce(counts)
         return counts
 
+    def _examples(self, input_ids: torch.Tensor) -> int:
+        """Examples in the batch, across processes (as the read counts are, so every process picks the same slots)."""
+        examples = torch.tensor(len(input_ids), device=input_ids.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(examples)
+        return int(examples)
+
     def tfidf(self, reads: torch.Tensor) -> torch.Tensor:
         """TF-IDF of every slot for a batch whose reads (slot indices, any shape) are given."""
         counts = self._batch_counts(reads)
@@ -245,7 +252,7 @@ class SparseMemoryFinetuning(Method):
         mask = inputs.get("attention_mask")
         reads = self.memory.last_indices if mask is None else self.memory.last_indices[mask.bool()]
         scores = self.kl(reads) if self.config.selection == "kl" else self.tfidf(reads)
-        budget = self.config.top_t * (len(inputs["input_ids"]) if self.config.budget == "example" else 1)
+        budget = self.config.top_t * (self._examples(inputs["input_ids"]) if self.config.budget == "example" else 1)
         top = scores.topk(min(budget, len(scores)))
         self._selected = top.indices[top.values > 0]
         if self._task_written is not None:
