@@ -230,7 +230,8 @@ class CASM(SparseMemoryFinetuning):
         named = self.version_at(time)
         fact = self.registry.find(prompt, time)
         if fact is None:
-            return named, None if time is None and self.config.scope == "facts" else named, prompt
+            general = time is None and self.config.scope == "facts"
+            return named, None if general else named, prompt
         written = self.version_at(fact.valid_from)
         return named, written, at_time(prompt, self.periods[written])
 
@@ -241,14 +242,13 @@ class CASM(SparseMemoryFinetuning):
             return None
         latest = len(self.periods) - 1
         reads = [self.read(prompt) for prompt in prompts] or [(latest, latest, "")] * len(input_ids)
-        self.memory.tables = [self.values_at(v) for v in range(latest)]
+        self.memory.tables = [self.values_at(v) for v in range(latest)]  # -1 reads the live values
         if any(version is None for _, version, _ in reads):
             if -1 not in self._tables:  # a memory's values start at zero, so zeros read as the pretrained model
                 self._tables[-1] = torch.zeros(self.memory.slots, self.memory.dim)
             self.memory.tables.append(self._tables[-1])
-        pretrained = latest  # the index of that zero table
-        self.memory.table_of = torch.tensor([pretrained if version is None else version if version < latest else -1
-                                             for _, version, _ in reads])
+        table = {None: latest, latest: -1}  # the zero table follows the closed versions
+        self.memory.table_of = torch.tensor([table.get(version, version) for _, version, _ in reads])
         return [self.periods[named] for named, _, _ in reads]
 
     def prompt_text(self, prompt: str) -> str:

@@ -217,17 +217,7 @@ class SparseMemoryFinetuning(Method):
         return torch.optim.AdamW(values, lr=self.config.lr, weight_decay=0.0)
 
     def _batch_counts(self, reads: torch.Tensor) -> torch.Tensor:
-        counts = torch.bincount(reads.flatten(), minlength=self.memory.slots).float()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(counts)
-        return counts
-
-    def _examples(self, input_ids: torch.Tensor) -> int:
-        """Examples in the batch, across processes (as the read counts are, so every process picks the same slots)."""
-        examples = torch.tensor(len(input_ids), device=input_ids.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(examples)
-        return int(examples)
+        return _sum_over_processes(torch.bincount(reads.flatten(), minlength=self.memory.slots).float())
 
     def tfidf(self, reads: torch.Tensor) -> torch.Tensor:
         """TF-IDF of every slot for a batch whose reads (slot indices, any shape) are given."""
@@ -252,7 +242,9 @@ class SparseMemoryFinetuning(Method):
         mask = inputs.get("attention_mask")
         reads = self.memory.last_indices if mask is None else self.memory.last_indices[mask.bool()]
         scores = self.kl(reads) if self.config.selection == "kl" else self.tfidf(reads)
-        budget = self.config.top_t * (self._examples(inputs["input_ids"]) if self.config.budget == "example" else 1)
+        # Per example, the examples of every process count, as their reads do, so every process picks the same slots.
+        examples = inputs["input_ids"].new_tensor(len(inputs["input_ids"]))
+        budget = self.config.top_t * (int(_sum_over_processes(examples)) if self.config.budget == "example" else 1)
         top = scores.topk(min(budget, len(scores)))
         self._selected = top.indices[top.values > 0]
         if self._task_written is not None:
@@ -287,6 +279,13 @@ class SparseMemoryFinetuning(Method):
         self.background_batches = int(state["background_batches"])
         self.written = list(state["written"])
 
+
+
+def _sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over all processes when training is distributed (in place); as is otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
 
 
 @torch.no_grad()
