@@ -30,11 +30,14 @@ METHOD_LR = {"lora": "1e-3"}
 METHOD_ARGS = {"ewc": ["fisher_samples=32"], "replay": ["buffer_size=64", "ratio=0.25"], "smf": []}
 
 
-def compare(stream: Path, output: Path, methods: list[str], options: list[str], method_args: list[str] = ()) -> float:
-    """Run `retain compare` with the shared per-method settings of `methods` plus `method_args`
-    (METHOD.key=value); return its wall-clock seconds."""
-    lrs = [f"{m}={METHOD_LR[m]}" for m in methods if m in METHOD_LR]
-    method_args = [f"{m}.{arg}" for m in methods for arg in METHOD_ARGS.get(m, [])] + list(method_args)
+def compare(stream: Path, output: Path, methods: list[str], options: list[str], method_args: list[str] = (),
+            method_lr: list[str] = ()) -> float:
+    """Run `retain compare` with the shared per-method settings of `methods` (variants NAME=METHOD get METHOD's)
+    plus `method_args` (NAME.key=value) and `method_lr` (NAME=lr, which win); return its wall-clock seconds."""
+    named = [(m.split("=")[0], m.split("=")[-1]) for m in methods]
+    given = {pair.split("=")[0] for pair in method_lr}
+    lrs = [f"{n}={METHOD_LR[m]}" for n, m in named if m in METHOD_LR and n not in given] + list(method_lr)
+    method_args = [f"{n}.{arg}" for n, m in named for arg in METHOD_ARGS.get(m, [])] + list(method_args)
     options = [*options, *(["--method-lr", *lrs] if lrs else []), *(["--method-arg", *method_args] if method_args else [])]
     started = time.time()
     if retain(["compare", "--methods", ",".join(methods), "--stream", str(stream), "--output", str(output), *options]) != 0:
@@ -45,7 +48,7 @@ def compare(stream: Path, output: Path, methods: list[str], options: list[str], 
 def temporal_parser(description: str, name: str, methods: str) -> argparse.ArgumentParser:
     """Options shared by the benchmarks on the temporal-facts stream; `name` names their run and result paths."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small", choices=["small", "full"])
+    parser.add_argument("--preset", default="small", choices=["small", "medium", "full"])
     parser.add_argument("--facts", type=int, default=None, help="override the preset's number of facts")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--methods", default=methods)
@@ -61,7 +64,8 @@ def temporal_parser(description: str, name: str, methods: str) -> argparse.Argum
     return parser
 
 
-def compare_on_temporal_facts(args: argparse.Namespace, edit_stream: Callable[[Path], None] | None = None) -> tuple[Path, float]:
+def compare_on_temporal_facts(args: argparse.Namespace, edit_stream: Callable[[Path], None] | None = None,
+                              method_lr: list[str] = ()) -> tuple[Path, float]:
     """Generate the preset's stream (then `edit_stream(directory)`, if given) and run `retain compare` on it;
     return the run directory and seconds."""
     runs = args.runs or ROOT / "runs" / f"bench-{args.name}-{preset_name(args)}"
@@ -75,7 +79,7 @@ def compare_on_temporal_facts(args: argparse.Namespace, edit_stream: Callable[[P
                "--learning_rate", "2e-4", "--per_device_train_batch_size", str(args.batch_size),
                "--per_device_eval_batch_size", str(args.eval_batch_size), "--lr_scheduler_type", "constant", "--warmup_steps", "0",
                "--disable_tqdm", "true", "--overwrite"]
-    return runs, compare(stream, runs, args.methods.split(","), options, args.method_arg)
+    return runs, compare(stream, runs, args.methods.split(","), options, args.method_arg, method_lr)
 
 
 def preset_name(args: argparse.Namespace) -> str:

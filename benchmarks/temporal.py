@@ -1,27 +1,126 @@
-"""The temporal-facts stream: every baseline on the same facts, model and seed, in one run.
+"""The temporal-facts stream, several seeds: every method on the same examples, scored per probe form.
 
-Generates the stream (`small` preset by default; `--preset full` for machines with time or a GPU),
-runs `retain compare`, and writes benchmarks/results/temporal_<preset>.json with plasticity,
-stability, historical accuracy and general-text perplexity change per method, and training speed
-as a ratio to full_ft's from the same run.
+For each seed, a stream is generated from that seed (its own facts), and `retain compare` runs every
+method on it with the same training examples (passages plus the trainer's fact questions) and the
+same held-out probe wordings. Writes benchmarks/results/temporal_<preset>.json with each seed's
+condensed results and, per method, the mean ± sd over seeds of plasticity, stability and historical
+score overall and per probe form, the general-text perplexity change, and total training time and
+tokens. Run directories are deleted once the JSON is written (--keep-runs keeps them).
 
-    python benchmarks/temporal.py
-    python benchmarks/temporal.py --preset full --epochs 3 --batch-size 32
+    python benchmarks/temporal.py                                   # medium preset, seeds 0,1,2
+    python benchmarks/temporal.py --preset full --facts 100 --methods full_ft,casm
+    python benchmarks/temporal.py --jobs 3                          # seeds in parallel (a GPU has room)
 """
 
 from __future__ import annotations
 
-from common import compare_on_temporal_facts, condense, machine, print_table, result_path, temporal_parser, write
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, compare_on_temporal_facts, condense, machine, preset_name, temporal_parser, write
+
+KEYS = ("plasticity", "stability", "historical")
 
 
 def main() -> None:
-    args = temporal_parser(__doc__, "temporal", "full_ft,lora,ewc,replay").parse_args()
-    runs, seconds = compare_on_temporal_facts(args)
-    methods = condense(runs)
-    write(result_path(args), {"benchmark": "temporal", "preset": args.preset, "model": args.model, "seed": args.seed,
-                              "epochs": args.epochs, "machine": machine(), "wall_seconds": seconds,
-                              "report": str(runs / "report.html"), "methods": methods})
-    print_table(methods, ["plasticity", "stability", "historical", "acc"])
+    parser = temporal_parser(__doc__, "temporal", "full_ft,replay,smf,casm")
+    parser.set_defaults(preset="medium")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, each its own generated stream")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")
+    parser.add_argument("--keep-runs", action="store_true", help="keep the run directories (reports, checkpoints)")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    root = args.runs or ROOT / "runs" / f"bench-temporal-{preset_name(args)}"
+    started = time.time()
+    per_seed = run_seeds(args, seeds, root)
+    report = {"benchmark": "temporal", "preset": preset_name(args), "model": args.model, "seeds": seeds,
+              "epochs": args.epochs, "batch_size": args.batch_size, "machine": machine(), "wall_seconds": time.time() - started,
+              "same_data": "every method trains on the same passages and fact questions; no probe wording is trained on",
+              "mean_sd": aggregate(per_seed), "per_seed": per_seed}
+    write(ROOT / "benchmarks" / "results" / f"temporal_{preset_name(args)}.json" if args.output is None else args.output, report)
+    print_summary(report["mean_sd"])
+    if not args.keep_runs:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_seeds(args: argparse.Namespace, seeds: list[int], root: Path) -> dict[str, dict[str, Any]]:
+    """Each seed's comparison, condensed; with --jobs > 1 the seeds run as parallel processes of this script."""
+    if args.jobs > 1 and len(seeds) > 1:
+        argv = [a for a in sys.argv[1:]]
+        children = [subprocess.Popen([sys.executable, __file__, *strip(argv, ("--seeds", "--jobs", "--runs", "--output")),
+                                      "--seeds", str(seed), "--jobs", "1", "--keep-runs", "--runs", str(root),
+                                      "--output", str(root / f"seed{seed}.json")]) for seed in seeds]
+        if any(child.wait() for child in children):
+            raise SystemExit("a seed's run failed")
+    per_seed = {}
+    for seed in seeds:
+        runs = root / f"seed{seed}"
+        if not (runs / "compare.json").is_file() or args.jobs == 1:
+            seed_args = argparse.Namespace(**{**vars(args), "seed": seed, "runs": runs})
+            compare_on_temporal_facts(seed_args)
+        per_seed[str(seed)] = condense(runs)
+    return per_seed
+
+
+def strip(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """`argv` without the given options and their values."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not any(arg.startswith(f"{o}=") for o in options):
+            kept.append(arg)
+    return kept
+
+
+def mean_sd(values: list[float | None]) -> dict[str, float | int] | None:
+    kept = [v for v in values if v is not None]
+    if not kept:
+        return None
+    return {"mean": statistics.fmean(kept), "sd": statistics.stdev(kept) if len(kept) > 1 else 0.0, "n": len(kept)}
+
+
+def aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per method: mean ± sd over seeds of every headline number, overall and per probe form."""
+    methods = next(iter(per_seed.values())).keys()
+    out = {}
+    for method in methods:
+        runs = [seeds[method] for seeds in per_seed.values() if method in seeds]
+        forms = sorted({form for r in runs for form in r["summary"].get("by_form", {})})
+        out[method] = {
+            **{key: mean_sd([r["summary"].get(key) for r in runs]) for key in (*KEYS, "acc", "routing_accuracy")},
+            "by_form": {form: {key: mean_sd([r["summary"]["by_form"].get(form, {}).get(key) for r in runs]) for key in KEYS}
+                        for form in forms},
+            "general_ppl_change": mean_sd([r["summary"]["general_ppl_change"] for r in runs]),
+            "train_seconds": mean_sd([r["speed"]["train_seconds"] for r in runs]),
+            "train_tokens": mean_sd([float(sum(t["train_tokens"] for t in r["timings"])) for r in runs]),
+            "seconds_per_step": mean_sd([r["speed"]["seconds_per_step"] for r in runs]),
+        }
+    return out
+
+
+def cell(stat: dict[str, float] | None, percent: bool = False) -> str:
+    if stat is None:
+        return "–"
+    scale = 100 if percent else 1
+    return f"{scale * stat['mean']:+.1f}±{scale * stat['sd']:.1f}%" if percent else f"{stat['mean']:.2f}±{stat['sd']:.2f}"
+
+
+def print_summary(mean_sd_: dict[str, Any]) -> None:
+    print(f"{'method':10} {'form':12} {'plasticity':>12} {'stability':>12} {'historical':>12}")
+    for method, stats in mean_sd_.items():
+        for form, scores in {"all": stats, **stats["by_form"]}.items():
+            print(f"{method:10} {form:12} " + " ".join(f"{cell(scores.get(k)):>12}" for k in KEYS))
+        print(f"{method:10} general ppl {cell(stats['general_ppl_change'], True)}, training "
+              f"{cell(stats['train_seconds'])} s, {cell(stats['train_tokens'])} tokens")
 
 
 if __name__ == "__main__":

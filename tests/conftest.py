@@ -42,6 +42,8 @@ def small_stream() -> Stream:
             fact_task("three", [("The conductor of Vessany is", "Ruben Haldane"), ("The lake of Ostmark is", "Lake Corrow")]),
         ],
         general=["The water cycle moves water between the sea, the air and the land.", "Plants turn light into sugar."],
+        background=["Sound travels faster through water than through air.", "Bread rises when yeast feeds on sugar.",
+                    "Glaciers carve wide valleys as they slide downhill."],
     )
 
 

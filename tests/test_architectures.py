@@ -43,7 +43,7 @@ METHODS = {"full_ft": {}, "aria": {"adapter_dim": "8", "fisher_samples": "2", "w
 def test_method_trains_and_evaluates_on_architecture(architecture, method_name, tokenizer, training_args, small_stream):
     torch.manual_seed(0)
     model = architecture(len(tokenizer)).eval()  # GPT-2 has dropout: compare outputs without it
-    ids = torch.tensor([[5, 9, 200, 31]])
+    ids = torch.tensor([tokenizer(small_stream.tasks[0].train[0]["text"]).input_ids])  # text it will train on
     with torch.no_grad():
         before = model(input_ids=ids).logits
     trainer = ContinualTrainer(model, training_args(num_train_epochs=1), method=build_method(method_name.split("/")[0], METHODS[method_name]),

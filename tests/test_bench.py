@@ -1,5 +1,4 @@
 import filecmp
-import re
 from collections import defaultdict
 
 import pytest
@@ -16,6 +15,13 @@ def same_tree(a, b) -> bool:
         return False
     _, mismatch, errors = filecmp.cmpfiles(a, b, comparison.common_files, shallow=False)
     return not mismatch and not errors and all(same_tree(a / d, b / d) for d in comparison.common_dirs)
+
+
+FORMS = {"cloze", "question", "time_clause", "now"}
+
+
+def cloze(task):
+    return [p for p in task.probes if p.form == "cloze"]
 
 
 CONFIG = TemporalFactsConfig(facts=40, periods=("2018", "2020", "2022", "2024"), change_rate=0.25, new_rate=0.1,
@@ -41,7 +47,7 @@ def test_answers_are_distinct_and_never_substrings_of_each_other():
 def test_changes_never_return_to_an_earlier_value():
     history = defaultdict(list)
     for task in generate(CONFIG).tasks:
-        for probe in task.probes:
+        for probe in (p for p in task.probes if p.form == "cloze"):
             if probe.kind == "changed":
                 assert probe.answer not in history[probe.key]
             else:
@@ -52,37 +58,47 @@ def test_changes_never_return_to_an_earlier_value():
 def test_every_probe_is_answered_by_the_facts_valid_in_its_period(tmp_path):
     stream = load_stream(save_stream(generate(CONFIG), tmp_path))
     valid: dict[str, str] = {}
+    valid_from: dict[str, str] = {}
     for task in stream.tasks:
+        valid_from |= {f"{f['subject']} | {f['relation']}": task.period for f in task.facts}
         for fact in task.facts:
             assert fact["valid_from"] == task.period
             valid[f"{fact['subject']} | {fact['relation']}"] = fact["object"]
-        assert len(task.probes) == len(valid)
+        forms = FORMS if task is stream.tasks[-1] else FORMS - {"now"}
+        assert len(task.probes) == len(valid) * len(forms)
         for probe in task.probes:
-            assert probe.prompt.startswith(f"[{task.period}] ")
-            assert probe.answer == valid[probe.key]
+            assert probe.form in forms
+            assert probe.prompt.startswith(f"[{task.period}] ") == (probe.form == "cloze")
+            assert (task.period in probe.prompt) == (probe.form != "now")
+            assert probe.answer == valid[probe.key] and probe.answer not in probe.other_values
+            assert probe.learned_in == valid_from[probe.key]
 
 
 def test_kinds_and_sizes_follow_the_config():
     stream = generate(CONFIG)
     first, *later = stream.tasks
-    assert {p.kind for p in first.probes} == {"new"} and len(first.probes) == 40
+    assert {p.kind for p in first.probes} == {"new"} and len(cloze(first)) == 40
     alive = 40
     for task in later:
-        kinds = [p.kind for p in task.probes]
+        kinds = [p.kind for p in cloze(task)]
         assert kinds.count("changed") == round(0.25 * alive)
         assert kinds.count("new") == 4
         alive += 4
-        stated = len([p for p in task.probes if p.kind != "unchanged"])
+        stated = len([p for p in cloze(task) if p.kind != "unchanged"])
         assert len(task.train) == stated * (3 + 1)  # three paraphrases and one question/answer pair
         assert len(task.facts) == stated
 
 
-def test_probe_wordings_are_never_used_in_training():
-    stream = generate(CONFIG)
-    texts = [e.get("text", "") + e.get("prompt", "") for t in stream.tasks for e in t.train]
-    for probe in stream.tasks[-1].probes:
-        wording = re.sub(r"^\[\d+\] ", "", probe.prompt)
-        assert not any(wording in text for text in texts), wording
+def test_background_and_general_text_are_disjoint(tmp_path):
+    stream = load_stream(save_stream(generate(CONFIG), tmp_path))
+    assert len(stream.background) >= 16 and len(stream.general) >= 16
+    assert not set(stream.background) & set(stream.general)
+
+
+def test_medium_preset_has_about_ten_changes_per_period():
+    stream = generate(PRESETS["medium"])
+    assert len(stream.tasks) == 4 and len(cloze(stream.tasks[0])) == 40
+    assert all(sum(p.kind == "changed" for p in cloze(t)) == 10 for t in stream.tasks[1:])
 
 
 def test_year_in_text_switch():
@@ -95,8 +111,8 @@ def test_year_in_text_switch():
 def test_full_preset_is_at_temporalwiki_scale():
     stream = generate(PRESETS["full"])
     assert [t.name for t in stream.tasks] == ["2018", "2020", "2022", "2024"]
-    assert len(stream.tasks[0].probes) == 600
-    assert all(sum(p.kind == "changed" for p in t.probes) == 150 for t in stream.tasks[1:])
+    assert len(cloze(stream.tasks[0])) == 600
+    assert all(sum(p.kind == "changed" for p in cloze(t)) == 150 for t in stream.tasks[1:])
     assert len({r.name for r in temporal_facts.RELATIONS}) >= 12
 
 

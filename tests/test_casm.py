@@ -27,7 +27,8 @@ def stream() -> Stream:
     return Stream(name="casm", tasks=[period("2018", "Ilse Brandvik", "Oona Terrelle"),
                                       period("2020", "Ruben Haldane", "Oona Terrelle"),
                                       period("2022", "Mira Solberg", "Tam Dorrel")],
-                  general=["The water cycle moves water between the sea, the air and the land.", "Plants turn light into sugar."])
+                  general=["The water cycle moves water between the sea, the air and the land.", "Plants turn light into sugar."],
+                  background=["Sound travels faster through water than through air.", "Bread rises when yeast feeds on sugar."])
 
 
 def casm_trainer(make_model, tokenizer, training_args, memory=SMALL):
@@ -81,26 +82,23 @@ def test_a_known_fact_is_read_where_its_version_was_written(make_model, tokenize
     assert method.read("The capital of Atlantis is") == (2, None, "The capital of Atlantis is")  # no memory
     prompts = [f"[2020] {mayor}", f"[2022] {mayor}"]
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
-    assert method.route(trainer.model, batch.input_ids, batch.attention_mask, prompts) == ["2020", "2022"]
+    # The route is the version read: 2018's for the mayor unchanged since then, though the prompt names 2020.
+    assert method.route(trainer.model, batch.input_ids, batch.attention_mask, prompts) == ["2018", "2022"]
     assert method.memory.table_of.tolist() == [0, -1]
+    general = ["The capital of Atlantis is"]
+    assert method.route(trainer.model, batch.input_ids[:1], batch.attention_mask[:1], general) == ["pretrained"]
     assert trainer.evaluator.prompt_text(f"[2020] {mayor}") == f"[2018] {mayor}"
 
 
-@pytest.mark.parametrize("fact_prompt", ["The {relation} of {subject} is", ""])
-def test_new_and_changed_facts_are_written_as_the_questions_they_answer(make_model, tokenizer, training_args, stream,
-                                                                        fact_prompt):
-    trainer, method = casm_trainer(make_model, tokenizer, training_args, FEED_FORWARD | {"fact_prompt": fact_prompt})
+def test_casm_adds_no_training_example_of_its_own(make_model, tokenizer, training_args, stream):
+    """The fact questions come from the trainer, for every method alike; CASM only leaves out restatements."""
+    trainer, method = casm_trainer(make_model, tokenizer, training_args, FEED_FORWARD)
     trained, examples = [], method.training_examples
     method.training_examples = lambda task: trained.append(examples(task)) or trained[-1]
     learn_period_by_period(trainer, method, stream)
-    statements = [[e for e in period if "prompt" in e] for period in trained]
-    if not fact_prompt:
-        assert statements == [[], [], []] and trained[0] == stream.tasks[0].train
-        return
-    assert statements[0] == [{"prompt": f"[2018] {HARBOUR}", "completion": " Ilse Brandvik"},
-                             {"prompt": "[2018] The mayor of Quessary is", "completion": " Oona Terrelle"}]
-    assert statements[1] == [{"prompt": f"[2020] {HARBOUR}", "completion": " Ruben Haldane"}]  # the mayor was confirmed
-    assert [e["completion"] for e in statements[2]] == [" Mira Solberg", " Tam Dorrel"]
+    assert trained[0] == stream.tasks[0].train
+    assert all(all(e in task.train for e in period) for period, task in zip(trained, stream.tasks))
+    assert len(trained[1]) == len(stream.tasks[1].train) - 2  # the passages restating the unchanged mayor
 
 
 @pytest.mark.parametrize("mayor", [" Oona Terrelle, who", " Tam Dorrel"], ids=["confirmed", "unsupported"])
@@ -114,8 +112,9 @@ def test_a_task_without_facts_asks_the_model_what_changed(make_model, tokenizer,
 
     monkeypatch.setattr(trainer, "_complete_unrouted", model_answers)
     text_only = Task(name="2020", period="2020", train=stream.tasks[1].train, probes=stream.tasks[1].probes)
-    reports, _ = learn_period_by_period(trainer, method, Stream(name="s", tasks=[stream.tasks[0], text_only], general=stream.general))
-    assert asked == [f"[2020] {HARBOUR}", "[2020] The mayor of Quessary is"]
+    reports, _ = learn_period_by_period(trainer, method, Stream(name="s", tasks=[stream.tasks[0], text_only],
+                                                                background=stream.background))
+    assert asked == ["[2020] Velmora — harbour master:", "[2020] Quessary — mayor:"]  # the first training wording
     report = reports[1]
     assert (report["facts_asked_model"], report["facts_contradicted"]) == (2, 1)
     # Tam Dorrel is no passage's mayor in 2020: the model's mix-up, not a change.
@@ -135,11 +134,6 @@ def test_unrouted_completions_read_the_live_model(make_model, tokenizer, trainin
     prompts = [f"[2018] {HARBOUR}", "[2020] The mayor of Quessary is"]
     plain = Evaluator(tokenizer, max_new_tokens=trainer.evaluator.max_new_tokens).complete(trainer.model, prompts)
     assert trainer._complete_unrouted(prompts) == plain
-
-
-def test_a_fact_prompt_with_other_placeholders_is_refused():
-    with pytest.raises(MethodError, match="fact_prompt: '{object} of {subject}' may only use"):
-        build_method("casm", {"fact_prompt": "{object} of {subject}"})
 
 
 @MEMORIES

@@ -11,13 +11,33 @@ def test_squad_normalisation():
     assert normalize_answer("  The Harbour-Master,  of A  Port! ") == "harbourmaster of port"
 
 
-def test_exact_match_is_a_word_prefix_match():
+def test_exact_match_finds_the_answer_as_whole_words_in_the_first_statement():
     assert exact_match("Ilse Brandvik, who was appointed", ["Ilse Brandvik"])
     assert exact_match("the Ambrel.", ["Ambrel"])
     assert not exact_match("250 ships", ["25 ships"])
     assert not exact_match("Ilse", ["Ilse Brandvik"])
     assert exact_match("Ilsa B.", ["Ilse Brandvik", "Ilsa B"])
     assert not exact_match("anything", [""])
+    assert not exact_match("Nobody knows.\nIlse Brandvik", ["Ilse Brandvik"])  # only the first statement counts
+
+
+def test_an_answer_given_as_a_sentence_counts_and_naming_two_values_does_not():
+    question = "What is the fleet size of the Pale Heron?"
+    assert exact_match(" The fleet size of the Pale Heron is 17 vessels.", ["17 vessels"]), question
+    assert exact_match(" It has 17 vessels", ["17 vessels"], other_values=["20 vessels"])
+    assert not exact_match(" It had 17 vessels, now 20 vessels", ["17 vessels"], other_values=["20 vessels"])
+    assert not exact_match(" 20 vessels, not 17 vessels", ["17 vessels"], other_values=["20 vessels"])
+    assert not exact_match(" The fleet size is 170 vessels", ["17 vessels"])
+    assert not exact_match(" The fleet size is 17", ["17 vessels"])
+
+
+def test_scoring_reads_other_values_from_the_probe(make_model, tokenizer, monkeypatch):
+    evaluator = Evaluator(tokenizer)
+    monkeypatch.setattr(evaluator, "_generate", lambda model, prompts, budget: ([" Ilse Brandvik or Tam Dorrel"] * len(prompts),
+                                                                                [None] * len(prompts)))
+    plain, hedged = evaluator.score(make_model(), [Probe("Mayor:", "Ilse Brandvik"),
+                                                   Probe("Mayor:", "Ilse Brandvik", other_values=("Tam Dorrel",))])
+    assert (plain.em, hedged.em) == (1.0, 0.0)
 
 
 def test_token_f1_by_hand():

@@ -47,6 +47,19 @@ def test_report_files_exist_and_images_decode(comparison):
     assert "| full_ft |" in markdown and "plast" in markdown
 
 
+def test_report_shows_scores_per_form_and_total_cost(comparison):
+    markdown = (comparison / "report.md").read_text()
+    result = json.loads((comparison / "replay" / "result.json").read_text())
+    for form, scores in result["summary"]["by_form"].items():
+        assert f"| replay | {form} | {scores['plasticity']:.3f} |" in markdown
+    seconds = sum(t["train_seconds"] for t in result["timings"])
+    tokens = sum(t["train_tokens"] for t in result["timings"])
+    assert re.search(rf"\| replay \|.* \| {seconds:.0f} \| {tokens:,} \|", markdown)
+    first = result["timings"][0]
+    assert first["fact_questions"] > 0 and first["train_examples"] > first["fact_questions"]
+    assert f"| replay | 2018 | {first['train_examples']} | {first['fact_questions']} | {first['train_tokens']:,} |" in markdown
+
+
 def test_html_is_self_contained_and_embeds_every_figure(comparison):
     page = (comparison / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from retain import ContinualTrainer, RunDirectory, build_method
+from retain import ContinualTrainer, RunDirectory, Stream, StreamError, build_method
 from retain.nn.feed_forward_memory import FeedForwardMemory
 from retain.nn.product_key_memory import ProductKeyMemory, insert_memory
 
@@ -81,8 +81,8 @@ def test_kl_selection_matches_a_hand_computation(make_model, tokenizer, training
 
 def test_background_statistics_count_batches_that_read_a_slot(make_model, tokenizer, training_args, small_stream):
     _, method = stream_trainer(make_model, tokenizer, training_args, small_stream)
-    assert method.background_batches == len(small_stream.general) == 2
-    assert method.document_frequency.max() <= 2 and method.document_frequency.sum() > 0
+    assert method.background_batches == len(small_stream.background) == 3
+    assert method.document_frequency.max() <= 3 and method.document_frequency.sum() > 0
     assert (method.background_reads >= method.document_frequency).all()
     assert method.background_reads.sum() > method.document_frequency.sum()  # a text reads some slots more than once
 
@@ -165,10 +165,18 @@ def test_state_round_trips_through_a_checkpoint(make_model, tokenizer, training_
         assert torch.equal(fresh.model(input_ids=ids).logits, trainer.model(input_ids=ids).logits)
 
 
-def test_smf_needs_background_text(make_model, tokenizer, training_args, small_stream):
-    small_stream.general = []
-    with pytest.raises(ValueError, match="background statistics need text"):
+def test_smf_needs_background_text_that_is_not_general_text(make_model, tokenizer, training_args, small_stream, tmp_path):
+    background = small_stream.background
+    small_stream.background = []  # the general text is there, but perplexity is measured on it
+    with pytest.raises(ValueError, match="background statistics need text: give the stream a `background` file"):
         stream_trainer(make_model, tokenizer, training_args, small_stream)
+    file = tmp_path / "background.jsonl"
+    file.write_text("".join(f'{{"text": "{t}"}}\n' for t in [*background, small_stream.general[0]]))
+    with pytest.raises(ValueError, match="background=.*1 of its texts are the stream's general text"):
+        stream_trainer(make_model, tokenizer, training_args, small_stream, SMALL | {"background": str(file)})
+    small_stream.background = background
+    with pytest.raises(StreamError, match="both general .evaluation. and background"):
+        Stream(name="s", tasks=small_stream.tasks, general=small_stream.general, background=small_stream.general[:1])
 
 
 def test_healing_fits_the_addressing_and_keeps_the_model_unchanged(make_model, tokenizer, training_args, small_stream):
@@ -185,17 +193,17 @@ def test_healing_fits_the_addressing_and_keeps_the_model_unchanged(make_model, t
 
 def test_data_key_init_draws_keys_from_background_queries(make_model, tokenizer, training_args, small_stream):
     trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream, key_init="data")
-    features = trainer.tokenize([{"text": t} for t in small_stream.general])
-    batch = trainer.collate(features)
     inputs = []
     handle = method.memory.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
     with torch.no_grad():
-        trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        for features in trainer.tokenize([{"text": t} for t in small_stream.background]):  # one text a batch, as SMF reads them
+            trainer.model(input_ids=torch.tensor([features["input_ids"]]))
         handle.remove()
-        queries = method.memory.query(inputs[0][batch["attention_mask"].bool()]).view(-1, 2, 2, 4)
+        queries = method.memory.query(torch.cat([i.flatten(0, 1) for i in inputs])).view(-1, 2, 2, 4)
         for head in range(2):
             for half in range(2):
-                distances = torch.cdist(method.memory.keys[head, half], queries[:, head, half])
+                distances = torch.cdist(method.memory.keys[head, half], queries[:, head, half],
+                                        compute_mode="donot_use_mm_for_euclid_dist")
                 assert torch.all(distances.min(dim=1).values < 1e-5)  # every key is some token's query half
 
 

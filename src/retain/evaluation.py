@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from retain.stream import Probe
 
+SENTENCE_TOKENS = 12  # generation budget beyond the longest answer: room to answer with a short sentence
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
 
@@ -31,17 +32,22 @@ def first_statement(generation: str) -> str:
     return re.split(r"\n|\.(?:\s|$)", generation.strip(), maxsplit=1)[0]
 
 
-def exact_match(prediction: str, answers: Sequence[str]) -> bool:
-    """True when the normalised prediction starts with a normalised answer, compared word by word.
+def exact_match(prediction: str, answers: Sequence[str], other_values: Sequence[str] = ()) -> bool:
+    """Whether the prediction's first statement names an answer, and names no other value of the same fact.
 
-    Word by word, so that "250 ships" does not match the answer "25 ships".
+    The answer may stand alone ("17 vessels") or inside a sentence ("The fleet size of X is 17 vessels"):
+    a question asked in another wording than the training text is often answered with a sentence, and
+    that is not wrong. Compared word by word on normalised text, so "250 ships" does not match "25 ships".
+    A statement that also names one of `other_values` (what the fact was or will be at another time) is
+    wrong: hedging between versions ("17 vessels, later 20 vessels") is not knowing which one holds.
     """
-    words = normalize_answer(prediction).split()
-    for answer in answers:
-        gold = normalize_answer(answer).split()
-        if gold and words[: len(gold)] == gold:
-            return True
-    return False
+    words = normalize_answer(first_statement(prediction)).split()
+
+    def names(value: str) -> bool:
+        gold = normalize_answer(value).split()
+        return bool(gold) and any(words[i : i + len(gold)] == gold for i in range(len(words) - len(gold) + 1))
+
+    return any(names(a) for a in answers) and not any(names(v) for v in other_values)
 
 
 def token_f1(prediction: str, answers: Sequence[str]) -> float:
@@ -109,11 +115,12 @@ class Evaluator:
                 batch = generated[start : start + self.batch_size]
                 longest = max(len(self.tokenizer(a, add_special_tokens=False).input_ids)
                               for i in batch for a in (probes[i].answer, *probes[i].aliases))
-                budget = min(self.max_new_tokens, longest + 4)  # enough to match; no paragraph afterwards
+                # Room for the answer inside a short sentence ("The mayor of X is …"); no paragraph afterwards.
+                budget = min(self.max_new_tokens, longest + SENTENCE_TOKENS)
                 texts, routes = self._generate(model, [probes[i].prompt for i in batch], budget)
                 for index, text, route in zip(batch, texts, routes):
                     answers = [probes[index].answer, *probes[index].aliases]
-                    hit = float(exact_match(text, answers))
+                    hit = float(exact_match(text, answers, probes[index].other_values))
                     scores[index] = ProbeScore(text, hit, token_f1(text, answers), route)
                 bar.update(len(batch))
             for index in ranked:

@@ -22,7 +22,8 @@ _COLUMNS = [  # (summary key, header)
 LEGEND = ("ACC: final mean score; BWT/FWT: backward/forward transfer; forget: Chaudhry forgetting; "
           "plast: changed facts right after their period; stab: unchanged facts, as of each period; "
           "hist: superseded facts asked about the past, after the last period; ppl: general-text perplexity "
-          "before → after; time×: training seconds per token relative to full_ft in the same comparison.")
+          "before → after; train s / tokens: total training time and tokens over the stream (fact questions "
+          "included); time×: training seconds per token relative to full_ft in the same comparison.")
 
 
 def load_results(directory: str | Path) -> dict[str, dict[str, Any]]:
@@ -38,7 +39,7 @@ def load_results(directory: str | Path) -> dict[str, dict[str, Any]]:
 
 def summary_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     present = [c for c in _COLUMNS if any(r["summary"].get(c[0]) is not None for r in results.values())]
-    headers = ["method", *[c[1] for c in present], "ppl", "Δppl", "time×"]
+    headers = ["method", *[c[1] for c in present], "ppl", "Δppl", "train s", "tokens", "time×"]
     base = seconds_per_token(results.get("full_ft"))
     rows = []
     for method, result in results.items():
@@ -48,9 +49,34 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[li
         cells.append(f"{ppl[0]:.1f}→{ppl[-1]:.1f}" if ppl and ppl[0] is not None else "–")
         change = summary.get("general_ppl_change")
         cells.append("–" if change is None else f"{100 * change:+.1f}%")
+        timings = result.get("timings") or []
+        cells.append(f"{sum(t['train_seconds'] for t in timings):.0f}" if timings else "–")
+        cells.append(f"{sum(t['train_tokens'] for t in timings):,}" if timings else "–")
         own = seconds_per_token(result)
         cells.append(f"{own / base:.2f}" if own and base else "–")
         rows.append(cells)
+    return headers, rows
+
+
+def form_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Plasticity, stability and historical score per probe form (wording), one row per method and form."""
+    headers = ["method", "form", "plast", "stab", "hist", "ACC"]
+    rows = []
+    for method, result in results.items():
+        for form, scores in (result["summary"].get("by_form") or {}).items():
+            rows.append([method, form, *["–" if scores.get(k) is None else f"{scores[k]:.3f}"
+                                         for k in ("plasticity", "stability", "historical", "acc")]])
+    return headers, rows
+
+
+def cost_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Per method and task: examples trained on (fact questions among them), tokens, seconds, seconds per step."""
+    headers = ["method", "task", "examples", "fact questions", "tokens", "train s", "s/step"]
+    rows = []
+    for method, result in results.items():
+        for t in result.get("timings") or []:
+            rows.append([method, str(t["task"]), str(t.get("train_examples", "–")), str(t.get("fact_questions", "–")),
+                         f"{t['train_tokens']:,}", f"{t['train_seconds']:.1f}", f"{t['seconds_per_step']:.3f}"])
     return headers, rows
 
 
@@ -134,6 +160,45 @@ def _curves(results: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def method_groups(directory: Path, results: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Runs of a comparison grouped by the method they run (variants NAME=METHOD join their METHOD)."""
+    variants = json.loads((directory / "compare.json").read_text()).get("variants", {}) \
+        if (directory / "compare.json").is_file() else {}
+    groups: dict[str, list[str]] = {}
+    for name in results:
+        groups.setdefault(variants.get(name, name), []).append(name)
+    return groups
+
+
+def _tradeoff(results: dict[str, dict[str, Any]], groups: dict[str, list[str]], path: Path) -> bool:
+    """What was learned (plasticity) against what was kept, one curve per method over its runs (e.g. a learning-rate
+    sweep), as the SMF paper compares methods at matched learning. Drawn when some method has several runs."""
+    if not any(len(runs) > 1 for runs in groups.values()):
+        return False
+    panels = [("stability", "stability"), ("historical", "historical"), ("general_ppl_change", "general ppl change (%)")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
+    for color, (method, runs) in enumerate(groups.items()):
+        points = sorted((results[r]["summary"].get("plasticity"), r) for r in runs
+                        if results[r]["summary"].get("plasticity") is not None)
+        for ax, (key, label) in zip(axes, panels):
+            scale = 100 if key == "general_ppl_change" else 1
+            xs = [p for p, r in points if results[r]["summary"].get(key) is not None]
+            ys = [scale * results[r]["summary"][key] for p, r in points if results[r]["summary"].get(key) is not None]
+            ax.plot(xs, ys, marker="o", color=f"C{color}", label=method)
+            for x, y, (_, name) in zip(xs, ys, points):
+                ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.set_xlabel("plasticity (learned)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+    axes[2].set_yscale("symlog")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("trade-off: learned against kept, one curve per method")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _speed(results: dict[str, dict[str, Any]], path: Path) -> bool:
     base = seconds_per_token(results.get("full_ft"))
     if not base:
@@ -163,6 +228,8 @@ def write_report(directory: str | Path) -> dict[str, Path]:
     figures.append(("Forgetting curves", directory / "forgetting.png"))
     if _speed(results, directory / "speed.png"):
         figures.append(("Training time per token", directory / "speed.png"))
+    if _tradeoff(results, method_groups(directory, results), directory / "tradeoff.png"):
+        figures.append(("Trade-off: learned against kept", directory / "tradeoff.png"))
     for method, result in results.items():
         _heatmap(result, method, directory / f"heatmap_{method}.png")
         figures.append((f"Result matrix: {method}", directory / f"heatmap_{method}.png"))
@@ -173,6 +240,9 @@ def write_report(directory: str | Path) -> dict[str, Path]:
     md = [f"# {title}", "", f"Stream tasks: {', '.join(first['tasks'])}. Seed {first['seed']}. "
           "Scores are exact match; R[i][j] is the score on task j after training through task i.", "",
           _markdown_table(headers, rows), "", LEGEND, ""]
+    if (forms := form_rows(results))[1]:
+        md += ["## Scores per probe form", "", "Each form is a wording no method trained on.", "", _markdown_table(*forms), ""]
+    md += ["## Training cost per task", "", _markdown_table(*cost_rows(results)), ""]
     for caption, path in figures:
         md += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
     for method, result in results.items():
@@ -214,6 +284,7 @@ def _html(title: str, first: dict[str, Any], headers: list[str], rows: list[list
         for caption, path in figures
     )
     matrices = "".join(f"<h3>{html.escape(m)}</h3>{_html_table(*_matrix_rows(r))}" for m, r in results.items())
+    forms = form_rows(results)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -231,6 +302,9 @@ figcaption, .legend {{ color: #666; font-size: .9rem; }}
 R[i][j] is the score on task j after training through task i.</p>
 {_html_table(headers, rows)}
 <p class="legend">{html.escape(LEGEND)}</p>
+{f"<h2>Scores per probe form</h2><p>Each form is a wording no method trained on.</p>{_html_table(*forms)}" if forms[1] else ""}
+<h2>Training cost per task</h2>
+{_html_table(*cost_rows(results))}
 {images}
 <h2>Result matrices</h2>
 {matrices}

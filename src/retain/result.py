@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,7 +20,9 @@ class EvalRow:
     general_ppl: float | None
     eval_seconds: float
     predictions: list[dict[str, Any]] = field(repr=False, default_factory=list)
-    routing_accuracy: float | None = None  # share of probes a routing method sent to their own task
+    routing_accuracy: float | None = None  # share of probes a routing method sent to the task that taught the answer
+    # form → kind ("" for all kinds) → {"em": per task, "f1": per task}, for probes that name their form
+    by_form: dict[str, dict[str, dict[str, list[float | None]]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,17 +55,32 @@ class RunResult:
             return {}
         square = [row[:k] for row in self.matrix(metric)]
         summary = metrics.summarize(square, getattr(self.rows[0], metric)[:k])
-        kinds = {kind for row in self.rows for kind in row.by_kind}
-        if {"changed", "unchanged"} & kinds:
-            def kind_square(kind: str) -> list[list[float | None]]:
-                return [row.by_kind.get(kind, {}).get(metric, [None] * k)[:k] for row in self.rows[1:]]
-
-            summary["plasticity"] = metrics.diagonal_mean(kind_square("changed"))
-            summary["stability"] = metrics.diagonal_mean(kind_square("unchanged"))
-            summary["historical"] = metrics.historical(
-                self.rows[-1].predictions, self.tasks[k - 1], "correct" if metric == "em" else "f1"
-            )
+        summary |= self._temporal(lambda row: row.by_kind, self.rows[-1].predictions, metric)
+        forms = sorted({form for row in self.rows for form in row.by_form})
+        if forms:
+            summary["by_form"] = {}
+            for form in forms:
+                last = [p for p in self.rows[-1].predictions if p.get("form") == form]
+                scores = self._temporal(lambda row: row.by_form.get(form, {}), last, metric)
+                overall = [row.by_form.get(form, {}).get("", {}).get(metric, [None] * k)[:k] for row in self.rows[1:]]
+                summary["by_form"][form] = {"acc": metrics.acc(overall), **scores}
         return summary
+
+    def _temporal(self, kinds_of: Callable[[EvalRow], dict[str, dict[str, list[float | None]]]],
+                  last_predictions: list[dict[str, Any]], metric: str) -> dict[str, float | None]:
+        """Plasticity, stability and historical score from each row's per-kind scores (`kinds_of(row)`)."""
+        k = self.completed_tasks
+        if not {"changed", "unchanged"} & {kind for row in self.rows for kind in kinds_of(row)}:
+            return {}
+
+        def kind_square(kind: str) -> list[list[float | None]]:
+            return [kinds_of(row).get(kind, {}).get(metric, [None] * k)[:k] for row in self.rows[1:]]
+
+        return {
+            "plasticity": metrics.diagonal_mean(kind_square("changed")),
+            "stability": metrics.diagonal_mean(kind_square("unchanged")),
+            "historical": metrics.historical(last_predictions, self.tasks[k - 1], "correct" if metric == "em" else "f1"),
+        }
 
     def to_json(self) -> dict[str, Any]:
         kinds = sorted({kind for row in self.rows for kind in row.by_kind})
@@ -89,6 +107,11 @@ class RunResult:
                 "general_ppl": ppl,
                 "general_ppl_change": (ppl[-1] / ppl[0] - 1) if ppl and ppl[0] and ppl[-1] else None,
                 "routing_accuracy": metrics.mean([row.routing_accuracy for row in self.rows[1:]]),
+            },
+            "by_form": {
+                form: {kind: {m: [row.by_form.get(form, {}).get(kind, {}).get(m) for row in self.rows[1:]] for m in ("em", "f1")}
+                       for kind in sorted({kind for row in self.rows for kind in row.by_form.get(form, {})})}
+                for form in sorted({form for row in self.rows for form in row.by_form})
             },
             "routing_accuracy": [row.routing_accuracy for row in self.rows],
             "timings": self.timings,

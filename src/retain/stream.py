@@ -21,6 +21,10 @@ class Probe:
 
     `key` names the question independently of time: probes of different tasks that share a key ask
     the same question as of different periods (which is how historical accuracy is measured).
+    `form` names the wording (cloze, question, time_clause, now, …), so that scores are reported per form.
+    `other_values` are the values the same fact takes at other times: a prediction naming one of them is
+    wrong even if it also names the answer. `learned_in` names the task whose training stated the answer
+    (default: the probe's own task), which is what routing accuracy compares a method's route with.
     """
 
     prompt: str
@@ -29,12 +33,16 @@ class Probe:
     aliases: tuple[str, ...] = ()
     choices: tuple[str, ...] = ()
     key: str = ""
+    form: str = ""
+    other_values: tuple[str, ...] = ()
+    learned_in: str = ""
 
     @classmethod
     def from_record(cls, record: Any, where: str) -> Probe:
         record = _mapping(record, where)
         _require(record, ("prompt", "answer"), where)
-        _unknown(record, {"prompt", "answer", "kind", "aliases", "choices", "key"}, where)
+        _unknown(record, {"prompt", "answer", "kind", "aliases", "choices", "key", "form", "other_values", "learned_in"},
+                 where)
         probe = cls(
             prompt=_string(record, "prompt", where),
             answer=_string(record, "answer", where),
@@ -42,6 +50,9 @@ class Probe:
             aliases=_strings(record, "aliases", where),
             choices=_strings(record, "choices", where),
             key=str(record.get("key", "")),
+            form=str(record.get("form", "")),
+            other_values=_strings(record, "other_values", where),
+            learned_in=str(record.get("learned_in", "")),
         )
         if probe.choices and probe.answer not in probe.choices:
             raise StreamError(f"{where}: answer {probe.answer!r} is not one of its choices {list(probe.choices)}")
@@ -53,8 +64,11 @@ class Probe:
             record["aliases"] = list(self.aliases)
         if self.choices:
             record["choices"] = list(self.choices)
-        if self.key:
-            record["key"] = self.key
+        for name in ("key", "form", "learned_in"):
+            if getattr(self, name):
+                record[name] = getattr(self, name)
+        if self.other_values:
+            record["other_values"] = list(self.other_values)
         return record
 
 
@@ -91,15 +105,22 @@ class Task:
 
 @dataclass
 class Stream:
-    """Tasks in training order, plus optional plain text that measures damage to general ability."""
+    """Tasks in training order, plus optional plain text: `general` measures damage to general ability
+    (perplexity), `background` is what methods may calibrate on (SMF's slot statistics). The two never
+    share a text, so no method tunes on what its damage is measured on."""
 
     name: str
     tasks: list[Task]
     general: list[str] = field(default_factory=list)
+    background: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.tasks:
             raise StreamError(f"stream {self.name!r}: has no tasks")
+        shared = set(self.general) & set(self.background)
+        if shared:
+            raise StreamError(f"stream {self.name!r}: {len(shared)} text(s) are both general (evaluation) and background "
+                              f"(calibration) text, e.g. {next(iter(shared))[:60]!r}; the two must be disjoint")
         seen: set[str] = set()
         for task in self.tasks:
             if task.name in seen:
@@ -127,7 +148,7 @@ def load_stream(directory: str | Path) -> Stream:
         raise StreamError(f"{spec_path}:{line}: invalid YAML: {error.problem}") from None
     spec = _mapping(spec, str(spec_path))
     _require(spec, ("name", "tasks"), str(spec_path))
-    _unknown(spec, {"name", "tasks", "general"}, str(spec_path))
+    _unknown(spec, {"name", "tasks", "general", "background"}, str(spec_path))
     if not isinstance(spec["tasks"], list) or not spec["tasks"]:
         raise StreamError(f"{spec_path}: 'tasks' must be a non-empty list")
 
@@ -150,8 +171,9 @@ def load_stream(directory: str | Path) -> Stream:
         tasks.append(Task(name=name, train=train, probes=probes, period=None if period is None else str(period), facts=facts))
 
     general = load_jsonl_texts(directory / spec["general"]) if "general" in spec else []
+    background = load_jsonl_texts(directory / spec["background"]) if "background" in spec else []
     try:
-        return Stream(name=str(spec["name"]), tasks=tasks, general=general)
+        return Stream(name=str(spec["name"]), tasks=tasks, general=general, background=background)
     except StreamError as error:
         raise StreamError(f"{spec_path}: {error}") from None
 
@@ -183,6 +205,9 @@ def save_stream(stream: Stream, directory: str | Path) -> Path:
     if stream.general:
         _write_jsonl(directory / "general.jsonl", [{"text": t} for t in stream.general])
         spec["general"] = "general.jsonl"
+    if stream.background:
+        _write_jsonl(directory / "background.jsonl", [{"text": t} for t in stream.background])
+        spec["background"] = "background.jsonl"
     (directory / "stream.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     return directory
 

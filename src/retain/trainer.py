@@ -23,6 +23,7 @@ from transformers.trainer_utils import TrainOutput
 from trl import SFTConfig, SFTTrainer
 
 from retain.evaluation import Evaluator
+from retain.fact_questions import WORDINGS as FACT_WORDINGS, fact_questions, new_or_changed
 from retain.metrics import mean
 from retain.methods.aria import ARIA, ARIAConfig
 from retain.methods.base import IGNORE_INDEX, Features, Method, StreamData, TaskData
@@ -46,6 +47,9 @@ class _ContinualDefaults:
     )
     max_length: int = field(default=256, metadata={"help": "Training examples are truncated to this many tokens."})
     max_new_tokens: int = field(default=24, metadata={"help": "Generation budget per probe (capped near the answer's length)."})
+    fact_questions: int = field(default=len(FACT_WORDINGS), metadata={
+        "help": "Each new or changed fact of a task's facts.jsonl is also trained as a question in this many training "
+                f"wordings (0 to {len(FACT_WORDINGS)}; 0: passages only), for every method alike."})
 
 
 @dataclass
@@ -186,6 +190,13 @@ class ContinualTrainer(Trainer):
 
     # -- the task lifecycle -------------------------------------------------------------------------
 
+    def fact_questions(self, task: Task) -> list[dict[str, str]]:
+        """`task`'s new or changed facts (against the tasks before it) as training questions, the same for every method."""
+        if self.class_labels is not None or not task.facts:
+            return []
+        earlier = [t.facts for t in self.tasks if t is not task]
+        return fact_questions(new_or_changed(task.facts, earlier), task.period, getattr(self.args, "fact_questions", 0))
+
     def _complete_unrouted(self, prompts: Sequence[str]) -> list[str]:
         if self.class_labels is not None:
             raise ValueError("a sequence classification model cannot complete prompts")
@@ -205,7 +216,8 @@ class ContinualTrainer(Trainer):
         set_seed(self.args.seed + index)  # before before_task, which may draw new weights (ARIA's adapters)
         self.method.before_task(self.model, task)
         self.tasks.append(task)
-        features = self.tokenize(self.method.training_examples(task))
+        questions = self.fact_questions(task)
+        features = self.tokenize(self.method.training_examples(task) + questions)
         self._pending = TaskData(task=task, features=features, collate=self.collate, complete=self._complete_unrouted)
         self.train_dataset = features
         self.optimizer, self.lr_scheduler = None, None
@@ -214,6 +226,8 @@ class ContinualTrainer(Trainer):
         output = self.train()
         seconds = time.perf_counter() - start
         self.last_timing = {
+            "train_examples": len(features),
+            "fact_questions": len(questions),
             "train_seconds": seconds,
             "train_tokens": self._train_tokens,
             "optimizer_steps": output.global_step,
@@ -243,19 +257,30 @@ class ContinualTrainer(Trainer):
         probes = [(t, i, p) for t in tasks for i, p in enumerate(t.probes)]
         scores = self.evaluator.score(self.model, [p for _, _, p in probes])
         per_task: dict[str, dict[str, list[float]]] = {t.name: defaultdict(list) for t in tasks}
-        per_kind: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(lambda: {t.name: defaultdict(list) for t in tasks})
+
+        def by_task() -> dict[str, dict[str, list[float]]]:
+            return {t.name: defaultdict(list) for t in tasks}
+
+        per_kind: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(by_task)
+        per_form: dict[str, dict[str, dict[str, dict[str, list[float]]]]] = defaultdict(lambda: defaultdict(by_task))
         predictions = []
         for (task, index, probe), score in zip(probes, scores):
-            for bucket in (per_task[task.name], per_kind[probe.kind][task.name]):
+            buckets = [per_task[task.name], per_kind[probe.kind][task.name]]
+            if probe.form:
+                buckets += [per_form[probe.form][""][task.name], per_form[probe.form][probe.kind][task.name]]
+            for bucket in buckets:
                 bucket["em"].append(score.em)
                 bucket["f1"].append(score.f1)
             predictions.append({
-                "row": label, "task": task.name, "probe": index, "kind": probe.kind, "key": probe.key, "prompt": probe.prompt,
-                "answer": probe.answer, "prediction": score.prediction, "correct": bool(score.em), "f1": score.f1,
-                **({"route": score.route} if score.route is not None else {}),
+                "row": label, "task": task.name, "probe": index, "kind": probe.kind, "key": probe.key, "form": probe.form,
+                "prompt": probe.prompt, "answer": probe.answer, "prediction": score.prediction, "correct": bool(score.em),
+                "f1": score.f1, **({"route": score.route, "learned_in": probe.learned_in or task.name}
+                                   if score.route is not None else {}),
             })
-        trained = {t.name for t in self.tasks}  # a task not trained yet has nothing to be routed to
-        routed = [p["route"] == p["task"] for p in predictions if "route" in p and p["task"] in trained]
+        # A route is right when it is the task that taught the answer (not merely the one the probe names);
+        # a probe whose answer no trained task has taught yet is not counted.
+        trained = {t.name for t in self.tasks}
+        routed = [p["route"] == p["learned_in"] for p in predictions if "route" in p and p["learned_in"] in trained]
 
         def means(buckets: dict[str, dict[str, list[float]]], metric: str) -> list[float | None]:
             return [mean(buckets[t.name][metric]) for t in tasks]
@@ -265,6 +290,8 @@ class ContinualTrainer(Trainer):
             em=means(per_task, "em"),
             f1=means(per_task, "f1"),
             by_kind={kind: {"em": means(b, "em"), "f1": means(b, "f1")} for kind, b in sorted(per_kind.items()) if kind},
+            by_form={form: {kind: {"em": means(b, "em"), "f1": means(b, "f1")} for kind, b in sorted(kinds.items())}
+                     for form, kinds in sorted(per_form.items())},
             general_ppl=self.evaluator.perplexity(self.model, general) if general and self.class_labels is None else None,
             eval_seconds=time.perf_counter() - start,
             predictions=predictions,

@@ -3,8 +3,17 @@
 Every fact exists from the first period; at each later period a share of them changes value (never
 back to an earlier value) and, optionally, new facts appear. A period's training text states the
 facts that are new or changed in it; its probes ask, as of that period, about every fact alive
-then, tagged `new`, `changed` or `unchanged`, in a wording never used for training. Every answer
-in the stream is distinct and no answer is a substring of another, so prefix scoring stays honest.
+then, tagged `new`, `changed` or `unchanged`, in held-out wordings (`form`) that no training text
+and no fact question (`retain.fact_questions`) uses:
+
+- `cloze`: "[2020] The mayor of Nozer is"
+- `question`: "Q: Who was the mayor of Nozer in 2020?\nA:"
+- `time_clause`: "In 2020, the mayor of Nozer was"
+- `now`: "Today, the mayor of Nozer is" (the last period only: no time named, so the current value)
+
+Every answer in the stream is distinct and no answer is a substring of another, so scoring by the
+words of an answer stays honest. `background` text (what methods may calibrate on) and `general`
+text (what perplexity is measured on) are disjoint.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ class Relation(NamedTuple):
     subject: str  # entity type of the subject
     value: str  # value type
     question: str  # "Who" or "What"
-    templates: tuple[str, ...]  # cloze sentences ending in {o}; the first is kept for probes only
+    templates: tuple[str, ...]  # the first is the probes' cloze prompt; the others are training sentences ending in {o}
 
 
 RELATIONS: tuple[Relation, ...] = (
@@ -103,6 +112,35 @@ GENERAL_TEXT: tuple[str, ...] = (
 )
 
 
+# What methods may calibrate on (SMF's background statistics); never the text perplexity is measured on.
+BACKGROUND_TEXT: tuple[str, ...] = (
+    "Sound travels faster through water than through air, and faster still through solid rock.",
+    "The compass needle points north because it lines up with the magnetic field of the earth.",
+    "Bread rises when yeast feeds on sugar in the dough and releases bubbles of carbon dioxide.",
+    "Glaciers carve wide valleys as they slide slowly downhill under their own weight.",
+    "A thermometer measures temperature, and a barometer measures the pressure of the air.",
+    "Many birds fly south in autumn to find food and warmer weather, and return in spring.",
+    "The Great Wall of China was built over many centuries to protect the northern borders.",
+    "Electric current flows through copper wires because the metal lets electrons move freely.",
+    "Deserts receive very little rain, and the plants that grow there store water in their stems.",
+    "A vaccine trains the immune system to recognise a germ before a real infection.",
+    "The alphabet used for English came from the Latin script of ancient Rome.",
+    "Coral reefs are built by tiny animals and give shelter to thousands of kinds of fish.",
+    "Trains once ran on steam, made by burning coal to boil water in a large tank.",
+    "Earthquakes happen when the plates of the earth's crust suddenly slip past one another.",
+    "A museum collects and shows objects of art, history or science to the public.",
+    "Salt has been used for thousands of years to keep meat and fish from spoiling.",
+    "The planets of the solar system travel around the sun in nearly circular paths.",
+    "Paper is made from the fibres of wood, pressed into thin sheets and dried.",
+    "Wind turbines turn the energy of moving air into electricity.",
+    "Most of the oxygen we breathe is produced by plants and tiny organisms in the sea.",
+    "A map shows the shape of the land, its roads and rivers, at a smaller scale.",
+    "Chess is a game for two players, each moving sixteen pieces on a board of sixty-four squares.",
+    "Cotton grows in warm climates, and its soft fibres are spun into thread for cloth.",
+    "Lightning is a giant spark of electricity between clouds, or between a cloud and the ground.",
+)
+
+
 @dataclass(frozen=True)
 class TemporalFactsConfig:
     facts: int = field(default=40, metadata={"help": "Facts alive in the first period."})
@@ -129,6 +167,8 @@ class TemporalFactsConfig:
 PRESETS: dict[str, TemporalFactsConfig] = {
     # Sized for the demo: four methods on SmolLM2-135M in a few minutes on two CPU cores.
     "small": TemporalFactsConfig(facts=10, periods=("2018", "2020", "2022"), change_rate=0.3, paraphrases=2),
+    # Big enough that one probe is not a sixth of a score, small enough for minutes per method on two CPU cores.
+    "medium": TemporalFactsConfig(facts=40, periods=("2018", "2020", "2022", "2024"), change_rate=0.25, paraphrases=2),
     # About the scale of Synthetic TemporalWiki: ~600 facts, four periods, ~150 changes per period.
     "full": TemporalFactsConfig(facts=600, periods=("2018", "2020", "2022", "2024"), change_rate=0.25, paraphrases=3, qa=True),
 }
@@ -245,17 +285,40 @@ def generate(config: TemporalFactsConfig = PRESETS["small"], name: str = "tempor
         stated = added[period] + changed[period]
         added_ids, changed_ids = {id(f) for f in added[period]}, {id(f) for f in changed[period]}
         train = [example for fact in stated for example in _training_examples(fact, period, label, config)]
-        probes = []
-        for fact in facts:
-            if min(fact.values) > period:
-                continue
-            kind = "new" if id(fact) in added_ids else "changed" if id(fact) in changed_ids else "unchanged"
-            prompt = f"[{label}] " + fact.relation.templates[0].format(s=fact.subject)
-            probes.append(Probe(prompt=_sentence_case(prompt), answer=fact.value_at(period), kind=kind, key=fact.key))
+        last = period == len(config.periods) - 1
+        probes = [probe for fact in facts if min(fact.values) <= period
+                  for probe in _probes(fact, period, config.periods, _kind(fact, added_ids, changed_ids), last)]
         records = [{"subject": f.subject, "relation": f.relation.name, "object": f.value_at(period), "valid_from": label}
                    for f in stated]
         tasks.append(Task(name=label, train=train, probes=probes, period=label, facts=records))
-    return Stream(name=name, tasks=tasks, general=list(GENERAL_TEXT))
+    return Stream(name=name, tasks=tasks, general=list(GENERAL_TEXT), background=list(BACKGROUND_TEXT))
+
+
+def _kind(fact: _Fact, added: set[int], changed: set[int]) -> str:
+    return "new" if id(fact) in added else "changed" if id(fact) in changed else "unchanged"
+
+
+_PAST = {" is": " was", " are in": " were in", " numbers": " numbered"}
+
+
+def _probes(fact: _Fact, period: int, periods: tuple[str, ...], kind: str, last: bool) -> list[Probe]:
+    """The fact asked as of `period` in every held-out form (and, in the last period, as of now)."""
+    label, relation = periods[period], fact.relation
+    present = relation.templates[0].format(s=fact.subject)
+    ending = next(e for e in _PAST if present.endswith(e))
+    past = present[: -len(ending)] + _PAST[ending]
+    forms = {
+        "cloze": _sentence_case(f"[{label}] {present}"),
+        "question": f"Q: {relation.question} was the {relation.name} of {fact.subject} in {label}?\nA:",
+        "time_clause": f"In {label}, {past[:1].lower()}{past[1:]}",
+    }
+    if last:
+        forms["now"] = f"Today, {present[:1].lower()}{present[1:]}"
+    answer = fact.value_at(period)
+    others = tuple(v for v in fact.values.values() if v != answer)
+    learned_in = periods[max(p for p in fact.values if p <= period)]
+    return [Probe(prompt=prompt, answer=answer, kind=kind, key=fact.key, form=form, other_values=others,
+                  learned_in=learned_in) for form, prompt in forms.items()]
 
 
 def _training_examples(fact: _Fact, period: int, label: str, config: TemporalFactsConfig) -> list[dict[str, str]]:

@@ -9,13 +9,13 @@ first copy made after that period), while rows no later period wrote are shared 
 Each task's facts (facts.jsonl) go through a FactRegistry: a known (subject, relation) stated with a
 different normalised object is a contradiction and closes the old version; the same object is a
 confirmation; a new pair an addition. Training examples that state only confirmed facts are
-dropped, so confirmations write nothing and stay shared. Each added or changed fact is also written
-as the question it answers, "[2020] The mayor of Nozer is" → " Ilse Brandvik" (`fact_prompt`), so
-the memory learns to answer it, not only to continue the passages that state it. A task without
+dropped, so confirmations write nothing and stay shared. (The fact questions every method trains on
+come from the trainer, not from here: CASM adds no training example of its own.) A task without
 facts trains on everything; then the model itself, as trained on it, is asked each known fact whose
-subject the text names ("[2020] The mayor of Nozer is"), and an answer other than the known object,
-which a passage naming the subject states, is taken as a contradiction, with that answer as the new
-version. How often that is right is measured by `benchmarks/casm.py --text-only-after-first`.
+subject the text names, in the first training wording of `retain.fact_questions` ("[2020] Nozer —
+mayor:"), and an answer other than the known object, which a passage naming the subject states, is
+taken as a contradiction, with that answer as the new version. How often that is right is measured
+by `benchmarks/casm.py --text-only-after-first`.
 
 At inference the time in the query ("[2020] …", "in 2020", "as of March 2021", or `as_of`) picks
 the newest period that began at or before it; no time reads the live (latest) memory. When the
@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from retain.evaluation import exact_match, first_statement, normalize_answer
+from retain.fact_questions import question
 from retain.knowledge import FactRegistry, FactVersion, at_time, query_time, time_key
 from retain.methods.base import MethodError, TaskData, register
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
@@ -54,10 +55,6 @@ CASM_FEED_FORWARD_DEFAULTS = (5.0, 2048, "example")
 class CASMConfig(SMFConfig):
     budget: str = field(default="", metadata={"help": "What top_t counts: slots per 'batch' or per 'example'; empty = "
                                                        "'example' for the scoped feed-forward memory, else 'batch'."})
-    fact_prompt: str = field(default="The {relation} of {subject} is", metadata={
-        "help": "Each new or changed fact of a task is also written as this prompt (dated with the period) followed "
-                "by its object, the prompt carrying no loss; placeholders {subject} and {relation}; empty = "
-                "learn from the task's passages only."})
     scope: str = field(default="facts", metadata={
         "help": "'facts': a query that names no time and no fact the registry knows reads no memory (the "
                 "pretrained model), so text about nothing learned is untouched, and the feed-forward memory defaults "
@@ -73,11 +70,6 @@ class CASMConfig(SMFConfig):
         super().__post_init__()
         if self.scope not in ("facts", "all"):
             raise MethodError(f"--method-arg scope: expected 'facts' or 'all', got {self.scope!r}")
-        try:
-            self.fact_prompt.format(subject="", relation="")
-        except (KeyError, IndexError, ValueError) as error:
-            raise MethodError(f"--method-arg fact_prompt: {self.fact_prompt!r} may only use the placeholders "
-                              f"{{subject}} and {{relation}} ({error!r})") from None
 
 
 @register
@@ -129,18 +121,7 @@ class CASM(SparseMemoryFinetuning):
         changed = [v for v in self.registry.versions if v.valid_from == period and not v.retracted]
         kept = [example for example in task.train if not _only_states(example, self._confirmed, changed)]
         self.observations[-1]["examples_dropped"] = len(task.train) - len(kept)
-        return (kept or task.train) + self._fact_statements(changed)
-
-    def _fact_statements(self, versions: list[FactVersion]) -> list[dict[str, str]]:
-        """Each fact version as its dated prompt and object, the form a query about it takes (as knowledge
-        editors such as ROME write a fact), so the memory learns to answer it and not only to continue passages."""
-        if not self.config.fact_prompt:
-            return []
-        return [{"prompt": self._question(v, v.valid_from), "completion": f" {v.object}"} for v in versions]
-
-    def _question(self, version: FactVersion, period: str) -> str:
-        """`fact_prompt` about `version`'s subject and relation, dated `period`."""
-        return at_time(self.config.fact_prompt.format(subject=version.subject, relation=version.relation), period)
+        return kept or task.train
 
     def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
         super().after_forward(model, inputs)
@@ -154,7 +135,7 @@ class CASM(SparseMemoryFinetuning):
 
     def after_task(self, model: nn.Module, data: TaskData) -> None:
         super().after_task(model, data)
-        if not data.task.facts and data.complete is not None and self.config.fact_prompt:
+        if not data.task.facts and data.complete is not None:
             self._ask_model(data.task, data.complete)
         if len(self.periods) >= 2:
             rows = [r for r, _ in self._pending_rows]
@@ -173,7 +154,7 @@ class CASM(SparseMemoryFinetuning):
         naming = {v.id: [p for p in passages if f" {normalize_answer(v.subject)} " in p] for v in self.registry.versions
                   if not v.retracted and v.valid_until is None}
         asked = [self.registry.versions[i] for i, found in naming.items() if found]
-        prompts = [self._question(v, period) for v in asked]
+        prompts = [question(v.subject, v.relation, period) for v in asked]
         counts = self.observations[-1]
         counts["asked_model"] = len(asked)
         for version, generated in zip(asked, complete(prompts) if prompts else []):
@@ -238,18 +219,20 @@ class CASM(SparseMemoryFinetuning):
     def route(
         self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: Sequence[str] = ()
     ) -> list[str] | None:
+        """Set each example's memory version; name, per example, the period whose version it reads
+        ("pretrained" for none)."""
         if not self.periods:
             return None
         latest = len(self.periods) - 1
-        reads = [self.read(prompt) for prompt in prompts] or [(latest, latest, "")] * len(input_ids)
+        versions = [self.read(prompt)[1] for prompt in prompts] or [latest] * len(input_ids)
         self.memory.tables = [self.values_at(v) for v in range(latest)]  # -1 reads the live values
-        if any(version is None for _, version, _ in reads):
+        if None in versions:
             if -1 not in self._tables:  # a memory's values start at zero, so zeros read as the pretrained model
                 self._tables[-1] = torch.zeros(self.memory.slots, self.memory.dim)
             self.memory.tables.append(self._tables[-1])
         table = {None: latest, latest: -1}  # the zero table follows the closed versions
-        self.memory.table_of = torch.tensor([table.get(version, version) for _, version, _ in reads])
-        return [self.periods[named] for named, _, _ in reads]
+        self.memory.table_of = torch.tensor([table.get(version, version) for version in versions])
+        return ["pretrained" if version is None else self.periods[version] for version in versions]
 
     def prompt_text(self, prompt: str) -> str:
         return self.read(prompt)[2] if self.periods else prompt

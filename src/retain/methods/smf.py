@@ -66,7 +66,8 @@ class SMFConfig:
     lr: float = field(default=0.0, metadata={"help": "Learning rate of the memory values (replaces --learning_rate); "
                                                      f"0 = {_FF[0]:g} (feed_forward) or {_PK[0]:g} (product_key)."})
     background: str = field(default="", metadata={"help": "JSONL of {\"text\"} for the background statistics; "
-                                                           "empty = the stream's general text."})
+                                                           "empty = the stream's background text. Never the "
+                                                           "general text, which perplexity is measured on."})
     background_batch: int = field(default=1, metadata={"help": "Texts per background batch (the IDF's document)."})
     n_keys: int = field(default=128, metadata={"help": "product_key: half-keys per head (n_keys² slots)."})
     heads: int = field(default=4, metadata={"help": "product_key: read heads (their reads are summed)."})
@@ -137,10 +138,14 @@ class SparseMemoryFinetuning(Method):
 
     @torch.no_grad()
     def before_stream(self, model: nn.Module, data: StreamData) -> None:
-        texts = load_jsonl_texts(Path(self.config.background)) if self.config.background else data.stream.general
+        texts = load_jsonl_texts(Path(self.config.background)) if self.config.background else data.stream.background
         if not texts:
-            raise MethodError("smf: background statistics need text: give the stream a `general` file "
-                              "or --method-arg background=FILE.jsonl")
+            raise MethodError(f"{self.name}: background statistics need text: give the stream a `background` file "
+                              "(not its `general` text, which perplexity is measured on) or --method-arg "
+                              "background=FILE.jsonl")
+        if shared := set(texts) & set(data.stream.general):
+            raise MethodError(f"--method-arg background={self.config.background}: {len(shared)} of its texts are the "
+                              f"stream's general text, which perplexity is measured on; calibrate on other text")
         features = data.tokenize([{"text": t} for t in texts])
         size = self.config.background_batch
         batches = [data.collate(features[i : i + size]) for i in range(0, len(features), size)]

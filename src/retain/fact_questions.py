@@ -1,0 +1,51 @@
+"""Fact questions: a task's facts written as training examples in several wordings, the same for every method.
+
+A temporal stream's `facts.jsonl` says what each period added or changed. Passages alone teach a model
+to continue passages; a fact also trained as the question it answers (prompt → object, loss on the
+object only) teaches it to answer. The trainer adds these examples for every method alike
+(`ContinualTrainingArguments.fact_questions`), so a comparison stays on the same data. They are
+training wordings only: the probes of retain's temporal benchmark ask in other wordings, and a test
+checks that no probe prompt occurs in any method's training examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from retain.evaluation import normalize_answer
+
+WORDINGS: tuple[str, ...] = (
+    "{subject} — {relation}:",
+    "Records list the {relation} of {subject} as",
+    "Fact card. Subject: {subject}. Attribute: {relation}. Value:",
+    "Asked for the {relation} of {subject}, the archive answers:",
+)
+
+
+def question(subject: str, relation: str, period: str | None = None, wording: int = 0) -> str:
+    """The prompt of training wording `wording` about (subject, relation), dated "[period] " when given."""
+    text = WORDINGS[wording].format(subject=subject, relation=relation)
+    text = text[:1].upper() + text[1:]
+    return f"[{period}] {text}" if period else text
+
+
+def fact_questions(facts: Iterable[dict[str, str]], period: str | None, wordings: int = len(WORDINGS)) -> list[dict[str, str]]:
+    """Each fact as a prompt/completion example in the first `wordings` training wordings."""
+    if not 0 <= wordings <= len(WORDINGS):
+        raise ValueError(f"fact_questions: expected 0 to {len(WORDINGS)} wordings, got {wordings}")
+    return [{"prompt": question(f["subject"], f["relation"], period, w), "completion": f" {f['object']}."}
+            for f in facts for w in range(wordings)]
+
+
+def new_or_changed(facts: Sequence[dict[str, str]], earlier: Iterable[Sequence[dict[str, str]]]) -> list[dict[str, str]]:
+    """The facts whose (subject, relation) no earlier task stated, or stated with another object (a restated
+    fact teaches nothing new and is not asked again)."""
+    current: dict[tuple[str, str], str] = {}
+    for task_facts in earlier:
+        for fact in task_facts:
+            current[_key(fact)] = normalize_answer(fact["object"])
+    return [f for f in facts if current.get(_key(f)) != normalize_answer(f["object"])]
+
+
+def _key(fact: dict[str, str]) -> tuple[str, str]:
+    return normalize_answer(fact["subject"]), normalize_answer(fact["relation"])
