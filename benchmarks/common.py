@@ -136,3 +136,16 @@ def print_table(methods: dict[str, dict[str, Any]], keys: list[str]) -> None:
         cells = " ".join(f"{s.get(k):10.3f}" if s.get(k) is not None else f"{'–':>10}" for k in keys)
         ppl_text = f"{ppl[0]:.1f}→{ppl[-1]:.1f}" if ppl[0] else "–"
         print(f"{method:8} {cells} {ppl_text:>15} {r['speed'].get('step_time_ratio_vs_full_ft', float('nan')):6.2f}")
+
+
+def strip(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """`argv` without the given options and their values (to rerun a script with some options replaced)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not any(arg.startswith(f"{o}=") for o in options):
+            kept.append(arg)
+    return kept

@@ -9,7 +9,7 @@ tokens. Run directories are deleted once the JSON is written (--keep-runs keeps 
 
     python benchmarks/temporal.py                                   # medium preset, seeds 0,1,2
     python benchmarks/temporal.py --preset full --facts 100 --methods full_ft,casm
-    python benchmarks/temporal.py --jobs 3                          # seeds in parallel (a GPU has room)
+    python benchmarks/temporal.py --jobs 12                         # every seed and method at once (a GPU has room)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, compare_on_temporal_facts, condense, machine, preset_name, temporal_parser, write
+from common import ROOT, compare_on_temporal_facts, condense, machine, preset_name, strip, temporal_parser, write
 
 KEYS = ("plasticity", "stability", "historical")
 
@@ -50,35 +50,32 @@ def main() -> None:
 
 
 def run_seeds(args: argparse.Namespace, seeds: list[int], root: Path) -> dict[str, dict[str, Any]]:
-    """Each seed's comparison, condensed; with --jobs > 1 the seeds run as parallel processes of this script."""
-    if args.jobs > 1 and len(seeds) > 1:
-        argv = [a for a in sys.argv[1:]]
-        children = [subprocess.Popen([sys.executable, __file__, *strip(argv, ("--seeds", "--jobs", "--runs", "--output")),
-                                      "--seeds", str(seed), "--jobs", "1", "--keep-runs", "--runs", str(root),
-                                      "--output", str(root / f"seed{seed}.json")]) for seed in seeds]
-        if any(child.wait() for child in children):
-            raise SystemExit("a seed's run failed")
-    per_seed = {}
-    for seed in seeds:
-        runs = root / f"seed{seed}"
-        if not (runs / "compare.json").is_file() or args.jobs == 1:
-            seed_args = argparse.Namespace(**{**vars(args), "seed": seed, "runs": runs})
-            compare_on_temporal_facts(seed_args)
-        per_seed[str(seed)] = condense(runs)
-    return per_seed
-
-
-def strip(argv: list[str], options: tuple[str, ...]) -> list[str]:
-    """`argv` without the given options and their values."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in options:
-            skip = True
-        elif not any(arg.startswith(f"{o}=") for o in options):
-            kept.append(arg)
-    return kept
+    """Each seed's comparison, condensed. With --jobs > 1, every (seed, method) pair runs as its own process of this
+    script (the same stream, generated from the seed), at most --jobs at once; one process runs them in turn."""
+    methods = args.methods.split(",")
+    if args.jobs == 1:
+        per_seed = {}
+        for seed in seeds:
+            runs = root / f"seed{seed}"
+            compare_on_temporal_facts(argparse.Namespace(**{**vars(args), "seed": seed, "runs": runs}))
+            per_seed[str(seed)] = condense(runs)
+        return per_seed
+    argv = strip(sys.argv[1:], ("--seeds", "--jobs", "--runs", "--output", "--methods"))
+    pending = [(seed, method) for seed in seeds for method in methods]
+    running: list[subprocess.Popen] = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            seed, method = pending.pop(0)
+            running.append(subprocess.Popen([
+                sys.executable, __file__, *argv, "--seeds", str(seed), "--methods", method, "--jobs", "1", "--keep-runs",
+                "--runs", str(root / f"seed{seed}-{method.split('=')[0]}"), "--output", str(root / f"seed{seed}-{method}.json")]))
+        time.sleep(1)
+        for child in [c for c in running if c.poll() is not None]:
+            if child.returncode:
+                raise SystemExit(f"a run failed: {' '.join(child.args)}")
+            running.remove(child)
+    return {str(seed): {name: condense(root / f"seed{seed}-{name}" / f"seed{seed}")[name]
+                        for name in (m.split("=")[0] for m in methods)} for seed in seeds}
 
 
 def mean_sd(values: list[float | None]) -> dict[str, float | int] | None:

@@ -170,7 +170,7 @@ def method_groups(directory: Path, results: dict[str, dict[str, Any]]) -> dict[s
     return groups
 
 
-def _tradeoff(results: dict[str, dict[str, Any]], groups: dict[str, list[str]], path: Path) -> bool:
+def tradeoff_figure(results: dict[str, dict[str, Any]], groups: dict[str, list[str]], path: Path) -> bool:
     """What was learned (plasticity) against what was kept, one curve per method over its runs (e.g. a learning-rate
     sweep), as the SMF paper compares methods at matched learning. Drawn when some method has several runs."""
     if not any(len(runs) > 1 for runs in groups.values()):
@@ -228,7 +228,7 @@ def write_report(directory: str | Path) -> dict[str, Path]:
     figures.append(("Forgetting curves", directory / "forgetting.png"))
     if _speed(results, directory / "speed.png"):
         figures.append(("Training time per token", directory / "speed.png"))
-    if _tradeoff(results, method_groups(directory, results), directory / "tradeoff.png"):
+    if tradeoff_figure(results, method_groups(directory, results), directory / "tradeoff.png"):
         figures.append(("Trade-off: learned against kept", directory / "tradeoff.png"))
     for method, result in results.items():
         _heatmap(result, method, directory / f"heatmap_{method}.png")
