@@ -21,9 +21,8 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/retain generate temporal-facts --preset small --output runs/demo/stream
-	$(BIN)/retain compare --methods full_ft,lora,ewc,replay --stream runs/demo/stream --model smollm2-135m \
-		--config examples/demo.yaml --method-lr lora=1e-3 \
-		--method-arg ewc.fisher_samples=32 replay.buffer_size=64 replay.ratio=0.25 --output runs/demo --overwrite
+	$(BIN)/retain compare --methods full_ft,replay,casm --stream runs/demo/stream --model smollm2-135m \
+		--config examples/demo.yaml --method-arg replay.buffer_size=64 replay.ratio=0.25 --output runs/demo --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -20,6 +20,9 @@ from transformers import HfArgumentParser
 from transformers.utils import logging as hf_logging
 
 from retain.bench import task_suite, temporal_facts
+from retain.importers import write_imported
+from retain.importers.casm import import_casm
+from retain.importers.temporalwiki import import_temporalwiki
 from retain.knowledge import at_time, query_time, time_key
 from retain.evaluation import Evaluator, first_statement
 from retain.methods import METHODS, MethodError, build_method, method_options
@@ -106,6 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--as-of", default=None, help="ask as of this time (e.g. 2018): prompts naming no time get a "
                                                    "\"[2018] \" prefix, the form the temporal streams use")
     ask.add_argument("prompts", nargs="+", help="prompts to complete, e.g. \"[2018] The harbour master of Velmora Port is\"")
+    importer = commands.add_parser("import", help="turn a public temporal dataset on disk into a stream")
+    sources = importer.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    casm = sources.add_parser("casm", help="the CASM repository's Synthetic TemporalWiki (its data/ folder)")
+    casm.add_argument("directory", help="the folder holding synthetic_facts_raw.json, probes.json, passages.json")
+    casm.add_argument("--output", required=True, help="new directory to write the stream to")
+    casm.add_argument("--facts", type=int, help="keep the first N facts (and their passages and probes)")
+    casm.add_argument("--passages", default="augmented", choices=["augmented", "template", "both"],
+                      help="train on the augmented passages (default), the one-sentence templates, or both")
+    twiki = sources.add_parser("temporalwiki", help="TemporalWiki's 2021 monthly diff sets and probe triples")
+    twiki.add_argument("--diffsets", required=True, help="the TWiki_Diffsets folder (aug_sep.csv … nov_dec.csv)")
+    twiki.add_argument("--probes", required=True, help="the twiki_probes folder (<months>_changed/unchanged.csv)")
+    twiki.add_argument("--output", required=True, help="new directory to write the stream to")
+    twiki.add_argument("--per-period", type=int, help="a seeded sample of N changed facts per month")
+    twiki.add_argument("--seed", type=int, default=0)
     commands.add_parser("methods", help="list the methods and their --method-arg options")
     if argv and argv[0] in ("run", "compare"):
         return (_run if argv[0] == "run" else _compare)(argv[1:])
@@ -118,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Wrote {paths['html']} and {paths['md']}")
         elif args.command == "generate":
             _generate(args)
+        elif args.command == "import":
+            _import(args)
         elif args.command == "ask":
             for prompt, answer in zip(args.prompts, ask_run(args.run, args.prompts, args.max_new_tokens, args.as_of)):
                 print(f"{prompt} → {answer}")
@@ -156,6 +175,15 @@ def _generate(args: argparse.Namespace) -> None:
     save_stream(stream, args.output)
     sizes = ", ".join(f"{t.name}: {len(t.train)} examples / {len(t.probes)} probes" for t in stream.tasks)
     print(f"Wrote {args.output} ({sizes})")
+
+
+def _import(args: argparse.Namespace) -> None:
+    if args.source == "casm":
+        stream, report = import_casm(args.directory, facts=args.facts, passages=args.passages)
+    else:
+        stream, report = import_temporalwiki(args.diffsets, args.probes, per_period=args.per_period, seed=args.seed)
+    write_imported(stream, args.output)
+    print(f"Wrote {args.output}:\n{report.text()}")
 
 
 def _run(argv: list[str]) -> int:

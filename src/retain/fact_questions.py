@@ -11,8 +11,10 @@ checks that no probe prompt occurs in any method's training examples.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from retain.evaluation import normalize_answer
+from retain.knowledge import is_multi_valued
 
 WORDINGS: tuple[str, ...] = (
     "{subject} — {relation}:",
@@ -37,15 +39,19 @@ def fact_questions(facts: Iterable[dict[str, str]], period: str | None, wordings
             for f in facts for w in range(wordings)]
 
 
-def new_or_changed(facts: Sequence[dict[str, str]], earlier: Iterable[Sequence[dict[str, str]]]) -> list[dict[str, str]]:
-    """The facts whose (subject, relation) no earlier task stated, or stated with another object (a restated
-    fact teaches nothing new and is not asked again)."""
-    current: dict[tuple[str, str], str] = {}
+def new_or_changed(facts: Sequence[dict[str, Any]], earlier: Iterable[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The facts whose (subject, relation) no earlier task stated with this object as a value it still holds (a
+    restated fact teaches nothing new and is not asked again). A `multi_valued` fact holds every object stated."""
+    current: dict[tuple[str, str], set[str]] = {}
     for task_facts in earlier:
         for fact in task_facts:
-            current[_key(fact)] = normalize_answer(fact["object"])
-    return [f for f in facts if current.get(_key(f)) != normalize_answer(f["object"])]
+            values = current.setdefault(_key(fact), set())
+            if not is_multi_valued(fact):
+                values.clear()
+            values.add(normalize_answer(fact["object"]))
+    return [f for f in facts if normalize_answer(f["object"]) not in current.get(_key(f), set())]
 
 
-def _key(fact: dict[str, str]) -> tuple[str, str]:
+
+def _key(fact: dict[str, Any]) -> tuple[str, str]:
     return normalize_answer(fact["subject"]), normalize_answer(fact["relation"])

@@ -18,7 +18,8 @@ import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, NamedTuple
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
 
 from retain.evaluation import normalize_answer
 
@@ -66,6 +67,12 @@ def at_time(text: str, label: str) -> str:
         return f"[{label}] {text}"
     group = "bracket" if match["bracket"] else "phrase"
     return text[: match.start(group)] + label + text[match.end(group) :]
+
+
+def is_multi_valued(fact: Mapping[str, Any]) -> bool:
+    """Whether a facts.jsonl record marks its relation as holding several objects at once (`"multi_valued": true`)."""
+    value = fact.get("multi_valued")
+    return value is True or str(value).lower() in ("true", "1", "yes")
 
 
 _normalized = lru_cache(maxsize=65536)(normalize_answer)  # subjects and relations recur in every lookup
@@ -117,11 +124,22 @@ class FactRegistry:
         asked = [v for v in self.versions if not v.retracted
                  and f" {_normalized(v.subject)} " in words and f" {_normalized(v.relation)} " in words]
         asked = [v for v in asked if (v.valid_until is None if time is None else v.valid_at(time))]
-        return max(asked, key=lambda v: len(v.subject) + len(v.relation), default=None)
+        # The longest match; among versions of one multi-valued fact, all valid at once, the newest.
+        return max(asked, key=lambda v: (len(v.subject) + len(v.relation), v.id), default=None)
 
-    def observe(self, subject: str, relation: str, obj: str, valid_from: str) -> Observation:
+    def observe(self, subject: str, relation: str, obj: str, valid_from: str, multi_valued: bool = False) -> Observation:
         """Record a stated fact: a new pair is an addition, the same normalised object a confirmation,
-        another object a contradiction, which closes the current version and opens a new one."""
+        another object a contradiction, which closes the current version and opens a new one. For a
+        `multi_valued` relation (a company's parts, a person's occupations) another object is one more value:
+        an addition that closes nothing, and any live value restated is a confirmation."""
+        if multi_valued:
+            live = [v for v in self.chain(subject, relation) if not v.retracted and v.valid_until is None]
+            same = [v for v in live if normalize_answer(v.object) == normalize_answer(obj)]
+            if same:
+                return Observation("confirmation", same[-1], None)
+            version = FactVersion(len(self.versions), subject, relation, obj, valid_from)
+            self.versions.append(version)
+            return Observation("addition", version, None)
         current = self.current(subject, relation)
         if current is not None and normalize_answer(current.object) == normalize_answer(obj):
             return Observation("confirmation", current, None)

@@ -38,7 +38,7 @@ from torch import nn
 
 from retain.evaluation import exact_match, first_statement, normalize_answer
 from retain.fact_questions import question
-from retain.knowledge import FactRegistry, FactVersion, at_time, query_time, time_key
+from retain.knowledge import FactRegistry, FactVersion, at_time, is_multi_valued, query_time, time_key
 from retain.methods.base import MethodError, TaskData, register
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 from retain.stream import Task
@@ -108,7 +108,8 @@ class CASM(SparseMemoryFinetuning):
                   "unsupported": 0}
         confirmed: list[FactVersion] = []
         for fact in task.facts:
-            seen = self.registry.observe(fact["subject"], fact["relation"], fact["object"], fact.get("valid_from") or period)
+            seen = self.registry.observe(fact["subject"], fact["relation"], fact["object"], fact.get("valid_from") or period,
+                                         multi_valued=is_multi_valued(fact))
             counts[seen.kind] += 1
             if seen.kind == "confirmation":
                 confirmed.append(seen.version)

@@ -1,0 +1,193 @@
+"""Importers of the CASM benchmark's Synthetic TemporalWiki and of TemporalWiki, on invented files in their layouts."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from retain import ContinualTrainer, build_method, load_stream
+from retain.cli import main
+from retain.importers.casm import import_casm
+from retain.importers.temporalwiki import import_temporalwiki
+from retain.knowledge import FactRegistry
+from retain.stream import StreamError
+
+FORMATS = Path(__file__).resolve().parents[2] / "shared" / "formats"
+CASM_DIR, TWIKI = FORMATS / "casm-synthetic", FORMATS / "temporalwiki"
+
+
+@pytest.fixture
+def casm_copy(tmp_path) -> Path:
+    assert CASM_DIR.is_dir(), f"{CASM_DIR}: the invented CASM layout is missing"
+    return Path(shutil.copytree(CASM_DIR, tmp_path / "casm"))
+
+
+@pytest.fixture
+def twiki_copy(tmp_path) -> Path:
+    assert TWIKI.is_dir(), f"{TWIKI}: the invented TemporalWiki layout is missing"
+    return Path(shutil.copytree(TWIKI, tmp_path / "twiki"))
+
+
+def test_casm_import_makes_one_task_per_period_with_facts_and_keyed_probes(tmp_path, capsys):
+    assert main(["import", "casm", str(CASM_DIR), "--output", str(tmp_path / "s")]) == 0
+    assert "4 tasks (2018, 2020, 2022, 2024), 5 facts" in capsys.readouterr().out
+    stream = load_stream(tmp_path / "s")
+    assert stream.task_names == ["2018", "2020", "2022", "2024"] and stream.background and stream.general
+    task = stream.tasks[1]
+    assert task.train[0]["text"].startswith("The fleet size of Brackwater Ferry Line stands at 14 vessels")
+    fleet = next(f for f in task.facts if f["relation"] == "fleet size")
+    assert (fleet["object"], fleet["valid_from"]) == ("14 vessels", "2018")  # unchanged since 2018
+    beam = [p for p in task.probes if p.key == "Orrin Point Light | beam colour"]
+    assert {p.form for p in beam} == {"cloze", "question", "time_clause"}
+    assert {(p.kind, p.answer, p.learned_in) for p in beam} == {("changed", "white", "2020")}
+    assert set(beam[0].other_values) == {"amber", "green"}
+    assert {p.kind for p in stream.tasks[0].probes} == {"new"}
+    assert {p.kind for p in stream.tasks[2].probes} == {"changed", "unchanged"}
+
+
+def test_casm_facts_cut_is_consistent_across_files(tmp_path):
+    stream, _ = import_casm(CASM_DIR, facts=2, passages="both")
+    for task in stream.tasks:
+        assert [f["subject"] for f in task.facts] == ["Brackwater Ferry Line", "Orrin Point Light"]
+        assert len(task.train) == 4  # a template and an augmented passage per fact
+        assert {p.key.split(" | ")[0] for p in task.probes} <= {"Brackwater Ferry Line", "Orrin Point Light"}
+    template, _ = import_casm(CASM_DIR, passages="template")
+    assert template.tasks[0].train[0]["text"] == "In 2018, the fleet size of Brackwater Ferry Line is 14 vessels."
+
+
+def test_casm_older_folder_name_gives_the_same_stream(casm_copy):
+    newer, _ = import_casm(casm_copy)
+    (casm_copy / "augmented" / "synthetic").rename(casm_copy / "augmented_synthetic")
+    older, _ = import_casm(casm_copy)
+    assert [t.train for t in older.tasks] == [t.train for t in newer.tasks]
+
+
+def test_casm_renamed_entity_rows_are_kept_and_misaligned_rows_dropped(casm_copy):
+    csv = casm_copy / "augmented" / "synthetic" / "2020.csv"
+    rows = csv.read_text().splitlines()
+    rows[2] = '"The old lighthouse on the point shines white these days."'  # Orrin Point Light, renamed
+    rows[3] = '"Nothing here is about salt or chemists."'  # names neither the entity nor Ida Marrow
+    csv.write_text("\n".join(rows) + "\n")
+    stream, report = import_casm(casm_copy)
+    texts = [e["text"] for e in stream.tasks[1].train]
+    assert rows[2].strip('"') in texts and rows[3].strip('"') not in texts and len(texts) == 4
+    assert report.kept == {"passages that name their entity differently but state its value (2020.csv)": 1}
+    assert report.dropped == {"passages that name neither their fact's entity nor its value (2020.csv)": 1}
+    assert "dropped 1: passages that name neither" in report.text()
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda d: (d / "probes.json").unlink(), r"probes.json: file not found"),
+    (lambda d: (d / "probes.json").write_text('{\n "2018": {\n  "changed": [,]\n }\n}'), r"probes.json:3: invalid JSON"),
+    (lambda d: (d / "synthetic_facts_raw.json").write_bytes(b'[{"entity": "\xff"}]'), r"synthetic_facts_raw.json: not UTF-8"),
+    (lambda d: (d / "augmented" / "synthetic" / "2022.csv").write_text('"passage"\n"x"\n'),
+     r"2022.csv:1: expected columns \['text'\], found \['passage'\]"),
+    (lambda d: (d / "augmented" / "synthetic" / "2024.csv").write_text('"text"\n"Only one row."\n'),
+     r"2024.csv: 1 passages for 2024, fewer than the 5 facts"),
+    (lambda d: (d / "synthetic_facts_raw.json").write_text('[{"entity": "A", "relation": "r", "value_2018": "x"}, '
+                                                           '{"entity": "B", "relation": "r", "value_2019": "y"}]'),
+     r"synthetic_facts_raw.json: fact 1: has values for \['2019'\], the first fact for \['2018'\]"),
+    (lambda d: shutil.rmtree(d / "augmented"), r"no augmented passages \(looked for augmented/synthetic and augmented_synthetic/\)"),
+], ids=["missing file", "bad JSON", "not UTF-8", "wrong column", "too few rows", "periods differ", "no CSV folder"])
+def test_casm_malformed_input_gets_one_message_naming_the_file(casm_copy, tmp_path, capsys, breakage, message):
+    breakage(casm_copy)
+    assert main(["import", "casm", str(casm_copy), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("retain import: error: ") and len(err.strip().splitlines()) == 1
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_temporalwiki_import_keys_months_and_marks_multi_valued_relations(tmp_path, capsys):
+    assert main(["import", "temporalwiki", "--diffsets", str(TWIKI / "TWiki_Diffsets"), "--probes",
+                 str(TWIKI / "twiki_probes"), "--output", str(tmp_path / "s")]) == 0
+    assert "2021-09: 2 passages to train on, 2 of them stating one of 2 changed facts" in capsys.readouterr().out
+    stream = load_stream(tmp_path / "s")
+    assert stream.task_names == ["2021-09", "2021-10", "2021-11", "2021-12"]
+    september = stream.tasks[0]
+    assert {(f["relation"], f.get("multi_valued")) for f in september.facts} == {("has part", True), ("occupation", True)}
+    changed = [p for p in september.probes if p.kind == "changed" and p.form == "cloze"]
+    assert {p.key for p in changed} == {"Corvena Rail | has part | Lindqvist Station", "Miro Tallis | occupation | cartographer"}
+    december = [p for p in stream.tasks[3].probes if p.form == "cloze" and p.kind == "changed"]
+    league = next(p for p in december if p.key == "Pellan FC | league")
+    assert (league.answer, league.other_values) == ("National Second", ("Northern Premier",))  # single-valued: replaced
+    question = next(p for p in stream.tasks[1].probes if p.form == "question")
+    assert "in October 2021?" in question.prompt
+    assert all(p.kind == "unchanged" for p in stream.tasks[0].probes if "Veldren" == p.answer)
+
+
+def test_temporalwiki_drops_triples_no_passage_states_and_samples_per_period(twiki_copy):
+    changed = twiki_copy / "twiki_probes" / "0901-1001_changed.csv"
+    changed.write_text(changed.read_text() + "Ysolde Marr,award received,Order of the Gull\n")
+    stream, report = import_temporalwiki(twiki_copy / "TWiki_Diffsets", twiki_copy / "twiki_probes")
+    assert report.dropped == {"changed triples no passage of the month states (0901-1001_changed.csv)": 1}
+    assert "Order of the Gull" not in {f["object"] for f in stream.tasks[1].facts}
+    one, _ = import_temporalwiki(twiki_copy / "TWiki_Diffsets", twiki_copy / "twiki_probes", per_period=1, seed=3)
+    assert all(len(t.facts) == 1 and len(t.train) == 1 for t in one.tasks)
+    again, _ = import_temporalwiki(twiki_copy / "TWiki_Diffsets", twiki_copy / "twiki_probes", per_period=1, seed=3)
+    assert [t.facts for t in again.tasks] == [t.facts for t in one.tasks]
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda d: (d / "TWiki_Diffsets" / "oct_nov.csv").unlink(), r"oct_nov.csv: file not found"),
+    (lambda d: (d / "twiki_probes" / "0801-0901_unchanged.csv").write_text("subject,object\nA,B\n"),
+     r"0801-0901_unchanged.csv:1: expected columns \['subject', 'relation', 'object'\]"),
+    (lambda d: (d / "twiki_probes" / "1001-1101_changed.csv").write_text("subject,relation,object\nA,,B\n"),
+     r"1001-1101_changed.csv:2: empty 'relation'"),
+    (lambda d: (d / "TWiki_Diffsets" / "nov_dec.csv").write_text('"text"\n"Nothing about anyone."\n'),
+     r"1101-1201_changed.csv: no changed triple is stated by a passage of .*nov_dec.csv"),
+], ids=["missing file", "wrong columns", "empty field", "nothing to learn"])
+def test_temporalwiki_malformed_input_gets_one_message_naming_the_file(twiki_copy, tmp_path, capsys, breakage, message):
+    breakage(twiki_copy)
+    assert main(["import", "temporalwiki", "--diffsets", str(twiki_copy / "TWiki_Diffsets"), "--probes",
+                 str(twiki_copy / "twiki_probes"), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert __import__("re").search(message, err) and len(err.strip().splitlines()) == 1, err
+
+
+def test_import_never_writes_into_a_directory_that_holds_files(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    assert main(["import", "casm", str(CASM_DIR), "--output", str(tmp_path / "out")]) == 2
+    assert "already exists and is not an empty directory" in capsys.readouterr().err
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_registry_keeps_every_value_of_a_multi_valued_relation():
+    registry = FactRegistry()
+    registry.observe("Corvena Rail", "has part", "Lindqvist Station", "2021-09", multi_valued=True)
+    seen = registry.observe("Corvena Rail", "has part", "Osk Bridge Station", "2021-11", multi_valued=True)
+    assert seen.kind == "addition" and seen.previous is None
+    assert [v.valid_until for v in registry.chain("Corvena Rail", "has part")] == [None, None]
+    assert registry.current("Corvena Rail", "has part").object == "Osk Bridge Station"
+    assert registry.at("Corvena Rail", "has part", "2021-10").object == "Lindqvist Station"
+    assert registry.observe("Corvena Rail", "has part", "lindqvist station", "2021-12", multi_valued=True).kind == "confirmation"
+    single = FactRegistry()
+    single.observe("Pellan FC", "league", "Northern Premier", "2021-11")
+    assert single.observe("Pellan FC", "league", "National Second", "2021-12").kind == "contradiction"
+
+
+def test_casm_answers_a_multi_valued_relation_with_the_newest_value_and_keeps_the_old(
+        tmp_path, make_model, tokenizer, training_args):
+    stream, _ = import_temporalwiki(TWIKI / "TWiki_Diffsets", TWIKI / "twiki_probes")
+    method = build_method("casm", {"memory": "feed_forward", "k": "8", "top_t": "8", "lr": "10"})
+    trainer = ContinualTrainer(make_model(), training_args(num_train_epochs=1), method=method, processing_class=tokenizer)
+    stream.background = ["Sound travels faster through water than through air.", "Bread rises when yeast feeds on sugar."]
+    trainer.fit(stream)
+    parts = method.registry.chain("Corvena Rail", "has part")
+    assert [(v.object, v.valid_until) for v in parts] == [("Lindqvist Station", None), ("Osk Bridge Station", None)]
+    assert method.registry.find("[2021-12] The has part of Corvena Rail is", "2021-12").object == "Osk Bridge Station"
+    named, version, text = method.read("[2021-12] The has part of Corvena Rail is")
+    assert method.periods[version] == "2021-11" and text.startswith("[2021-11] ")  # read where the newest was learned
+    assert method.registry.current("Pellan FC", "league").object == "National Second"
+    assert method.registry.chain("Pellan FC", "league")[0].valid_until == "2021-12"  # single-valued: closed
+
+
+def test_compare_runs_on_an_imported_stream(tmp_path):
+    assert main(["import", "casm", str(CASM_DIR), "--output", str(tmp_path / "s"), "--facts", "3"]) == 0
+    assert main(["compare", "--methods", "full_ft,casm", "--stream", str(tmp_path / "s"), "--output", str(tmp_path / "cmp"),
+                 "--model", "tiny", "--num_train_epochs", "1", "--max_new_tokens", "4", "--disable_tqdm", "true",
+                 "--method-arg", "casm.k=8", "casm.top_t=8"]) == 0
+    result = json.loads((tmp_path / "cmp" / "casm" / "result.json").read_text())
+    assert result["complete"] and set(result["summary"]["by_form"]) == {"cloze", "question", "time_clause"}
