@@ -60,9 +60,10 @@ def test_existing_output_is_not_touched(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "result.json").write_text("precious")
-    assert main(["run", "--stream", str(DEMO), "--output", str(out), *FAST]) == 2
-    assert "already holds a run" in capsys.readouterr().err
-    assert (out / "result.json").read_text() == "precious"
+    for overwrite in ([], ["--overwrite"]):
+        assert main(["run", "--stream", str(DEMO), "--output", str(out), *FAST, *overwrite]) == 2
+        assert "holds files retain did not write" in capsys.readouterr().err
+        assert (out / "result.json").read_text() == "precious"
 
 
 def test_config_file_sets_options_and_flags_override_it(tmp_path, capsys):

@@ -36,7 +36,7 @@ def test_compare_writes_one_complete_run_per_method(comparison):
 
 
 def test_report_files_exist_and_images_decode(comparison):
-    pngs = ["summary.png", "forgetting.png", "speed.png", *(f"heatmap_{m}.png" for m in ("full_ft", "replay", "ewc"))]
+    pngs = ["summary.png", "forgetting.png", "speed.png", "tradeoff.png", *(f"heatmap_{m}.png" for m in ("full_ft", "replay", "ewc"))]
     for name in pngs:
         with Image.open(comparison / name) as image:
             image.verify()
@@ -63,7 +63,8 @@ def test_report_shows_scores_per_form_and_total_cost(comparison):
 def test_html_is_self_contained_and_embeds_every_figure(comparison):
     page = (comparison / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 4 + 3  # a heatmap per method, then summary bars, forgetting curves and speed
+    # a heatmap per method, then summary bars, forgetting curves, speed, and the trade-off (ewc ran twice)
+    assert len(images) == 4 + 4
     for data in images:
         Image.open(io.BytesIO(base64.b64decode(data))).verify()
     assert "http" not in page.replace("http-equiv", "")  # nothing fetched from elsewhere

@@ -75,7 +75,7 @@ def test_the_example_runs_offline(tmp_path, monkeypatch):
     example = Path(__file__).resolve().parent.parent / "examples" / "aria_sft.py"
     monkeypatch.setattr(sys, "argv", [str(example), "--model", "tiny", "--output", str(tmp_path / "out")])
     runpy.run_path(str(example), run_name="__main__")
-    assert (tmp_path / "out" / "state" / "continual.pt").is_file()
+    assert (tmp_path / "out" / "state" / "manifest.json").is_file() and not (tmp_path / "out" / "state" / "continual.pt").exists()
 
 
 @pytest.mark.parametrize("method", ["full_ft", "aria"])

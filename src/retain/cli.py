@@ -29,11 +29,15 @@ from retain.methods import METHODS, MethodError, build_method, method_options
 from retain.models import EMBEDDED_DEFAULT, ModelLoadError, load_model
 from retain.report import load_results, summary_rows, write_report
 from retain.result import RunResult
-from retain.runstate import RunDirectory, RunDirectoryError, atomic_write
-from retain.stream import Stream, StreamError, load_stream, save_stream
+from retain.runstate import RunDirectory, RunDirectoryError, atomic_write, upgrade_checkpoint
+from retain.stream import Stream, StreamError, load_stream, save_stream, stream_files
 from retain.trainer import ContinualTrainer, ContinualTrainingArguments
 
-USER_ERRORS = (StreamError, ModelLoadError, RunDirectoryError, MethodError)
+class OptionError(ValueError):
+    """A command-line option retain does not know or cannot use; the message names it."""
+
+
+USER_ERRORS = (StreamError, ModelLoadError, RunDirectoryError, MethodError, OptionError)
 # Options that may change between a run and its resume without changing what the run computes.
 _RESUMABLE_CHANGES = {"output_dir", "logging_dir", "disable_tqdm", "report_to", "run_name", "dataloader_num_workers"}
 
@@ -123,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     twiki.add_argument("--output", required=True, help="new directory to write the stream to")
     twiki.add_argument("--per-period", type=int, help="a seeded sample of N changed facts per month")
     twiki.add_argument("--seed", type=int, default=0)
+    upgrade = commands.add_parser("upgrade-run", help="convert a trusted run directory of an older retain (pickled "
+                                                      "checkpoints) to safetensors + JSON")
+    upgrade.add_argument("directory", help="a run directory of `retain run`, or one method's of `retain compare`")
     commands.add_parser("methods", help="list the methods and their --method-arg options")
     if argv and argv[0] in ("run", "compare"):
         return (_run if argv[0] == "run" else _compare)(argv[1:])
@@ -137,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             _generate(args)
         elif args.command == "import":
             _import(args)
+        elif args.command == "upgrade-run":
+            _upgrade(Path(args.directory))
         elif args.command == "ask":
             for prompt, answer in zip(args.prompts, ask_run(args.run, args.prompts, args.max_new_tokens, args.as_of)):
                 print(f"{prompt} → {answer}")
@@ -175,6 +184,18 @@ def _generate(args: argparse.Namespace) -> None:
     save_stream(stream, args.output)
     sizes = ", ".join(f"{t.name}: {len(t.train)} examples / {len(t.probes)} probes" for t in stream.tasks)
     print(f"Wrote {args.output} ({sizes})")
+
+
+def _upgrade(run: Path) -> None:
+    config = run / "config.json"
+    if not config.is_file():
+        raise RunDirectoryError(f"{run}: no config.json; not a run directory")
+    method = json.loads(config.read_text(encoding="utf-8"))["method"]
+    old = sorted(p for p in (run / "checkpoints").glob("task-*") if (p / "method.pt").is_file())
+    for checkpoint in old:
+        upgrade_checkpoint(checkpoint, method)
+        print(f"Converted {checkpoint}")
+    print(f"{run}: {len(old)} checkpoint(s) converted" if old else f"{run}: nothing to convert")
 
 
 def _import(args: argparse.Namespace) -> None:
@@ -216,7 +237,10 @@ def _parse_arguments(argv: list[str], options: type, prog: str, description: str
     config_file = config_path.parse_known_args(argv)[0].config
     if config_file:
         parser.set_defaults(**_read_config(Path(config_file), parser))
-    run_args, train_args = parser.parse_args_into_dataclasses(argv)
+    *parsed, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if unknown:
+        raise OptionError(f"unknown option(s): {' '.join(unknown)} (see `{prog} --help`)")
+    run_args, train_args = parsed
     for option in ("stream", "output"):
         if getattr(run_args, option) is None:
             parser.error(f"--{option} is required")
@@ -267,13 +291,18 @@ def _train_one(
         "method_args": method_args,
         "model": model_name,
         "stream": str(Path(stream_path).resolve()),
+        "stream_files": stream_files(stream_path),
         "seed": train_args.seed,
         "training_args": {k: v for k, v in training.items() if k not in _RESUMABLE_CHANGES},
     }
     console.print(f"Loading model [bold]{model_name}[/] for [bold]{method_name}[/] …")
     model, tokenizer = load_model(model_name, seed=train_args.seed)
+    try:
+        trainer = ContinualTrainer(model=model, args=train_args, method=method, processing_class=tokenizer)
+    except ValueError as error:  # a method option the model's library refuses (e.g. PEFT's)
+        raise MethodError(f"--method {method_name}: {error}") from None
+    method.check(stream)  # everything that depends only on the stream and options fails here, before any file
     run_dir = RunDirectory(output, config, resume=resume, overwrite=overwrite)
-    trainer = ContinualTrainer(model=model, args=train_args, method=method, processing_class=tokenizer)
     return trainer.fit(stream, run_dir=run_dir, model_name=model_name)
 
 

@@ -215,7 +215,8 @@ class Evaluator:
                 total_tokens += int(mask.sum())
         finally:
             model.train(was_training)
-        return math.exp(total_loss / max(total_tokens, 1))
+        mean_loss = total_loss / max(total_tokens, 1)
+        return math.exp(mean_loss) if mean_loss < 700 else math.inf  # a diverged model: infinite, not a crash
 
 
 def _sequence_logprobs(model: nn.Module, sequences: list[list[int]], prefix: int, pad_id: int) -> torch.Tensor:

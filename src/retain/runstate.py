@@ -1,20 +1,29 @@
-"""The run directory: resolved config, results, predictions, and atomic per-task checkpoints for resume.
+"""Checkpoints and the run directory: resolved config, results, predictions, per-task checkpoints for resume.
 
-Layout of DIR:
-    config.json          the resolved run configuration (a resume must match it)
+A checkpoint is a directory that holds no pickle, so opening one never runs code:
+    model.safetensors                 the weights
+    method.safetensors, method.json   the method's state (retain.serialization: tensors + JSON)
+    progress.json                     the method's name and what the writer adds (a run's results so far, tasks)
+    manifest.json                     size and sha256 of each file above, checked before anything is read
+
+Layout of a run directory DIR:
+    config.json          the resolved run configuration, with a hash of every stream file (a resume must match it)
     result.json          matrices, summary and timings; "complete": false until the last task
     predictions.jsonl    one line per probe per evaluation row
     checkpoints/LATEST   name of the newest complete checkpoint
-    checkpoints/task-NNN/{model.safetensors, method.pt, progress.json}
+    checkpoints/task-NNN a checkpoint after task NNN; the newest two are kept
 
 Every file is written to a temporary name, fsynced and renamed, and a checkpoint directory is only
-named in LATEST once all its files are on disk, so a crash at any moment leaves the previous
-checkpoint intact and a resume never sees half a checkpoint.
+named in LATEST once all its files are on disk, so a crash (or a full disk) at any moment leaves the
+previous checkpoint intact. A damaged newest checkpoint is reported by name, and a resume falls back to
+the one before it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,11 +31,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from retain.result import RunResult
+from retain.serialization import StateError, load_state, save_state
+
+logger = logging.getLogger(__name__)
+
+KEEP_CHECKPOINTS = 2
+MANIFEST = "manifest.json"
+# What retain writes into a run directory; --overwrite deletes a directory only if it holds nothing else.
+RUN_FILES = {"config.json", "result.json", "predictions.jsonl", "checkpoints", "trainer"}
 
 
 class RunDirectoryError(RuntimeError):
@@ -56,11 +72,120 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(path: Path) -> None:
-    for file in path.iterdir():
-        with file.open("rb") as handle:
-            os.fsync(handle.fileno())
-    _fsync_dir(path)
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checkpoint(path: Path, model: nn.Module, method: str, method_state: Any, progress: dict[str, Any]) -> Path:
+    """Write a checkpoint into a staging directory beside `path`, then rename it into place (replacing `path`).
+    On any error the staging directory is removed and whatever was at `path` is untouched."""
+    return _staged(path, lambda staging: save_model(model, str(staging / "model.safetensors")), method, method_state,
+                   progress)
+
+
+def upgrade_checkpoint(path: Path, method: str) -> None:
+    """Rewrite a checkpoint of the older pickle format in place. Its method.pt is read with torch's
+    weights-only loader, which admits tensors and plain containers only and so runs no code either."""
+    import torch
+
+    try:
+        state = torch.load(path / "method.pt", weights_only=True)
+        result = json.loads((path / "progress.json").read_text(encoding="utf-8"))
+    except Exception as error:  # torch raises pickle's own error types for anything it will not load
+        raise RunDirectoryError(f"{path}: cannot be converted safely ({type(error).__name__}: {error})") from None
+    _staged(path, lambda staging: shutil.copy2(path / "model.safetensors", staging / "model.safetensors"), method,
+            state, {"result": result})
+
+
+def _staged(path: Path, write_model: Callable[[Path], Any], method: str, method_state: Any, progress: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        write_model(staging)
+        save_state(method_state, staging, "method")
+        (staging / "progress.json").write_text(json.dumps({"method": method, **progress}))
+        files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(staging.iterdir())}
+        (staging / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1))
+        for file in staging.iterdir():
+            with file.open("rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(staging)
+        retired = path.with_name(f".{path.name}.old")
+        if path.exists():
+            os.replace(path, retired)
+        os.replace(staging, path)
+        shutil.rmtree(retired, ignore_errors=True)
+        _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise RunDirectoryError naming the problem unless `path` is a complete, undamaged checkpoint."""
+    if not path.is_dir():
+        raise RunDirectoryError(f"{path}: missing")
+    if (path / "method.pt").is_file() or (path / "continual.pt").is_file():
+        raise RunDirectoryError(
+            f"{path}: saved by an older retain as a pickle, which retain no longer opens (a pickle can run code "
+            "when loaded). If you trust it, convert the run with `retain upgrade-run RUN_DIR`")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RunDirectoryError(f"{path / MANIFEST}: missing or damaged") from None
+    for name, expected in manifest.items():
+        file = path / name
+        if not file.is_file():
+            raise RunDirectoryError(f"{file}: missing")
+        if file.stat().st_size != expected["size"] or _sha256(file) != expected["sha256"]:
+            raise RunDirectoryError(f"{file}: damaged (its size or sha256 differs from {MANIFEST})")
+
+
+def read_checkpoint(path: Path, model: nn.Module, restore_method: Callable[[Any], None] | None = None
+                    ) -> tuple[Any, dict[str, Any]]:
+    """Verify and read a checkpoint: restore the weights in place; return (method state, progress).
+
+    `restore_method` gets the method state before the weights load, so a method whose modules grow
+    during a run (one adapter per task) can rebuild them for the saved weights to fit.
+    """
+    verify_checkpoint(path)
+    try:
+        method_state = load_state(path, "method")
+        progress = json.loads((path / "progress.json").read_text(encoding="utf-8"))
+    except (StateError, ValueError) as error:
+        raise RunDirectoryError(f"{path}: {error}") from None
+    if restore_method is not None:
+        restore_method(method_state)
+    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise RunDirectoryError(
+            f"{path}: weights do not fit the model (missing {len(missing)}, unexpected {len(unexpected)})")
+    return method_state, progress
+
+
+def _entries(path: Path) -> set[str]:
+    """What `path` holds, leaving out empty directories retain makes before a run starts (the Trainer's)."""
+    return {p.name for p in path.iterdir() if not (p.name in RUN_FILES and p.is_dir() and not any(p.iterdir()))}
+
+
+def is_run_directory(path: Path) -> bool:
+    """Whether `path` holds a retain run and nothing else (an interrupted write's temporary files aside)."""
+    names = _entries(path)
+    temporary = {n for n in names if any(n.startswith(f".{f}.") for f in RUN_FILES)}
+    return "config.json" in names and names - temporary <= RUN_FILES
+
+
+def config_changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """The options that differ between two configs, one "option: saved X, now Y" each (nested dicts flattened)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [change for key in sorted(set(saved) | set(now), key=str)
+                for change in config_changes(saved.get(key), now.get(key), f"{prefix}{key}.")]
+    return [] if saved == now else [f"{prefix.rstrip('.')}: saved {saved!r}, now {now!r}"]
 
 
 class RunDirectory:
@@ -73,19 +198,27 @@ class RunDirectory:
         if resume:
             if not config_file.is_file():
                 raise RunDirectoryError(f"--resume: {config_file} not found; nothing to resume")
-            saved = json.loads(config_file.read_text())
-            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-            if changed:
-                details = "; ".join(f"{k}: saved {saved.get(k)!r}, now {config.get(k)!r}" for k in changed)
-                raise RunDirectoryError(f"--resume: the options differ from the run in {self.path}: {details}")
+            try:
+                saved = json.loads(config_file.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise RunDirectoryError(f"{config_file}: damaged ({error})") from None
+            changes = config_changes(saved, config)
+            if changes:
+                raise RunDirectoryError(f"--resume: {len(changes)} option(s) differ from the run in {self.path}: "
+                                        + "; ".join(changes))
         else:
-            if self.path.exists() and any(self.path.iterdir()):
-                if not overwrite:
-                    raise RunDirectoryError(
-                        f"--output {self.path} already holds a run; pass --resume to continue it or --overwrite to replace it"
-                    )
-                shutil.rmtree(self.path)
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                if self.path.exists() and _entries(self.path):
+                    if not is_run_directory(self.path):
+                        raise RunDirectoryError(f"--output {self.path} holds files retain did not write; retain never "
+                                                "deletes those, even with --overwrite: choose another --output")
+                    if not overwrite:
+                        raise RunDirectoryError(f"--output {self.path} already holds a run; pass --resume to continue "
+                                                "it or --overwrite to replace it")
+                    shutil.rmtree(self.path)
+                self.path.mkdir(parents=True, exist_ok=True)
+            except (NotADirectoryError, FileExistsError):
+                raise RunDirectoryError(f"--output {self.path}: a file stands where a directory is needed") from None
             atomic_write(config_file, json.dumps(config, indent=2, sort_keys=True))
         self.config = config
 
@@ -93,46 +226,45 @@ class RunDirectory:
         pointer = self.checkpoints / "LATEST"
         return self.checkpoints / pointer.read_text().strip() if pointer.is_file() else None
 
-    def save_checkpoint(self, model: nn.Module, method_state: dict[str, Any], result: RunResult) -> Path:
+    def save_checkpoint(self, model: nn.Module, method_state: Any, result: RunResult, method: str = "") -> Path:
         name = f"task-{result.completed_tasks:03d}"
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.checkpoints))
-        save_model(model, str(staging / "model.safetensors"))
-        torch.save(method_state, staging / "method.pt")
-        (staging / "progress.json").write_text(json.dumps(result.state()))
-        _fsync_tree(staging)
-        final = self.checkpoints / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
-        _fsync_dir(self.checkpoints)
-        atomic_write(self.checkpoints / "LATEST", name)
+        previous = self.latest_checkpoint()
+        try:
+            final = write_checkpoint(self.checkpoints / name, model, method, method_state, {"result": result.state()})
+            atomic_write(self.checkpoints / "LATEST", name)
+        except OSError as error:
+            kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+            raise RunDirectoryError(f"{self.checkpoints}: could not write checkpoint {name} "
+                                    f"({error.strerror or error}); {kept}") from None
+        keep = sorted(p.name for p in self.checkpoints.glob("task-*") if p.is_dir())[-KEEP_CHECKPOINTS:]
         for old in self.checkpoints.iterdir():
-            if old.name not in (name, "LATEST"):
+            if old.name not in (*keep, "LATEST"):
                 shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
         self.write_results(result)
         return final
 
     def load_checkpoint(
-        self, model: nn.Module, restore_method: Callable[[dict[str, Any]], None] | None = None
-    ) -> tuple[dict[str, Any], RunResult] | None:
-        """Restore the model's weights in place; return (method state, result so far), or None if no checkpoint.
-
-        `restore_method` gets the method state before the weights load, so a method whose modules grow
-        during a run (one adapter per task) can rebuild them for the saved weights to fit.
-        """
-        checkpoint = self.latest_checkpoint()
-        if checkpoint is None:
+        self, model: nn.Module, restore_method: Callable[[Any], None] | None = None
+    ) -> tuple[Any, RunResult] | None:
+        """Restore the newest intact checkpoint into `model` (and the method, through `restore_method`); return
+        (method state, result so far), or None if the run has none. A damaged newest checkpoint is reported and
+        the one before it used; with none intact, the error names every problem found."""
+        latest = self.latest_checkpoint()
+        if latest is None:
             return None
-        method_state = torch.load(checkpoint / "method.pt", weights_only=False)
-        if restore_method is not None:
-            restore_method(method_state)
-        missing, unexpected = load_model(model, str(checkpoint / "model.safetensors"), strict=False)
-        if missing or unexpected:
-            raise RunDirectoryError(
-                f"{checkpoint}: weights do not fit the model (missing {len(missing)}, unexpected {len(unexpected)})"
-            )
-        result = RunResult.from_state(json.loads((checkpoint / "progress.json").read_text()))
-        return method_state, result
+        older = sorted((p for p in self.checkpoints.glob("task-*") if p.is_dir() and p != latest), reverse=True)
+        problems = []
+        for checkpoint in [latest, *older]:
+            try:
+                verify_checkpoint(checkpoint)
+            except RunDirectoryError as error:
+                problems.append(str(error))
+                continue
+            if problems:
+                logger.warning("%s; resuming from %s instead", "; ".join(problems), checkpoint.name)
+            method_state, progress = read_checkpoint(checkpoint, model, restore_method)
+            return method_state, RunResult.from_state(progress["result"])
+        raise RunDirectoryError("; ".join(problems) + ": no intact checkpoint to resume from (start over with --overwrite)")
 
     def write_results(self, result: RunResult) -> None:
         atomic_write(self.path / "result.json", json.dumps(result.to_json(), indent=2))

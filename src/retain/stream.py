@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -102,6 +103,11 @@ class Task:
         if self.period is not None:
             self.period = str(self.period)
 
+    def to_record(self) -> dict[str, Any]:
+        """Plain data that `Task(**record)` turns back into this task."""
+        return {"name": self.name, "train": self.train, "probes": [p.to_record() for p in self.probes],
+                "period": self.period, "facts": self.facts}
+
 
 @dataclass
 class Stream:
@@ -142,7 +148,7 @@ def load_stream(directory: str | Path) -> Stream:
     if not spec_path.is_file():
         raise StreamError(f"{spec_path}: not found (a stream directory holds stream.yaml)")
     try:
-        spec = yaml.safe_load(spec_path.read_text())
+        spec = yaml.safe_load(_utf8(spec_path.read_bytes(), spec_path))
     except yaml.MarkedYAMLError as error:
         line = error.problem_mark.line + 1 if error.problem_mark else "?"
         raise StreamError(f"{spec_path}:{line}: invalid YAML: {error.problem}") from None
@@ -158,6 +164,9 @@ def load_stream(directory: str | Path) -> Stream:
         entry = _mapping(entry, where)
         _require(entry, ("name", "train", "probes"), where)
         _unknown(entry, {"name", "period", "train", "probes", "facts"}, where)
+        for key in ("train", "probes", "facts"):
+            if key in entry and not isinstance(entry[key], str):
+                raise StreamError(f"{where}: '{key}' must be a file path relative to the stream, got {entry[key]!r}")
         name = str(entry["name"])
         train_file, probes_file = directory / entry["train"], directory / entry["probes"]
         train = [_train_record(r, w) for r, w in _read_jsonl(train_file)]
@@ -170,6 +179,9 @@ def load_stream(directory: str | Path) -> Stream:
         period = entry.get("period")
         tasks.append(Task(name=name, train=train, probes=probes, period=None if period is None else str(period), facts=facts))
 
+    for key in ("general", "background"):
+        if key in spec and not isinstance(spec[key], str):
+            raise StreamError(f"{spec_path}: '{key}' must be a file path relative to the stream, got {spec[key]!r}")
     general = load_jsonl_texts(directory / spec["general"]) if "general" in spec else []
     background = load_jsonl_texts(directory / spec["background"]) if "background" in spec else []
     try:
@@ -215,14 +227,31 @@ def save_stream(stream: Stream, directory: str | Path) -> Path:
 def _read_jsonl(path: Path) -> Iterable[tuple[Any, str]]:
     if not path.is_file():
         raise StreamError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line), f"{path}:{number}"
-            except json.JSONDecodeError as error:
-                raise StreamError(f"{path}:{number}: invalid JSON: {error.msg}") from None
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        line = _utf8(raw, Path(f"{path}:{number}"))
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line), f"{path}:{number}"
+        except json.JSONDecodeError as error:
+            raise StreamError(f"{path}:{number}: invalid JSON: {error.msg}") from None
+
+
+def _utf8(data: bytes, where: Path) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise StreamError(f"{where}: not UTF-8 text (byte {error.start}: {data[error.start:error.start + 1]!r})") from None
+
+
+def stream_files(directory: str | Path) -> dict[str, str]:
+    """sha256 of stream.yaml and of every file it names, by path relative to the stream: what a run records,
+    so that resuming it on a stream that changed since is refused, naming what changed."""
+    directory = Path(directory)
+    spec = yaml.safe_load((directory / "stream.yaml").read_text(encoding="utf-8"))
+    names = ["stream.yaml", *(entry[k] for entry in spec["tasks"] for k in ("train", "probes", "facts") if k in entry),
+             *(spec[k] for k in ("general", "background") if k in spec)]
+    return {name: hashlib.sha256((directory / name).read_bytes()).hexdigest()[:16] for name in dict.fromkeys(names)}
 
 
 def _write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -15,7 +13,6 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
@@ -29,7 +26,7 @@ from retain.methods.aria import ARIA, ARIAConfig
 from retain.methods.base import IGNORE_INDEX, Features, Method, StreamData, TaskData
 from retain.methods.full_ft import FullFineTuning
 from retain.result import EvalRow, RunResult
-from retain.runstate import RunDirectory
+from retain.runstate import RunDirectory, RunDirectoryError, read_checkpoint, verify_checkpoint, write_checkpoint
 from retain.stream import Probe, Stream, Task
 
 logger = logging.getLogger(__name__)
@@ -206,6 +203,7 @@ class ContinualTrainer(Trainer):
     def start_stream(self, stream: Stream) -> None:
         """Show the method the whole stream before its first task (`fit` does this; call it when driving
         `add_task` yourself with a method that needs it, such as SMF's background statistics)."""
+        self.method.check(stream)
         self.method.before_stream(self.model, StreamData(stream=stream, tokenize=self.tokenize, collate=self.collate))
 
     def add_task(self, task: Task) -> TrainOutput:
@@ -300,32 +298,24 @@ class ContinualTrainer(Trainer):
 
     def save_continual_state(self, directory: str | Path) -> Path:
         """Save the model, the method's state (Fisher anchors, adapters, prototypes, buffers…) and the tasks
-        learned so far, for `load_continual_state` to continue the stream. The directory is replaced whole."""
+        learned so far, for `load_continual_state` to continue the stream: a checkpoint of safetensors and
+        JSON (no pickle), with a manifest of its files' hashes. The directory is replaced whole."""
         if self._pending is not None:
             raise RuntimeError(f"save_continual_state: call consolidate_task() for task {self._pending.task.name!r} first")
-        path = Path(directory)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        save_model(self.model, str(staging / "model.safetensors"))
-        torch.save({"method": self.method.name, "state": self.method.state_dict(), "tasks": self.tasks}, staging / "continual.pt")
-        retired = path.with_name(f".{path.name}.old")
-        if path.exists():
-            os.replace(path, retired)
-        os.replace(staging, path)
-        shutil.rmtree(retired, ignore_errors=True)
-        return path
+        return write_checkpoint(Path(directory), self.model, self.method.name, self.method.state_dict(),
+                                {"tasks": [task.to_record() for task in self.tasks]})
 
     def load_continual_state(self, directory: str | Path) -> None:
         """Restore what `save_continual_state` saved into this trainer's model and method (same method and config)."""
         path = Path(directory)
-        if not (path / "continual.pt").is_file():
-            raise FileNotFoundError(f"{path}: no continual.pt; not saved by save_continual_state")
-        saved = torch.load(path / "continual.pt", weights_only=False)
+        if not (path / "progress.json").is_file() and not (path / "continual.pt").is_file():
+            raise FileNotFoundError(f"{path}: not saved by save_continual_state (no progress.json)")
+        verify_checkpoint(path)
+        saved = json.loads((path / "progress.json").read_text(encoding="utf-8"))
         if saved["method"] != self.method.name:
             raise ValueError(f"{path}: saved by method {saved['method']!r}, this trainer runs {self.method.name!r}")
-        self.method.load_state_dict(saved["state"])
-        load_model(self.model, str(path / "model.safetensors"))
-        self.tasks = list(saved["tasks"])
+        read_checkpoint(path, self.model, self.method.load_state_dict)
+        self.tasks = [Task(**record) for record in saved["tasks"]]
 
     def fit(self, stream: Stream, run_dir: RunDirectory | None = None, model_name: str = "") -> RunResult:
         """Train through `stream`, evaluating every task after each one; resumes from `run_dir`'s checkpoint."""
@@ -337,6 +327,9 @@ class ContinualTrainer(Trainer):
         restored = run_dir.load_checkpoint(self.model, self.method.load_state_dict) if run_dir else None
         if restored is not None:
             result = restored[1]
+            if result.tasks != stream.task_names:
+                raise RunDirectoryError(f"--resume: the run was trained on tasks {result.tasks}, the stream now has "
+                                        f"{stream.task_names}")
             self.tasks = list(stream.tasks[: result.completed_tasks])
             logger.info("Resuming after task %d/%d", result.completed_tasks, len(stream))
         if not result.rows:
@@ -353,7 +346,7 @@ class ContinualTrainer(Trainer):
             logger.info("Task %d/%d %r: trained on %d examples; EM on it %.3f, mean so far %.3f", index + 1, len(stream),
                         task.name, len(self.train_dataset), row.em[index] or 0.0, mean(row.em[: index + 1]) or 0.0)
             if run_dir is not None:
-                run_dir.save_checkpoint(self.model, self.method.state_dict(), result)
+                run_dir.save_checkpoint(self.model, self.method.state_dict(), result, self.method.name)
         if run_dir is not None:
             run_dir.write_results(result)
         return result

@@ -56,6 +56,10 @@ class Method:
         """Called once before the first task; may wrap or modify the model and returns the one to train."""
         return model
 
+    def check(self, stream: Stream) -> None:
+        """Called with the whole stream before anything is trained or written: raise MethodError for anything
+        about the stream that would stop this method later (CASM's periods), so that no task is wasted on it."""
+
     def before_stream(self, model: nn.Module, data: StreamData) -> None:
         """Called once before the first task with the whole stream (e.g. statistics of its general text)."""
 

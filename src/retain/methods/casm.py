@@ -41,7 +41,7 @@ from retain.fact_questions import question
 from retain.knowledge import FactRegistry, FactVersion, at_time, is_multi_valued, query_time, time_key
 from retain.methods.base import MethodError, TaskData, register
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
-from retain.stream import Task
+from retain.stream import Stream, Task
 
 
 # The scoped feed-forward memory's (learning rate, top_t, budget), unless the user sets them. Per example, so that an
@@ -92,17 +92,14 @@ class CASM(SparseMemoryFinetuning):
 
     # -- writing --------------------------------------------------------------------------------
 
+    def check(self, stream: Stream) -> None:
+        previous = self.periods[-1] if self.periods else None
+        for task in stream.tasks[len(self.periods):]:
+            previous = _next_period(task, previous)
+
     def before_task(self, model: nn.Module, task: Task) -> None:
         super().before_task(model, task)
-        period = task.period or task.name
-        try:
-            time_key(period)
-        except ValueError:
-            raise MethodError(f"casm: task {task.name!r} needs a period that is a time (e.g. 2018 or 2021-03), "
-                              f"got {period!r}") from None
-        if self.periods and time_key(period) <= time_key(self.periods[-1]):
-            raise MethodError(f"casm: period {period!r} of task {task.name!r} does not come after {self.periods[-1]!r}")
-        self.periods.append(period)
+        self.periods.append(_next_period(task, self.periods[-1] if self.periods else None))
         self._copied, self._pending_rows, self._tables = set(), [], {}
         counts = {"addition": 0, "confirmation": 0, "contradiction": 0, "examples_dropped": 0, "asked_model": 0,
                   "unsupported": 0}
@@ -267,6 +264,19 @@ class CASM(SparseMemoryFinetuning):
         self.observations = list(state["observations"])
         self.registry.versions = [FactVersion(**record) for record in state["registry"]]
         self._tables = {}
+
+
+def _next_period(task: Task, previous: str | None) -> str:
+    """The task's period (or name), which must be a time later than `previous`."""
+    period = task.period or task.name
+    try:
+        time_key(period)
+    except ValueError:
+        raise MethodError(f"casm: task {task.name!r} needs a period that is a time (e.g. 2018 or 2021-03), "
+                          f"got {period!r}") from None
+    if previous is not None and time_key(period) <= time_key(previous):
+        raise MethodError(f"casm: period {period!r} of task {task.name!r} does not come after {previous!r}")
+    return period
 
 
 def _stated_prefix(answer: str, passages: list[str]) -> str | None:

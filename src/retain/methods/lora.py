@@ -10,7 +10,7 @@ from peft import get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from retain.methods.base import Method, TaskData, register
+from retain.methods.base import Method, MethodError, TaskData, register
 
 
 @dataclass
@@ -25,6 +25,12 @@ class LoRAConfig:
         default=False,
         metadata={"help": "Merge the adapter into the base weights after each task and start a fresh one."},
     )
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise MethodError(f"--method-arg r: the rank must be at least 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise MethodError(f"--method-arg dropout: expected a probability in [0, 1), got {self.dropout}")
 
 
 @register

@@ -21,6 +21,7 @@ ordinary text reads, and slots this batch did not pick, keep their bytes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from retain.nn.feed_forward_memory import FeedForwardMemory
 from retain.nn.product_key_memory import ProductKeyMemory, decoder_layers, insert_memory
 from retain.nn.slot_memory import SlotMemory
 from retain.stream import load_jsonl_texts
+
+logger = logging.getLogger(__name__)
 
 
 # Per memory kind, unless the user sets them: (learning rate, slots trained per batch, slots read per layer or head).
@@ -267,6 +270,10 @@ class SparseMemoryFinetuning(Method):
     def after_task(self, model: nn.Module, data: TaskData) -> None:
         self.written.append(self._task_written.nonzero().flatten())
         self._selected = None
+        if not len(self.written[-1]):
+            logger.warning("%s: task %r wrote no memory slot: every slot its text read is read by every background "
+                           "text too, so none scored above zero (a smaller k or more varied background text helps)",
+                           self.name, data.task.name)
 
     def task_report(self) -> dict[str, float]:
         current = set(self.written[-1].tolist())
