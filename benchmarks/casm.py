@@ -7,7 +7,7 @@ historical ≥ 0.90, general perplexity rise ≤ 2%.
 
     python benchmarks/casm.py
     python benchmarks/casm.py --preset full --epochs 3 --batch-size 32      # on a GPU
-    python benchmarks/casm.py --methods full_ft,casm,passages=casm --method-arg passages.fact_prompt=
+    python benchmarks/casm.py --methods full_ft,casm,unscoped=casm --method-arg unscoped.scope=all
 
 With --text-only-after-first, the tasks after the first lose their facts.jsonl, so CASM must find
 what changed by asking the model; the result (casm-text-only_<preset>.json) also scores what it found
@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 import yaml
 from common import (compare_on_temporal_facts, condense, machine, preset_name, print_table, result_path,
                     temporal_parser, write)
 
 from retain.evaluation import normalize_answer
+from retain.serialization import load_state
 
 TARGETS = {"plasticity": 0.95, "stability": 0.95, "historical": 0.90}
 
@@ -71,7 +71,7 @@ def withhold_facts(stream: Path) -> dict[str, dict[tuple[str, str], str]]:
 def detection_scores(run: Path, withheld: dict[str, dict[tuple[str, str], str]]) -> dict[str, float | int]:
     """What a CASM run's registry (its last checkpoint's) took as contradictions, against the facts withheld from it."""
     checkpoint = run / "checkpoints" / (run / "checkpoints" / "LATEST").read_text().strip()
-    registry = torch.load(checkpoint / "method.pt", weights_only=False)["registry"]
+    registry = load_state(checkpoint, "method")["registry"]
     found = {(v["valid_from"], v["subject"], v["relation"]): v["object"] for v in registry
              if v["replaces"] is not None and not v["retracted"]}
     truth = {(period, *pair): obj for period, facts in withheld.items() for pair, obj in facts.items()}

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from retain import ContinualTrainer, Method, RunDirectory, build_method
+from retain import ContinualTrainer, Method, RunDirectory, Stream, Task, build_method
 
 from conftest import fact_task
 
@@ -104,18 +104,28 @@ class Crash(TrainerCallback):
             raise KeyboardInterrupt("simulated kill in the middle of the second task")
 
 
-RESUME_OPTIONS = {"replay": {"ratio": "0.5"}, "ewc": {"fisher_samples": "2"}, "aria": {"adapter_dim": "8", "fisher_samples": "2"}}
+FEED_FORWARD = {"memory": "feed_forward", "k": "8", "top_t": "8", "lr": "10"}  # k=8: the tiny model's memory is written
+RESUME_OPTIONS = {"full_ft": {}, "lora": {"r": "4"}, "replay": {"ratio": "0.5"}, "ewc": {"fisher_samples": "2"},
+                  "aria": {"adapter_dim": "8", "fisher_samples": "2"}, "smf": FEED_FORWARD, "casm": FEED_FORWARD}
+
+
+def timed(stream):
+    """The stream with a period per task, as CASM needs."""
+    tasks = [Task(name=t.name, period=year, train=t.train, probes=t.probes) for t, year in zip(stream.tasks, ("2018", "2020", "2022"))]
+    return Stream(name=stream.name, tasks=tasks, general=stream.general, background=stream.background)
 
 
 @pytest.mark.parametrize("method_name", sorted(RESUME_OPTIONS))
 def test_resume_after_a_kill_equals_an_uninterrupted_run(make_model, tokenizer, training_args, small_stream, tmp_path, method_name):
+    stream = timed(small_stream)
+
     def run(path, crash: bool):
         args = training_args(num_train_epochs=4, learning_rate=1e-2)
         method = build_method(method_name, RESUME_OPTIONS[method_name])
         trainer = ContinualTrainer(make_model(), args, method=method, processing_class=tokenizer)
         if crash:
             trainer.add_callback(Crash(trainer))
-        return trainer, trainer.fit(small_stream, run_dir=RunDirectory(path, {"m": method_name}, resume=path.exists()))
+        return trainer, trainer.fit(stream, run_dir=RunDirectory(path, {"m": method_name}, resume=path.exists()))
 
     reference_trainer, reference = run(tmp_path / "whole", crash=False)
     with pytest.raises(KeyboardInterrupt):
@@ -129,3 +139,40 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(make_model, tokenizer, 
     for (name, a), (_, b) in zip(reference_trainer.model.named_parameters(), resumed_trainer.model.named_parameters()):
         assert torch.equal(a, b), name
     assert (tmp_path / "killed" / "predictions.jsonl").read_text().count("\n") == 4 * 6
+    # The run trained something: a method that changed nothing would make this test vacuous.
+    untrained = build_method(method_name, RESUME_OPTIONS[method_name]).prepare(make_model())
+    changed = [name for (name, a), (_, b) in zip(untrained.named_parameters(), resumed_trainer.model.named_parameters())
+               if a.shape == b.shape and not torch.equal(a, b)]
+    assert changed, f"{method_name} changed no weight"
+    if method_name in ("smf", "casm"):
+        assert all(t["slots_written"] > 0 for t in resumed.timings)
+        assert all(len(w) > 0 for w in resumed_trainer.method.written)
+
+
+def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_one_before(
+        make_model, tokenizer, training_args, small_stream, tmp_path, monkeypatch):
+    import retain.runstate
+
+    def run(path):
+        trainer = ContinualTrainer(make_model(), training_args(num_train_epochs=2), processing_class=tokenizer)
+        return trainer, trainer.fit(small_stream, run_dir=RunDirectory(path, {"m": "full_ft"}, resume=path.exists()))
+
+    reference_trainer, reference = run(tmp_path / "whole")
+    write, calls = retain.runstate.atomic_write, []
+
+    def killed_before_latest(path, data):  # the second checkpoint is renamed into place, LATEST not yet updated
+        if path.name == "LATEST":
+            calls.append(data)
+            if len(calls) == 2:
+                raise KeyboardInterrupt("killed before LATEST was written")
+        return write(path, data)
+
+    monkeypatch.setattr(retain.runstate, "atomic_write", killed_before_latest)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed")
+    monkeypatch.undo()
+    assert (tmp_path / "killed" / "checkpoints" / "LATEST").read_text() == "task-001"
+    resumed_trainer, resumed = run(tmp_path / "killed")
+    assert resumed.matrix("em") == reference.matrix("em") and resumed.complete
+    for a, b in zip(reference_trainer.model.parameters(), resumed_trainer.model.parameters()):
+        assert torch.equal(a, b)

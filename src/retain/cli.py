@@ -29,7 +29,7 @@ from retain.methods import METHODS, MethodError, build_method, method_options
 from retain.models import EMBEDDED_DEFAULT, ModelLoadError, load_model
 from retain.report import load_results, summary_rows, write_report
 from retain.result import RunResult
-from retain.runstate import RunDirectory, RunDirectoryError, atomic_write, upgrade_checkpoint
+from retain.runstate import RunDirectory, RunDirectoryError, atomic_write, check_output, upgrade_checkpoint
 from retain.stream import Stream, StreamError, load_stream, save_stream, stream_files
 from retain.trainer import ContinualTrainer, ContinualTrainingArguments
 
@@ -284,6 +284,7 @@ def _train_one(
     method_name: str, method_args: dict[str, str], model_name: str, stream: Stream, stream_path: str,
     train_args: ContinualTrainingArguments, output: str, resume: bool, overwrite: bool, console: Console,
 ) -> RunResult:
+    check_output(Path(output))
     method = build_method(method_name, method_args)
     training = json.loads(train_args.to_json_string())
     config = {
@@ -295,14 +296,15 @@ def _train_one(
         "seed": train_args.seed,
         "training_args": {k: v for k, v in training.items() if k not in _RESUMABLE_CHANGES},
     }
+    method.check(stream)  # what depends only on the stream and the options fails here, before anything is loaded
+    run_dir = RunDirectory(output, config, resume=True) if resume else None  # a resume that cannot be, likewise
     console.print(f"Loading model [bold]{model_name}[/] for [bold]{method_name}[/] …")
     model, tokenizer = load_model(model_name, seed=train_args.seed)
     try:
         trainer = ContinualTrainer(model=model, args=train_args, method=method, processing_class=tokenizer)
     except ValueError as error:  # a method option the model's library refuses (e.g. PEFT's)
         raise MethodError(f"--method {method_name}: {error}") from None
-    method.check(stream)  # everything that depends only on the stream and options fails here, before any file
-    run_dir = RunDirectory(output, config, resume=resume, overwrite=overwrite)
+    run_dir = run_dir or RunDirectory(output, config, overwrite=overwrite)
     return trainer.fit(stream, run_dir=run_dir, model_name=model_name)
 
 

@@ -180,6 +180,15 @@ def is_run_directory(path: Path) -> bool:
     return "config.json" in names and names - temporary <= RUN_FILES
 
 
+def check_output(path: Path) -> None:
+    """Refuse, in one line, an output path that cannot be a directory because a file stands on it or above it."""
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise RunDirectoryError(f"--output {path}: a file stands where a directory is needed ({part})")
+            return
+
+
 def config_changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
     """The options that differ between two configs, one "option: saved X, now Y" each (nested dicts flattened)."""
     if isinstance(saved, dict) and isinstance(now, dict):
@@ -207,6 +216,7 @@ class RunDirectory:
                 raise RunDirectoryError(f"--resume: {len(changes)} option(s) differ from the run in {self.path}: "
                                         + "; ".join(changes))
         else:
+            check_output(self.path)
             try:
                 if self.path.exists() and _entries(self.path):
                     if not is_run_directory(self.path):
@@ -218,7 +228,8 @@ class RunDirectory:
                     shutil.rmtree(self.path)
                 self.path.mkdir(parents=True, exist_ok=True)
             except (NotADirectoryError, FileExistsError):
-                raise RunDirectoryError(f"--output {self.path}: a file stands where a directory is needed") from None
+                check_output(self.path)
+                raise
             atomic_write(config_file, json.dumps(config, indent=2, sort_keys=True))
         self.config = config
 

@@ -8,9 +8,8 @@ The memory is a table of value rows that each token reads a few of (`SlotMemory`
   from other wordings of the same fact.
 - `product_key`: a product-key memory added beside the feed-forward block of one layer (Lample et al.
   2019; Berges et al. 2024), values zero so the model is unchanged. The paper's memory was pretrained
-  with its model; retrofitted into one that never read it, its keys address surface context, and on
-  the temporal-facts stream it learned what a passage said but not what a differently worded probe
-  asks (benchmarks/results/smf_product_key_sweep_small_h100.json).
+  with its model; retrofitted into one that never read it, its keys address surface context, so it
+  learns what a passage said more than what a differently worded question asks.
 
 Everything else is frozen. Background statistics count, for each slot, how many background batches
 read it (document frequency). For each training batch, a slot's score is TF-IDF = (its reads in the
@@ -41,8 +40,9 @@ logger = logging.getLogger(__name__)
 
 
 # Per memory kind, unless the user sets them: (learning rate, slots trained per batch, slots read per layer or head).
-# feed_forward on the temporal small stream: top_t 8192 and k 64 learned the first period's facts that 2048 and 32
-# left out (CASM stability 0.71 against 0.21) at +0.9% general perplexity; lr 30 diverged, lr 5 learned less.
+# feed_forward: chosen on the temporal small stream before fact questions and held-out probe forms existed (top_t 8192
+# and k 64 learned facts that 2048 and 32 left out; lr 30 diverged, lr 5 learned less); benchmarks/tradeoff.py
+# sweeps the step again under the current protocol.
 MEMORY_DEFAULTS = {"feed_forward": (10.0, 8192, 64), "product_key": (1e4, 1024, 32)}
 _FF, _PK = MEMORY_DEFAULTS["feed_forward"], MEMORY_DEFAULTS["product_key"]
 

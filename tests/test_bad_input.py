@@ -1,0 +1,134 @@
+"""Every bad input gets one message naming the file and line or the option, exit code 2, before training where it can,
+and loses nothing already saved. docs/bad-inputs.md lists these cases."""
+
+import json
+import math
+import re
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from retain import Evaluator
+from retain.cli import main
+
+FAST = ["--model", "tiny", "--num_train_epochs", "1", "--max_new_tokens", "4", "--disable_tqdm", "true",
+        "--learning_rate", "0.01"]
+
+
+@pytest.fixture
+def stream(tmp_path):
+    path = tmp_path / "stream"
+    assert main(["generate", "temporal-facts", "--preset", "small", "--facts", "3", "--output", str(path)]) == 0
+    return path
+
+
+def fails(capsys, argv, pattern):
+    """Run the CLI and check: exit 2, one line on stderr matching `pattern`, no traceback."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert re.search(pattern, errors[0]), err
+    return errors[0]
+
+
+def edit(path, old, new):
+    path.write_text(path.read_text().replace(old, new, 1))
+
+
+@pytest.mark.parametrize("case", ["jsonl byte", "yaml byte", "train not a path", "output under a file",
+                                  "lora rank 0", "unknown option", "casm untimed", "casm out of order"])
+def test_bad_input_before_training(tmp_path, stream, capsys, case):
+    out, argv = tmp_path / "run", ["run", "--stream", str(stream), *FAST]
+    if case == "jsonl byte":
+        with (stream / "2020" / "train.jsonl").open("ab") as handle:
+            handle.write(b'{"text": "caf\xe9"}\n')
+        lines = len((stream / "2020" / "train.jsonl").read_bytes().splitlines())
+        fails(capsys, [*argv, "--output", str(out)], rf"2020/train.jsonl:{lines}: not UTF-8 text \(byte 13")
+        assert not out.exists()
+    elif case == "yaml byte":
+        (stream / "stream.yaml").write_bytes((stream / "stream.yaml").read_bytes() + b"# \xff\n")
+        fails(capsys, [*argv, "--output", str(out)], r"stream.yaml: not UTF-8 text")
+    elif case == "train not a path":
+        edit(stream / "stream.yaml", "train: 2018/train.jsonl", "train: 5")
+        fails(capsys, [*argv, "--output", str(out)], r"stream.yaml: tasks\[0\]: 'train' must be a file path .* got 5")
+    elif case == "output under a file":
+        (tmp_path / "file").write_text("x")
+        fails(capsys, [*argv, "--output", str(tmp_path / "file" / "run")], r"a file stands where a directory is needed")
+        assert (tmp_path / "file").read_text() == "x"
+    elif case == "lora rank 0":
+        fails(capsys, [*argv, "--output", str(out), "--method", "lora", "--method-arg", "r=0"],
+              r"--method-arg r: the rank must be at least 1, got 0")
+        assert not out.exists()  # so the corrected command runs
+        assert main([*argv, "--output", str(out), "--method", "lora", "--method-arg", "r=2"]) == 0
+    elif case == "unknown option":
+        fails(capsys, [*argv, "--output", str(out), "--logging_dir", "logs"], r"unknown option\(s\): --logging_dir logs")
+    elif case == "casm untimed":
+        fails(capsys, ["run", "--stream", "examples/demo-stream", *FAST, "--output", str(out), "--method", "casm"],
+              r"casm: task 'atlas' needs a period that is a time")
+        assert not out.exists()  # found before anything was trained or written
+    else:
+        edit(stream / "stream.yaml", "period: '2022'", "period: '2019'")
+        fails(capsys, [*argv, "--output", str(out), "--method", "casm"], r"period '2019' of task '2022' does not come after '2020'")
+        assert not out.exists()
+
+
+@pytest.fixture
+def finished(tmp_path, stream):
+    out = tmp_path / "run"
+    assert main(["run", "--stream", str(stream), *FAST, "--output", str(out)]) == 0
+    return out
+
+
+def saved(run):
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", ["learning rate", "stream grew", "stream edited", "damaged checkpoints",
+                                  "truncated progress", "latest missing"])
+def test_bad_resume_names_what_is_wrong_and_loses_nothing(tmp_path, stream, finished, capsys, caplog, case):
+    argv = ["run", "--stream", str(stream), *FAST, "--output", str(finished), "--resume"]
+    checkpoints = finished / "checkpoints"
+    if case == "learning rate":
+        before = saved(finished)
+        err = fails(capsys, [*argv, "--learning_rate", "0.02"],
+                    r"1 option\(s\) differ .*: training_args.learning_rate: saved 0.01, now 0.02$")
+        assert len(err) < 400 and saved(finished) == before
+    elif case == "stream grew":
+        before = saved(finished)
+        shutil.copytree(stream / "2022", stream / "2024")
+        spec = yaml.safe_load((stream / "stream.yaml").read_text())
+        spec["tasks"].append({k: v.replace("2022", "2024") for k, v in spec["tasks"][-1].items()})
+        (stream / "stream.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        fails(capsys, argv, r"stream_files.2024/train.jsonl: saved None, now '[0-9a-f]{16}'")
+        assert saved(finished) == before and json.loads((finished / "result.json").read_text())["complete"]
+    elif case == "stream edited":
+        edit(stream / "2020" / "probes.jsonl", '"answer": "', '"answer": "X')
+        fails(capsys, argv, r"stream_files.2020/probes.jsonl: saved '[0-9a-f]{16}', now '[0-9a-f]{16}'")
+    elif case == "damaged checkpoints":
+        for checkpoint in checkpoints.glob("task-*"):
+            data = (checkpoint / "model.safetensors").read_bytes()
+            (checkpoint / "model.safetensors").write_bytes(data[: len(data) // 2])
+        fails(capsys, argv, r"task-003/model.safetensors: damaged .*task-002/model.safetensors: damaged.*no intact checkpoint")
+    elif case == "truncated progress":
+        for checkpoint in checkpoints.glob("task-*"):
+            (checkpoint / "progress.json").write_text('{"method": "full_ft", "res')
+        fails(capsys, argv, r"task-003/progress.json: damaged")
+    else:
+        (checkpoints / "LATEST").write_text("task-009")
+        assert main(argv) == 0  # falls back to task-003: the run is complete, and stays so
+        assert re.search(r"task-009: missing; resuming from task-003 instead", caplog.text)
+        for checkpoint in checkpoints.glob("task-*"):
+            shutil.rmtree(checkpoint)
+        fails(capsys, argv, r"task-009: missing: no intact checkpoint to resume from \(start over with --overwrite\)")
+
+
+def test_a_diverged_models_perplexity_is_infinite_not_a_crash(make_model, tokenizer):
+    model = make_model()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e6)  # logits of ±1e5: a loss far past what exp() can take
+    ppl = Evaluator(tokenizer).perplexity(model, ["The water cycle moves water between the sea and the air."])
+    assert ppl == math.inf
