@@ -3,7 +3,8 @@
     python examples/aria_sft.py                 # the embedded SmolLM2-135M (about a minute on a CPU)
     python examples/aria_sft.py --model tiny    # a tiny random model, in seconds (for smoke tests)
 
-Coming from the aria-trl Quick Start, the changes are the import line and `add_task(dataset, name=, probes=)`.
+This is retain's own API; code written for aria-trl runs through `retain.compat.aria_trl` instead
+(examples/aria_trl_three_tasks.py, docs/migrating-from-aria-trl.md).
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ def test_checkpoint_round_trip_restores_outputs(make_model, tokenizer, training_
 
 
 def test_consolidation_steps_move_only_the_slow_pathway(make_model, tokenizer, training_args):
-    trainer, method = aria_trainer(make_model, tokenizer, training_args, consolidation_steps_per_task=3, slow_lr_ratio=1.0)
+    trainer, method = aria_trainer(make_model, tokenizer, training_args, slow_consolidation_steps=3, slow_lr_ratio=1.0)
     task = fact_task("a", [("X is", "y")])
     method.before_task(trainer.model, task)
     method.param_groups(trainer.model, 1e-2)

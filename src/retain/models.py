@@ -6,15 +6,18 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from filelock import FileLock
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    LlamaForSequenceClassification,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -102,14 +105,31 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(name: str = EMBEDDED_DEFAULT, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Return `(model, tokenizer)` in fp32 for `smollm2-135m`, `tiny`, or a Hugging Face id or local path."""
+def load_model(name: str = EMBEDDED_DEFAULT, seed: int = 0, labels: Sequence[str] | None = None
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Return `(model, tokenizer)` in fp32 for `smollm2-135m`, `tiny`, or a Hugging Face id or local path: a causal
+    LM, or with `labels` a sequence classifier over those classes (its new head seeded with `seed`)."""
     try:
         tokenizer = load_tokenizer(name)
+        classes = {} if labels is None else {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                                             "label2id": {label: i for i, label in enumerate(labels)},
+                                             "pad_token_id": tokenizer.pad_token_id}
         if name == TINY:
-            return tiny_model(tokenizer, seed=seed), tokenizer
+            model = tiny_model(tokenizer, seed=seed)
+            if labels is None:
+                return model, tokenizer
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                classifier = LlamaForSequenceClassification(LlamaConfig(**{**model.config.to_dict(), **classes}))
+            classifier.model.load_state_dict(model.model.state_dict())
+            return classifier, tokenizer
         source = embedded_default_path() if name == EMBEDDED_DEFAULT else name
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        if labels is None:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        else:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                model = AutoModelForSequenceClassification.from_pretrained(source, dtype=torch.float32, **classes)
     except ModelLoadError:
         raise
     except (OSError, ValueError) as error:
@@ -117,6 +137,6 @@ def load_model(name: str = EMBEDDED_DEFAULT, seed: int = 0) -> tuple[PreTrainedM
             f"Cannot load model '{name}': not a known name ({EMBEDDED_DEFAULT}, {TINY}), a local directory, "
             f"or a Hugging Face id in the local cache (runs are offline). Cause: {error}"
         ) from None
-    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

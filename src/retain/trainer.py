@@ -192,7 +192,8 @@ class ContinualTrainer(Trainer):
         if self.class_labels is not None or not task.facts:
             return []
         earlier = [t.facts for t in self.tasks if t is not task]
-        return fact_questions(new_or_changed(task.facts, earlier), task.period, getattr(self.args, "fact_questions", 0))
+        wordings = getattr(self.args, "fact_questions", len(FACT_WORDINGS))  # plain TrainingArguments: the default
+        return fact_questions(new_or_changed(task.facts, earlier), task.period, wordings)
 
     def _complete_unrouted(self, prompts: Sequence[str]) -> list[str]:
         if self.class_labels is not None:
@@ -221,7 +222,7 @@ class ContinualTrainer(Trainer):
         self.optimizer, self.lr_scheduler = None, None
         self._train_tokens = 0
         start = time.perf_counter()
-        output = self.train()
+        output = super().train()  # the Trainer's loop, not a subclass's train() (the aria-trl layer trains tasks there)
         seconds = time.perf_counter() - start
         self.last_timing = {
             "train_examples": len(features),

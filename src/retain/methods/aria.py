@@ -39,7 +39,10 @@ from retain.stream import Task
 @dataclass
 class ARIAConfig:
     plasticity_lambda: float = field(default=1.0, metadata={"help": "Gate regulariser λ in λ·mean π(1−π) (0 = off)."})
-    warmup_steps: int = field(default=2, metadata={"help": "Optimizer steps of each task before the gate regulariser applies."})
+    warmup_steps: int = field(default=2, metadata={"help": "Optimizer steps before the gate regulariser applies "
+                                                         "(of each task, or of the run: warmup_scope)."})
+    warmup_scope: str = field(default="task", metadata={"help": "'task': the warm-up restarts with each task; 'run': it "
+                                                              "counts from the first step of the stream (aria-trl's)."})
     spc_lambda: float = field(default=1e6, metadata={"help": "SPC strength λ in λ·Σ F(θ−θ*)² on the slow pathway (0 = off)."})
     slow_lr_ratio: float = field(default=0.1, metadata={"help": "Learning rate of the slow pathway, × --learning_rate."})
     shared_lr_ratio: float = field(default=0.0, metadata={"help": "Learning rate of the other pretrained weights "
@@ -49,7 +52,7 @@ class ARIAConfig:
     # Gates must travel several logits within a short task: at 10× they stayed undecided (π≈0.5) over a
     # 9-step task of the task suite; at 100× (with λ=1) 72% of tokens had π<0.1 or >0.9, at 300× 92%.
     gate_lr_ratio: float = field(default=100.0, metadata={"help": "Learning rate of the gates, × --learning_rate."})
-    consolidation_steps_per_task: int = field(default=0, metadata={
+    slow_consolidation_steps: int = field(default=0, metadata={
         "help": "After each task, optimizer steps that train only the slow pathway on the task (gates pinned to "
                 "the slow side) under SPC, moving what the task taught into the consolidated weights."})
     gate: bool = field(default=True, metadata={"help": "Split feed-forward blocks into gated fast/slow pathways."})
@@ -57,16 +60,18 @@ class ARIAConfig:
     fast_rank: int = field(default=0, metadata={"help": "0: the fast pathway is a full copy; r>0: slow + a rank-r bottleneck."})
     layers: str = field(default="", metadata={"help": "Comma-separated decoder layers to modify; empty = all."})
     spc_params: str = field(default="", metadata={"help": "Regex of other trainable weights SPC anchors too."})
-    fisher_samples: int = field(default=32, metadata={"help": "Training examples per task for the SPC Fisher."})
+    fisher_samples: int = field(default=32, metadata={"help": "Training examples per task for the SPC Fisher (0: all)."})
     seed: int = field(default=0, metadata={"help": "Seed of the Fisher and consolidation examples."})
 
     def __post_init__(self) -> None:
         for name in ("plasticity_lambda", "spc_lambda", "slow_lr_ratio", "shared_lr_ratio", "adapter_lr_ratio", "gate_lr_ratio"):
             if getattr(self, name) < 0:
                 raise MethodError(f"--method-arg {name}: must be ≥ 0, got {getattr(self, name)}")
-        for name in ("warmup_steps", "adapter_dim", "consolidation_steps_per_task", "fast_rank", "fisher_samples"):
+        for name in ("warmup_steps", "adapter_dim", "slow_consolidation_steps", "fast_rank", "fisher_samples"):
             if getattr(self, name) < 0:
                 raise MethodError(f"--method-arg {name}: must be ≥ 0, got {getattr(self, name)}")
+        if self.warmup_scope not in ("task", "run"):
+            raise MethodError(f"--method-arg warmup_scope: expected 'task' or 'run', got {self.warmup_scope!r}")
         layer_list(self.layers)
 
     def layer_indices(self) -> list[int] | None:
@@ -88,7 +93,7 @@ class ARIA(Method):
         self.anchor = FisherAnchor()
         self.task_names: list[str] = []
         self.prototypes: torch.Tensor | None = None  # (tasks, hidden), unit rows
-        self.steps = 0  # optimizer steps in the current task
+        self.steps = 0  # optimizer steps in the current task (or the run, with warmup_scope="run")
         self.learning_rate: float | None = None
         self._dampening: list[torch.Tensor | None] = []
         self._report: dict[str, float] = {}
@@ -159,7 +164,8 @@ class ARIA(Method):
                 p.requires_grad_(False)  # earlier tasks' adapters stay as their task left them
             else:
                 p.requires_grad_(self.config.shared_lr_ratio > 0)
-        self.steps = 0
+        if self.config.warmup_scope == "task":
+            self.steps = 0
 
     def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]]:
         self.learning_rate = learning_rate
@@ -204,7 +210,8 @@ class ARIA(Method):
 
     def after_task(self, model: nn.Module, data: TaskData) -> None:
         rng = random.Random(f"{self.config.seed}:{data.task.name}")
-        sample = rng.sample(data.features, min(self.config.fisher_samples, len(data.features)))
+        count = self.config.fisher_samples or len(data.features)
+        sample = rng.sample(data.features, min(count, len(data.features)))
         self._routing = False  # the task's own data goes through the task's own adapter
         for block in self.adapter_blocks:
             block.active = len(block.adapters) - 1
@@ -227,13 +234,13 @@ class ARIA(Method):
 
     def _consolidate(self, model: nn.Module, data: TaskData, rng: random.Random) -> None:
         slow = [p for p in self.slow_parameters(model).values() if p.requires_grad]
-        if not self.config.consolidation_steps_per_task or not slow or not self.gated:
+        if not self.config.slow_consolidation_steps or not slow or not self.gated:
             return
         optimizer = torch.optim.AdamW(slow, lr=(self.learning_rate or 1e-4) * self.config.slow_lr_ratio, weight_decay=0.0)
         for gated in self.gated:
             gated.force_slow = True
         try:
-            for _ in range(self.config.consolidation_steps_per_task):
+            for _ in range(self.config.slow_consolidation_steps):
                 batch = data.collate(rng.sample(data.features, min(8, len(data.features))))
                 device = slow[0].device
                 loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
@@ -315,11 +322,12 @@ class ARIA(Method):
 
     def state_dict(self) -> dict[str, Any]:
         return {"anchor": self.anchor.state_dict(), "prototypes": self.prototypes, "task_names": self.task_names,
-                "adapters": len(self.adapter_blocks[0].adapters) if self.adapter_blocks else 0}
+                "adapters": len(self.adapter_blocks[0].adapters) if self.adapter_blocks else 0, "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.anchor.load_state_dict(state["anchor"])
         self.prototypes, self.task_names = state["prototypes"], list(state["task_names"])
+        self.steps = int(state.get("steps", 0))
         for block in self.adapter_blocks:
             while len(block.adapters) < state["adapters"]:
                 block.add_adapter().requires_grad_(False)
