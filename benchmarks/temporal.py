@@ -29,7 +29,7 @@ KEYS = ("plasticity", "stability", "historical")
 
 
 def main() -> None:
-    parser = temporal_parser(__doc__, "temporal", "full_ft,replay,smf,casm")
+    parser = temporal_parser(__doc__, "temporal", "full_ft,replay,smf,casm,rag")
     parser.set_defaults(preset="medium")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, each its own generated stream")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")

@@ -222,7 +222,9 @@ class ContinualTrainer(Trainer):
         self.optimizer, self.lr_scheduler = None, None
         self._train_tokens = 0
         start = time.perf_counter()
-        output = super().train()  # the Trainer's loop, not a subclass's train() (the aria-trl layer trains tasks there)
+        # The Trainer's loop, not a subclass's train() (the aria-trl layer trains tasks there); none for a method
+        # that learns nothing by gradient.
+        output = super().train() if self.method.trains else TrainOutput(0, 0.0, {})
         seconds = time.perf_counter() - start
         self.last_timing = {
             "train_examples": len(features),

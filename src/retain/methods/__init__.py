@@ -6,10 +6,11 @@ from retain.methods.base import METHODS, Method, MethodError, TaskData, build_me
 from retain.methods.ewc import EWC, EWCConfig
 from retain.methods.full_ft import FullFineTuning, FullFTConfig
 from retain.methods.lora import LoRA, LoRAConfig
+from retain.methods.rag import RAG, RAGConfig
 from retain.methods.replay import Replay, ReplayConfig
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 
 __all__ = [
     "ARIA", "ARIAConfig", "CASM", "CASMConfig", "EWC", "METHODS", "EWCConfig", "FullFTConfig", "FullFineTuning", "LoRA", "LoRAConfig", "Method", "MethodError",
-    "Replay", "ReplayConfig", "SMFConfig", "SparseMemoryFinetuning", "TaskData", "build_method", "method_options",
+    "RAG", "RAGConfig", "Replay", "ReplayConfig", "SMFConfig", "SparseMemoryFinetuning", "TaskData", "build_method", "method_options",
 ]

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from retain.knowledge import time_key
 from retain.stream import Stream, Task
 
 Features = dict[str, list[int]]
@@ -48,6 +49,7 @@ class Method:
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    trains: ClassVar[bool] = True  # False: the method learns nothing by gradient (a retrieval baseline); no training loop
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -140,6 +142,19 @@ def layer_list(text: str) -> list[int] | None:
         return [int(part) for part in text.split(",")] if text.strip() else None
     except ValueError:
         raise MethodError(f"--method-arg layers: expected comma-separated integers, got {text!r}") from None
+
+
+def task_period(task: Task, previous: str | None, method: str) -> str:
+    """The task's period (or name), which a time-versioned method needs to be a time later than `previous`."""
+    period = task.period or task.name
+    try:
+        time_key(period)
+    except ValueError:
+        raise MethodError(f"{method}: task {task.name!r} needs a period that is a time (e.g. 2018 or 2021-03), "
+                          f"got {period!r}") from None
+    if previous is not None and time_key(period) <= time_key(previous):
+        raise MethodError(f"{method}: period {period!r} of task {task.name!r} does not come after {previous!r}")
+    return period
 
 
 def build_method(name: str, args: dict[str, str] | None = None) -> Method:

@@ -39,7 +39,7 @@ from torch import nn
 from retain.evaluation import exact_match, first_statement, normalize_answer
 from retain.fact_questions import question
 from retain.knowledge import FactRegistry, FactVersion, at_time, is_multi_valued, query_time, time_key
-from retain.methods.base import MethodError, TaskData, register
+from retain.methods.base import MethodError, TaskData, register, task_period
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 from retain.stream import Stream, Task
 
@@ -95,11 +95,11 @@ class CASM(SparseMemoryFinetuning):
     def check(self, stream: Stream) -> None:
         previous = self.periods[-1] if self.periods else None
         for task in stream.tasks[len(self.periods):]:
-            previous = _next_period(task, previous)
+            previous = task_period(task, previous, self.name)
 
     def before_task(self, model: nn.Module, task: Task) -> None:
         super().before_task(model, task)
-        self.periods.append(_next_period(task, self.periods[-1] if self.periods else None))
+        self.periods.append(task_period(task, self.periods[-1] if self.periods else None, self.name))
         self._copied, self._pending_rows, self._tables = set(), [], {}
         counts = {"addition": 0, "confirmation": 0, "contradiction": 0, "examples_dropped": 0, "asked_model": 0,
                   "unsupported": 0}
@@ -264,19 +264,6 @@ class CASM(SparseMemoryFinetuning):
         self.observations = list(state["observations"])
         self.registry.versions = [FactVersion(**record) for record in state["registry"]]
         self._tables = {}
-
-
-def _next_period(task: Task, previous: str | None) -> str:
-    """The task's period (or name), which must be a time later than `previous`."""
-    period = task.period or task.name
-    try:
-        time_key(period)
-    except ValueError:
-        raise MethodError(f"casm: task {task.name!r} needs a period that is a time (e.g. 2018 or 2021-03), "
-                          f"got {period!r}") from None
-    if previous is not None and time_key(period) <= time_key(previous):
-        raise MethodError(f"casm: period {period!r} of task {task.name!r} does not come after {previous!r}")
-    return period
 
 
 def _stated_prefix(answer: str, passages: list[str]) -> str | None:

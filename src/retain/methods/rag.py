@@ -1,0 +1,76 @@
+"""RAG: no training; the registry's facts about the query's subject, valid at the query's time, are put in the prompt.
+
+The retrieval baseline users would otherwise pick: every task's `facts.jsonl` goes into a FactRegistry
+(contradictions close the old version, as in CASM), and at inference each prompt is preceded by the
+facts whose subject it names, as they stood at the time it asks about (the latest period when it names
+none): "Facts as of 2020: The mayor of Nozer is Ilse Brandvik.\\n" + prompt. The model's weights never
+change, so general text is untouched and nothing is forgotten; what it scores measures retrieval plus
+the pretrained model's reading of the retrieved line. Unlike CASM, the answer is in the model's input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from retain.evaluation import normalize_answer
+from retain.knowledge import FactRegistry, FactVersion, is_multi_valued, query_time
+from retain.methods.base import Method, register, task_period
+from retain.stream import Stream, Task
+
+
+@dataclass
+class RAGConfig:
+    max_facts: int = field(default=8, metadata={"help": "Most facts put before a prompt (the longest subject matches first)."})
+
+
+@register
+class RAG(Method):
+    name = "rag"
+    config_class = RAGConfig
+    trains = False
+
+    def __init__(self, config: RAGConfig | None = None) -> None:
+        super().__init__(config)
+        self.registry = FactRegistry()
+        self.periods: list[str] = []
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model.requires_grad_(False)  # nothing is trained: the facts reach the model through its prompt
+
+    def check(self, stream: Stream) -> None:
+        previous = self.periods[-1] if self.periods else None
+        for task in stream.tasks[len(self.periods):]:
+            previous = task_period(task, previous, self.name)
+
+    def before_task(self, model: nn.Module, task: Task) -> None:
+        period = task_period(task, self.periods[-1] if self.periods else None, self.name)
+        self.periods.append(period)
+        for fact in task.facts:
+            self.registry.observe(fact["subject"], fact["relation"], fact["object"], fact.get("valid_from") or period,
+                                  multi_valued=is_multi_valued(fact))
+
+    def retrieve(self, prompt: str) -> list[FactVersion]:
+        """The facts whose subject the prompt names, valid at the time it asks about (the latest when none)."""
+        if not self.periods:
+            return []
+        time = query_time(prompt) or self.periods[-1]
+        words = f" {normalize_answer(prompt)} "
+        found = [v for v in self.registry.versions
+                 if v.valid_at(time) and f" {normalize_answer(v.subject)} " in words]
+        return sorted(found, key=lambda v: -len(v.subject))[: self.config.max_facts]
+
+    def prompt_text(self, prompt: str) -> str:
+        facts = self.retrieve(prompt)
+        if not facts:
+            return prompt
+        time = query_time(prompt) or self.periods[-1]
+        return f"Facts as of {time}: " + " ".join(f"The {v.relation} of {v.subject} is {v.object}." for v in facts) + "\n" + prompt
+
+    def state_dict(self) -> dict:
+        return {"periods": self.periods, "registry": [vars(v).copy() for v in self.registry.versions]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.periods = list(state["periods"])
+        self.registry.versions = [FactVersion(**record) for record in state["registry"]]
