@@ -99,7 +99,9 @@ def condense(output: Path) -> dict[str, Any]:
         timings = result["timings"]
         seconds = sum(t["train_seconds"] for t in timings)
         steps = sum(t["optimizer_steps"] for t in timings)
-        return {"train_seconds": seconds, "seconds_per_step": seconds / steps, "seconds_per_token": seconds_per_token(result),
+        # A method that trains nothing (rag) has no steps: its per-step and per-token costs are None, not a division by 0.
+        return {"train_seconds": seconds, "seconds_per_step": seconds / steps if steps else None,
+                "seconds_per_token": seconds_per_token(result),
                 "consolidate_seconds": sum(t.get("consolidate_seconds", 0.0) for t in timings),
                 "optimizer_state_bytes": max(t.get("optimizer_state_bytes", 0) for t in timings),
                 "trainable_parameters": max(t.get("trainable_parameters", 0) for t in timings)}
@@ -108,7 +110,7 @@ def condense(output: Path) -> dict[str, Any]:
     condensed = {}
     for method, result in results.items():
         own = speed(result)
-        if base:
+        if base and own["seconds_per_step"] is not None:
             own["step_time_ratio_vs_full_ft"] = own["seconds_per_step"] / base["seconds_per_step"]
             own["token_time_ratio_vs_full_ft"] = own["seconds_per_token"] / base["seconds_per_token"]
         condensed[method] = {key: result[key] for key in ("tasks", "initial", "matrix", "by_kind", "summary", "timings")} | {
