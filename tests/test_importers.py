@@ -11,7 +11,6 @@ from retain.cli import main
 from retain.importers.casm import import_casm
 from retain.importers.temporalwiki import import_temporalwiki
 from retain.knowledge import FactRegistry
-from retain.stream import StreamError
 
 FORMATS = Path(__file__).resolve().parents[2] / "shared" / "formats"
 CASM_DIR, TWIKI = FORMATS / "casm-synthetic", FORMATS / "temporalwiki"

@@ -6,7 +6,7 @@ import torch
 from retain import ContinualTrainer, RunDirectory, build_method
 from retain.methods import MethodError
 
-from test_casm import HARBOUR, stream  # noqa: F401  (the fixture)
+from test_casm import HARBOUR, stream  # noqa: F401  (stream: the fixture, used by name)
 
 
 def test_rag_trains_nothing_and_retrieves_the_facts_of_the_querys_time(make_model, tokenizer, training_args, stream, tmp_path):  # noqa: F811

@@ -33,6 +33,12 @@ _QUERY_TIME = re.compile(
 )
 
 
+def spoken_time(period: str) -> str:
+    """A period label as a sentence names it: "2018" → "2018", "2021-10" → "October 2021"."""
+    year, _, month = period.partition("-")
+    return f"{list(MONTHS)[int(month) - 1].capitalize()} {year}" if month else year
+
+
 def time_key(label: str) -> tuple[int, int]:
     """Order a time label: "2018" → (2018, 0), "2021-03" and "March 2021" → (2021, 3)."""
     text = label.strip().lower()
@@ -154,6 +160,11 @@ class FactRegistry:
         current.valid_until = valid_from
         return Observation("contradiction", version, current)
 
+    def observe_fact(self, fact: Mapping[str, Any], period: str) -> Observation:
+        """`observe` a facts.jsonl record, valid from its own `valid_from` or else `period`."""
+        return self.observe(fact["subject"], fact["relation"], fact["object"], fact.get("valid_from") or period,
+                            multi_valued=is_multi_valued(fact))
+
     def retract(self, version_id: int) -> FactVersion | None:
         """Withdraw a version: the one it replaced becomes current again over the whole window. Returns it."""
         version = self.versions[version_id]
@@ -166,11 +177,19 @@ class FactRegistry:
         previous.valid_until = version.valid_until
         return previous
 
+    def state(self) -> list[dict[str, Any]]:
+        """Every version as plain data (for a checkpoint); `from_state` rebuilds the registry."""
+        return [asdict(v) for v in self.versions]
+
+    @classmethod
+    def from_state(cls, records: list[dict[str, Any]]) -> FactRegistry:
+        registry = cls()
+        registry.versions = [FactVersion(**record) for record in records]
+        return registry
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps([asdict(v) for v in self.versions], indent=1))
+        Path(path).write_text(json.dumps(self.state(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> FactRegistry:
-        registry = cls()
-        registry.versions = [FactVersion(**record) for record in json.loads(Path(path).read_text())]
-        return registry
+        return cls.from_state(json.loads(Path(path).read_text()))

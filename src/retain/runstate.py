@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -90,8 +91,6 @@ def write_checkpoint(path: Path, model: nn.Module, method: str, method_state: An
 def upgrade_checkpoint(path: Path, method: str) -> None:
     """Rewrite a checkpoint of the older pickle format in place. Its method.pt is read with torch's
     weights-only loader, which admits tensors and plain containers only and so runs no code either."""
-    import torch
-
     try:
         state = torch.load(path / "method.pt", weights_only=True)
         result = json.loads((path / "progress.json").read_text(encoding="utf-8"))
@@ -154,6 +153,12 @@ def read_checkpoint(path: Path, model: nn.Module, restore_method: Callable[[Any]
     during a run (one adapter per task) can rebuild them for the saved weights to fit.
     """
     verify_checkpoint(path)
+    return read_verified(path, model, restore_method)
+
+
+def read_verified(path: Path, model: nn.Module, restore_method: Callable[[Any], None] | None = None
+                  ) -> tuple[Any, dict[str, Any]]:
+    """`read_checkpoint` for a checkpoint `verify_checkpoint` has just passed (hashing a model once is enough)."""
     try:
         method_state = load_state(path, "method")
         progress = json.loads((path / "progress.json").read_text(encoding="utf-8"))
@@ -273,7 +278,7 @@ class RunDirectory:
                 continue
             if problems:
                 logger.warning("%s; resuming from %s instead", "; ".join(problems), checkpoint.name)
-            method_state, progress = read_checkpoint(checkpoint, model, restore_method)
+            method_state, progress = read_verified(checkpoint, model, restore_method)  # hashed once, just above
             return method_state, RunResult.from_state(progress["result"])
         raise RunDirectoryError("; ".join(problems) + ": no intact checkpoint to resume from (start over with --overwrite)")
 

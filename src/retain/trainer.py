@@ -26,7 +26,7 @@ from retain.methods.aria import ARIA, ARIAConfig
 from retain.methods.base import IGNORE_INDEX, Features, Method, StreamData, TaskData
 from retain.methods.full_ft import FullFineTuning
 from retain.result import EvalRow, RunResult
-from retain.runstate import RunDirectory, RunDirectoryError, read_checkpoint, verify_checkpoint, write_checkpoint
+from retain.runstate import RunDirectory, RunDirectoryError, read_verified, verify_checkpoint, write_checkpoint
 from retain.stream import Probe, Stream, Task
 
 logger = logging.getLogger(__name__)
@@ -313,11 +313,11 @@ class ContinualTrainer(Trainer):
         path = Path(directory)
         if not (path / "progress.json").is_file() and not (path / "continual.pt").is_file():
             raise FileNotFoundError(f"{path}: not saved by save_continual_state (no progress.json)")
-        verify_checkpoint(path)
+        verify_checkpoint(path)  # before the method name is read from it
         saved = json.loads((path / "progress.json").read_text(encoding="utf-8"))
         if saved["method"] != self.method.name:
             raise ValueError(f"{path}: saved by method {saved['method']!r}, this trainer runs {self.method.name!r}")
-        read_checkpoint(path, self.model, self.method.load_state_dict)
+        read_verified(path, self.model, self.method.load_state_dict)
         self.tasks = [Task(**record) for record in saved["tasks"]]
 
     def fit(self, stream: Stream, run_dir: RunDirectory | None = None, model_name: str = "") -> RunResult:

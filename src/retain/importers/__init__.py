@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from retain.bench.temporal_facts import BACKGROUND_TEXT, GENERAL_TEXT
+from retain.knowledge import spoken_time
 from retain.stream import Probe, Stream, StreamError, save_stream
 
-__all__ = ["ImportReport", "question_probes", "read_csv", "read_json", "spoken_time", "write_imported"]
+__all__ = ["ImportReport", "question_probes", "read_csv", "read_json", "write_imported"]
 
 
 @dataclass
@@ -86,16 +87,6 @@ def write_imported(stream: Stream, output: str | Path) -> Path:
         raise StreamError(f"--output {output}: already exists and is not an empty directory")
     stream.general, stream.background = list(GENERAL_TEXT), list(BACKGROUND_TEXT)
     return save_stream(stream, output)
-
-
-def spoken_time(period: str) -> str:
-    """A period label as a sentence names it: "2018" → "2018", "2021-10" → "October 2021"."""
-    year, _, month = period.partition("-")
-    return f"{_MONTHS[int(month) - 1]} {year}" if month else year
-
-
-_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
-           "December"]
 
 
 def question_probes(subject: str, relation: str, period: str, **fields: Any) -> list[Probe]:

@@ -157,6 +157,13 @@ def task_period(task: Task, previous: str | None, method: str) -> str:
     return period
 
 
+def check_periods(stream: Stream, periods: Sequence[str], method: str) -> None:
+    """Every task of `stream` not yet learned (after `periods`) has a time as its period, in order."""
+    previous = periods[-1] if periods else None
+    for task in stream.tasks[len(periods):]:
+        previous = task_period(task, previous, method)
+
+
 def build_method(name: str, args: dict[str, str] | None = None) -> Method:
     """Instantiate a registered method from string arguments such as the CLI's `--method-arg k=v`."""
     if name not in METHODS:

@@ -38,8 +38,8 @@ from torch import nn
 
 from retain.evaluation import exact_match, first_statement, normalize_answer
 from retain.fact_questions import question
-from retain.knowledge import FactRegistry, FactVersion, at_time, is_multi_valued, query_time, time_key
-from retain.methods.base import MethodError, TaskData, register, task_period
+from retain.knowledge import FactRegistry, FactVersion, at_time, query_time, time_key
+from retain.methods.base import MethodError, TaskData, check_periods, register, task_period
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 from retain.stream import Stream, Task
 
@@ -93,20 +93,18 @@ class CASM(SparseMemoryFinetuning):
     # -- writing --------------------------------------------------------------------------------
 
     def check(self, stream: Stream) -> None:
-        previous = self.periods[-1] if self.periods else None
-        for task in stream.tasks[len(self.periods):]:
-            previous = task_period(task, previous, self.name)
+        check_periods(stream, self.periods, self.name)
 
     def before_task(self, model: nn.Module, task: Task) -> None:
         super().before_task(model, task)
-        self.periods.append(task_period(task, self.periods[-1] if self.periods else None, self.name))
+        period = task_period(task, self.periods[-1] if self.periods else None, self.name)
+        self.periods.append(period)
         self._copied, self._pending_rows, self._tables = set(), [], {}
         counts = {"addition": 0, "confirmation": 0, "contradiction": 0, "examples_dropped": 0, "asked_model": 0,
                   "unsupported": 0}
         confirmed: list[FactVersion] = []
         for fact in task.facts:
-            seen = self.registry.observe(fact["subject"], fact["relation"], fact["object"], fact.get("valid_from") or period,
-                                         multi_valued=is_multi_valued(fact))
+            seen = self.registry.observe_fact(fact, period)
             counts[seen.kind] += 1
             if seen.kind == "confirmation":
                 confirmed.append(seen.version)
@@ -256,13 +254,13 @@ class CASM(SparseMemoryFinetuning):
 
     def state_dict(self) -> dict[str, Any]:
         return super().state_dict() | {"periods": self.periods, "copies": self.copies, "observations": self.observations,
-                                       "registry": [vars(v).copy() for v in self.registry.versions]}
+                                       "registry": self.registry.state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.periods, self.copies = list(state["periods"]), list(state["copies"])
         self.observations = list(state["observations"])
-        self.registry.versions = [FactVersion(**record) for record in state["registry"]]
+        self.registry = FactRegistry.from_state(state["registry"])
         self._tables = {}
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from retain.evaluation import normalize_answer
-from retain.knowledge import FactRegistry, FactVersion, is_multi_valued, query_time
-from retain.methods.base import Method, register, task_period
+from retain.knowledge import FactRegistry, FactVersion, query_time
+from retain.methods.base import Method, check_periods, register, task_period
 from retain.stream import Stream, Task
 
 
@@ -40,16 +40,13 @@ class RAG(Method):
         return model.requires_grad_(False)  # nothing is trained: the facts reach the model through its prompt
 
     def check(self, stream: Stream) -> None:
-        previous = self.periods[-1] if self.periods else None
-        for task in stream.tasks[len(self.periods):]:
-            previous = task_period(task, previous, self.name)
+        check_periods(stream, self.periods, self.name)
 
     def before_task(self, model: nn.Module, task: Task) -> None:
         period = task_period(task, self.periods[-1] if self.periods else None, self.name)
         self.periods.append(period)
         for fact in task.facts:
-            self.registry.observe(fact["subject"], fact["relation"], fact["object"], fact.get("valid_from") or period,
-                                  multi_valued=is_multi_valued(fact))
+            self.registry.observe_fact(fact, period)
 
     def retrieve(self, prompt: str) -> list[FactVersion]:
         """The facts whose subject the prompt names, valid at the time it asks about (the latest when none)."""
@@ -69,8 +66,8 @@ class RAG(Method):
         return f"Facts as of {time}: " + " ".join(f"The {v.relation} of {v.subject} is {v.object}." for v in facts) + "\n" + prompt
 
     def state_dict(self) -> dict:
-        return {"periods": self.periods, "registry": [vars(v).copy() for v in self.registry.versions]}
+        return {"periods": self.periods, "registry": self.registry.state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.periods = list(state["periods"])
-        self.registry.versions = [FactVersion(**record) for record in state["registry"]]
+        self.registry = FactRegistry.from_state(state["registry"])
