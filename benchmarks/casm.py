@@ -24,8 +24,8 @@ import yaml
 from common import (compare_on_temporal_facts, condense, machine, preset_name, print_table, result_path,
                     temporal_parser, write)
 
-from retain.evaluation import normalize_answer
 from retain.serialization import load_state
+from retain.text import normalize_answer
 
 TARGETS = {"plasticity": 0.95, "stability": 0.95, "historical": 0.90}
 

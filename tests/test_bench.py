@@ -6,7 +6,7 @@ import pytest
 from retain import load_stream, save_stream
 from retain.bench import task_suite, temporal_facts
 from retain.bench.temporal_facts import PRESETS, TemporalFactsConfig, generate
-from retain.evaluation import normalize_answer
+from retain.text import normalize_answer
 
 
 def same_tree(a, b) -> bool:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from retain import Evaluator, Probe, exact_match, normalize_answer, token_f1
-from retain.evaluation import first_statement
+from retain.text import first_statement
 
 
 def test_squad_normalisation():

@@ -1,6 +1,7 @@
 import pytest
 
-from retain.knowledge import FactRegistry, at_time, query_time, time_key
+from retain.knowledge import FactRegistry
+from retain.text import at_time, query_time, time_key
 
 
 def test_time_keys_order_years_and_months():

@@ -1,12 +1,13 @@
 """retain: continual fine-tuning of causal language models, with the measurements to prove what they kept."""
 
-from retain.evaluation import Evaluator, exact_match, normalize_answer, token_f1
+from retain.evaluation import Evaluator, exact_match, token_f1
 from retain.methods import METHODS, Method, TaskData, build_method
+from retain.methods.aria import ARIAConfig
 from retain.models import EMBEDDED_DEFAULT, TINY, ModelLoadError, load_model
 from retain.result import EvalRow, RunResult
 from retain.runstate import RunDirectory, RunDirectoryError
 from retain.stream import Probe, Stream, StreamError, Task, load_stream, save_stream
-from retain.methods.aria import ARIAConfig
+from retain.text import normalize_answer
 from retain.trainer import ContinualSFTConfig, ContinualSFTTrainer, ContinualTrainer, ContinualTrainingArguments
 
 __version__ = "0.1.0"

@@ -20,17 +20,17 @@ from transformers import HfArgumentParser
 from transformers.utils import logging as hf_logging
 
 from retain.bench import task_suite, temporal_facts
+from retain.evaluation import Evaluator
 from retain.importers import write_imported
 from retain.importers.casm import import_casm
 from retain.importers.temporalwiki import import_temporalwiki
-from retain.knowledge import at_time, query_time, time_key
-from retain.evaluation import Evaluator, first_statement
 from retain.methods import METHODS, MethodError, build_method, method_options
 from retain.models import EMBEDDED_DEFAULT, ModelLoadError, load_model
 from retain.report import load_results, summary_rows, write_report
 from retain.result import RunResult
 from retain.runstate import RunDirectory, RunDirectoryError, atomic_write, check_output, upgrade_checkpoint
 from retain.stream import Stream, StreamError, load_stream, save_stream, stream_files
+from retain.text import at_time, first_statement, query_time, time_key
 from retain.trainer import ContinualTrainer, ContinualTrainingArguments
 
 class OptionError(ValueError):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
-import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,21 +13,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from retain.stream import Probe
+from retain.text import first_statement, normalize_answer
 
 SENTENCE_TOKENS = 12  # generation budget beyond the longest answer: room to answer with a short sentence
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = set(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(c for c in text.lower() if c not in _PUNCTUATION)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def first_statement(generation: str) -> str:
-    """The generated answer up to the first line break or sentence end: the rest is the model rambling on."""
-    return re.split(r"\n|\.(?:\s|$)", generation.strip(), maxsplit=1)[0]
 
 
 def exact_match(prediction: str, answers: Sequence[str], other_values: Sequence[str] = ()) -> bool:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from retain.evaluation import normalize_answer
 from retain.knowledge import is_multi_valued
+from retain.text import normalize_answer
 
 WORDINGS: tuple[str, ...] = (
     "{subject} — {relation}:",

@@ -1,78 +1,23 @@
-"""Versioned facts: validity windows, version chains, contradiction detection, time parsing, rollback.
+"""Versioned facts: validity windows, version chains, contradiction detection, rollback.
 
 A fact is (subject, relation, object) with a validity window [valid_from, valid_until). When a new
 object arrives for a (subject, relation) whose current version says otherwise, that version is
 closed at the new one's valid_from and the new version links to it: nothing is overwritten.
 
 Boundary rule: a version is valid at time t when valid_from ≤ t < valid_until (an open end is
-+∞). At the instant a new version starts, the new version answers.
-
-Times are period labels such as "2018", "2021-03" or "March 2021", ordered as (year, month) with
-a bare year meaning its start (month 0).
++∞). At the instant a new version starts, the new version answers. Times are `retain.text` labels.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from retain.evaluation import normalize_answer
-
-MONTHS = {m: i for i, m in enumerate(
-    ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november",
-     "december"], start=1)}
-_MONTH_NAMES = "|".join(MONTHS)
-_QUERY_TIME = re.compile(
-    rf"^\s*\[(?P<bracket>[^\]]+)\]|\b(?:as of|in)\s+(?P<phrase>(?:(?:{_MONTH_NAMES})\s+)?\d{{4}}(?:-\d{{2}})?)\b",
-    re.IGNORECASE,
-)
-
-
-def spoken_time(period: str) -> str:
-    """A period label as a sentence names it: "2018" → "2018", "2021-10" → "October 2021"."""
-    year, _, month = period.partition("-")
-    return f"{list(MONTHS)[int(month) - 1].capitalize()} {year}" if month else year
-
-
-def time_key(label: str) -> tuple[int, int]:
-    """Order a time label: "2018" → (2018, 0), "2021-03" and "March 2021" → (2021, 3)."""
-    text = label.strip().lower()
-    if match := re.fullmatch(r"(\d{4})(?:-(\d{1,2}))?", text):
-        return int(match[1]), int(match[2] or 0)
-    if match := re.fullmatch(rf"({_MONTH_NAMES})\s+(\d{{4}})", text):
-        return int(match[2]), MONTHS[match[1]]
-    raise ValueError(f"cannot read a time from {label!r} (expected e.g. 2018, 2021-03 or March 2021)")
-
-
-def _time_match(text: str) -> re.Match[str] | None:
-    for match in _QUERY_TIME.finditer(text):
-        try:
-            time_key(match["bracket"] or match["phrase"])
-        except ValueError:
-            continue
-        return match
-    return None
-
-
-def query_time(text: str) -> str | None:
-    """The time a query asks about: "[2020] …", "… in 2020 …", "as of 2020", "as of March 2021"; None if it names none."""
-    match = _time_match(text)
-    return None if match is None else match["bracket"] or match["phrase"]
-
-
-def at_time(text: str, label: str) -> str:
-    """`text` with the time `query_time` reads from it replaced by `label`, or, if it names none, with
-    "[label] " in front (the form the temporal-facts stream trains on)."""
-    match = _time_match(text)
-    if match is None:
-        return f"[{label}] {text}"
-    group = "bracket" if match["bracket"] else "phrase"
-    return text[: match.start(group)] + label + text[match.end(group) :]
+from retain.text import normalize_answer, time_key
 
 
 def is_multi_valued(fact: Mapping[str, Any]) -> bool:

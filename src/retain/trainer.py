@@ -21,10 +21,10 @@ from trl import SFTConfig, SFTTrainer
 
 from retain.evaluation import Evaluator
 from retain.fact_questions import WORDINGS as FACT_WORDINGS, fact_questions, new_or_changed
-from retain.metrics import mean
 from retain.methods.aria import ARIA, ARIAConfig
 from retain.methods.base import IGNORE_INDEX, Features, Method, StreamData, TaskData
 from retain.methods.full_ft import FullFineTuning
+from retain.metrics import mean
 from retain.result import EvalRow, RunResult
 from retain.runstate import RunDirectory, RunDirectoryError, read_verified, verify_checkpoint, write_checkpoint
 from retain.stream import Probe, Stream, Task

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from retain.bench.temporal_facts import BACKGROUND_TEXT, GENERAL_TEXT
-from retain.knowledge import spoken_time
 from retain.stream import Probe, Stream, StreamError, save_stream
+from retain.text import spoken_time
 
 __all__ = ["ImportReport", "question_probes", "read_csv", "read_json", "write_imported"]
 

@@ -23,10 +23,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from retain.evaluation import normalize_answer
 from retain.importers import ImportReport, question_probes, read_csv, read_json
-from retain.knowledge import time_key
 from retain.stream import Probe, Stream, StreamError, Task
+from retain.text import normalize_answer, time_key
 
 Passages = Literal["augmented", "template", "both"]
 _VALUE = re.compile(r"value_(.+)")

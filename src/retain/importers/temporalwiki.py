@@ -24,9 +24,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from retain.evaluation import normalize_answer
 from retain.importers import ImportReport, question_probes, read_csv
 from retain.stream import Probe, Stream, StreamError, Task
+from retain.text import normalize_answer
 
 MONTHS = (("aug_sep", "0801-0901", "2021-09"), ("sep_oct", "0901-1001", "2021-10"),
           ("oct_nov", "1001-1101", "2021-11"), ("nov_dec", "1101-1201", "2021-12"))

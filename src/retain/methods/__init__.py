@@ -1,8 +1,8 @@
 """Continual-learning methods: one file each, registered by name."""
 
 from retain.methods.aria import ARIA, ARIAConfig
-from retain.methods.casm import CASM, CASMConfig
 from retain.methods.base import METHODS, Method, MethodError, TaskData, build_method, method_options
+from retain.methods.casm import CASM, CASMConfig
 from retain.methods.ewc import EWC, EWCConfig
 from retain.methods.full_ft import FullFineTuning, FullFTConfig
 from retain.methods.lora import LoRA, LoRAConfig

@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from retain.knowledge import time_key
 from retain.stream import Stream, Task
+from retain.text import time_key
 
 Features = dict[str, list[int]]
 IGNORE_INDEX = -100  # the label of tokens that carry no loss (a prompt's)

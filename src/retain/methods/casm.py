@@ -36,12 +36,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from retain.evaluation import exact_match, first_statement, normalize_answer
+from retain.evaluation import exact_match
 from retain.fact_questions import question
-from retain.knowledge import FactRegistry, FactVersion, at_time, query_time, time_key
+from retain.knowledge import FactRegistry, FactVersion
 from retain.methods.base import MethodError, TaskData, check_periods, register, task_period
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 from retain.stream import Stream, Task
+from retain.text import at_time, first_statement, normalize_answer, query_time, time_key
 
 
 # The scoped feed-forward memory's (learning rate, top_t, budget), unless the user sets them. Per example, so that an

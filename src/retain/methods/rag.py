@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from retain.evaluation import normalize_answer
-from retain.knowledge import FactRegistry, FactVersion, query_time
+from retain.knowledge import FactRegistry, FactVersion
 from retain.methods.base import Method, check_periods, register, task_period
 from retain.stream import Stream, Task
+from retain.text import normalize_answer, query_time
 
 
 @dataclass
