@@ -7,7 +7,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from retain import ContinualTrainer, RunDirectory, Stream, Task
 from retain.methods import ARIA, ARIAConfig, MethodError
-from retain.methods.base import TaskData
+from retain.methods.base import TaskData, TrainingContext
 from retain.nn.gated_mlp import PlasticityGatedMLP, gate_feed_forwards
 from retain.stream import Probe
 
@@ -81,19 +81,19 @@ def test_gate_regulariser_pushes_every_gate_away_from_one_half(make_model):
 
 def test_gate_regulariser_waits_for_the_warm_up(make_model, tokenizer, training_args):
     trainer, method = aria_trainer(make_model, tokenizer, training_args, warmup_steps=2, spc_lambda=0)
-    method.before_task(trainer.model, fact_task("a", [("X is", "y")]))
+    context = TrainingContext(task=fact_task("a", [("X is", "y")]))
+    method.before_task(trainer.model, context)
     batch = trainer.collate(trainer.tokenize([{"text": "X is y."}]))
     trainer.model(**batch)
-    assert method.penalty(trainer.model, batch) is None
-    method.after_optimizer_step(trainer.model)
-    method.after_optimizer_step(trainer.model)
-    assert method.penalty(trainer.model, batch).item() > 0
+    assert method.after_forward(trainer.model, batch, context) is None
+    context.step = context.run_step = 2  # two optimizer steps taken
+    assert method.after_forward(trainer.model, batch, context).item() > 0
 
 
 def test_slow_pathway_gets_the_slow_learning_rate(make_model, tokenizer, training_args):
     trainer, method = aria_trainer(make_model, tokenizer, training_args, slow_lr_ratio=0.25, adapter_lr_ratio=3.0,
                                    gate_lr_ratio=7.0)
-    method.before_task(trainer.model, fact_task("a", [("X is", "y")]))
+    method.before_task(trainer.model, TrainingContext(task=fact_task("a", [("X is", "y")])))
     optimizer = trainer.create_optimizer()
     lr = trainer.args.learning_rate
     rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
@@ -109,7 +109,8 @@ def test_slow_pathway_gets_the_slow_learning_rate(make_model, tokenizer, trainin
 def test_dampening_scales_each_micro_batch_by_its_own_gate(make_model, tokenizer, training_args):
     trainer, method = aria_trainer(make_model, tokenizer, training_args, adapter_dim=0, spc_lambda=0)
     model = trainer.model
-    method.before_task(model, fact_task("a", [("X is", "y")]))
+    context = TrainingContext(task=fact_task("a", [("X is", "y")]))
+    method.before_task(model, context)
     with torch.no_grad():  # make the pathways differ, so the loss depends on π
         for g in method.gated:
             for p in g.fast.parameters():
@@ -125,22 +126,23 @@ def test_dampening_scales_each_micro_batch_by_its_own_gate(make_model, tokenizer
     model.zero_grad()
     for batch in batches:  # accumulated, as under gradient accumulation
         loss = model(**batch).loss
-        method.after_forward(model, batch)
+        method.after_forward(model, batch, context)
         loss.backward()
-        method.after_backward(model)
+        method.after_backward(model, context)
     torch.testing.assert_close(slow.grad, expected, rtol=1e-4, atol=1e-7)
 
 
 def test_spc_penalty_is_zero_at_the_anchor_and_grows_away(make_model, tokenizer, training_args):
     trainer, method = aria_trainer(make_model, tokenizer, training_args, plasticity_lambda=0, spc_lambda=5.0)
     task = fact_task("a", [("X is", "y"), ("Z is", "w")])
-    method.before_task(trainer.model, task)
-    method.after_task(trainer.model, TaskData(task, trainer.tokenize(task.train), trainer.collate))
+    context = TrainingContext(task=task)
+    method.before_task(trainer.model, context)
+    method.after_task(trainer.model, TaskData(task, trainer.tokenize(task.train), trainer.collate), context)
     assert set(method.anchor.fisher) == set(method.slow_parameters(trainer.model))
-    assert method.penalty(trainer.model, {}).item() == 0.0
+    assert method.after_forward(trainer.model, {}, context).item() == 0.0
     with torch.no_grad():
         next(iter(method.slow_parameters(trainer.model).values())).add_(0.1)
-    assert method.penalty(trainer.model, {}).item() > 0
+    assert method.after_forward(trainer.model, {}, context).item() > 0
 
 
 def test_adapters_train_only_in_their_task_and_routing_finds_them(make_model, tokenizer, training_args):
@@ -162,8 +164,8 @@ def test_adapters_train_only_in_their_task_and_routing_finds_them(make_model, to
     with torch.no_grad():
         trainer.model(**tokenizer(["Record: owner Tara; place Danu; item cup\nPlace:"], return_tensors="pt"))
     assert all(b.active.tolist() == [1] for b in method.adapter_blocks)
-    review = tokenizer(["Review: the zobi was lovely.\nVerdict:"], return_tensors="pt")
-    method.route(trainer.model, review.input_ids, review.attention_mask)  # an explicit route holds for the next forward
+    review = "Review: the zobi was lovely.\nVerdict:"
+    method.route(trainer.model, [review], lambda texts: tokenizer(texts, return_tensors="pt"))  # holds for the next forward
     with torch.no_grad():
         trainer.model(**tokenizer(["Record: owner Tara; place Danu; item cup\nPlace:"], return_tensors="pt"))
     assert all(b.active.tolist() == [0] for b in method.adapter_blocks)
@@ -182,18 +184,20 @@ def test_checkpoint_round_trip_restores_outputs(make_model, tokenizer, training_
     probes = [p for t in stream.tasks for p in t.probes]
     assert [s.prediction for s in fresh.evaluator.score(fresh.model, probes)] == \
            [s.prediction for s in trainer.evaluator.score(trainer.model, probes)]
-    mask = torch.ones_like(IDS)
+    def encode(texts):
+        return {"input_ids": IDS, "attention_mask": torch.ones_like(IDS)}
+
     with torch.no_grad():
-        restored.route(fresh.model, IDS, mask), method.route(trainer.model, IDS, mask)
+        restored.route(fresh.model, ["x"] * len(IDS), encode), method.route(trainer.model, ["x"] * len(IDS), encode)
         torch.testing.assert_close(fresh.model(input_ids=IDS).logits, trainer.model(input_ids=IDS).logits)
 
 
 def test_consolidation_steps_move_only_the_slow_pathway(make_model, tokenizer, training_args):
     trainer, method = aria_trainer(make_model, tokenizer, training_args, slow_consolidation_steps=3, slow_lr_ratio=1.0)
     task = fact_task("a", [("X is", "y")])
-    method.before_task(trainer.model, task)
-    method.param_groups(trainer.model, 1e-2)
+    context = TrainingContext(task=task, learning_rate=1e-2)
+    method.before_task(trainer.model, context)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    method.after_task(trainer.model, TaskData(task, trainer.tokenize(task.train), trainer.collate))
+    method.after_task(trainer.model, TaskData(task, trainer.tokenize(task.train), trainer.collate), context)
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= set(method.slow_parameters(trainer.model))

@@ -61,7 +61,7 @@ def test_the_quick_start_runs_with_only_the_import_changed(tokenizer, quick_star
     assert all(len(block.adapters) == 2 for block in trainer.method.adapter_blocks)
     assert trainer.method.anchor.fisher  # SPC anchored the slow pathway after each task
     # warmup_steps counts over the run, as aria-trl's: one step an epoch, three epochs, two tasks
-    assert trainer.method.config.warmup_scope == "run" and trainer.method.steps == 6
+    assert trainer.method.config.warmup_scope == "run" and trainer.context.run_step == 6
     scores = trainer.evaluator.score(trainer.model, trainer._probes(task1_eval))
     assert sum(s.em for s in scores) / len(scores) == metrics["task_accuracies"][0]
 

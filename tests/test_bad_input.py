@@ -61,7 +61,7 @@ def test_bad_input_before_training(tmp_path, stream, capsys, case):
         assert (tmp_path / "file").read_text() == "x"
     elif case == "lora rank 0":
         fails(capsys, [*argv, "--output", str(out), "--method", "lora", "--method-arg", "r=0"],
-              r"--method-arg r: the rank must be at least 1, got 0")
+              r"--method-arg r: must be ≥ 1, got 0")
         assert not out.exists()  # so the corrected command runs
         assert main([*argv, "--output", str(out), "--method", "lora", "--method-arg", "r=2"]) == 0
     elif case == "unknown option":

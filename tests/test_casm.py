@@ -31,6 +31,10 @@ def stream() -> Stream:
                   background=["Sound travels faster through water than through air.", "Bread rises when yeast feeds on sugar."])
 
 
+def ENCODE(texts):  # CASM routes on the prompt's text, not on its tokens
+    raise AssertionError("CASM does not tokenize to route")
+
+
 def casm_trainer(make_model, tokenizer, training_args, memory=SMALL):
     method = build_method("casm", memory)
     return ContinualTrainer(make_model(), training_args(), method=method, processing_class=tokenizer), method
@@ -44,7 +48,7 @@ def learn_period_by_period(trainer, method, stream) -> tuple[list[dict], list[to
         trainer.add_task(task)
         trainer.consolidate_task()
         reports.append(dict(trainer.last_timing))
-        closed.append(method.memory.value_table())
+        closed.append(method.table.memory.value_table())
     return reports, closed
 
 
@@ -54,11 +58,11 @@ def test_closed_versions_stay_bit_identical(make_model, tokenizer, training_args
     reports, closed = learn_period_by_period(trainer, method, stream)
     assert not torch.equal(closed[0], closed[1]) and not torch.equal(closed[1], closed[2]), "later periods wrote nothing"
     for version, snapshot in enumerate(closed):
-        assert torch.equal(method.values_at(version), snapshot), version
+        assert torch.equal(method.table.values_at(version), snapshot), version
     assert reports[-1]["rows_copied_on_write"] > 0
     untouched = (closed[0] == closed[2]).all(dim=1)
-    assert untouched.any() and not method.copies[0][0].tolist() == []  # unwritten rows are shared, not copied
-    assert set(method.copies[0][0].tolist()).isdisjoint(untouched.nonzero().flatten().tolist())
+    assert untouched.any() and not method.table.copies[0][0].tolist() == []  # unwritten rows are shared, not copied
+    assert set(method.table.copies[0][0].tolist()).isdisjoint(untouched.nonzero().flatten().tolist())
 
 
 def test_facts_are_sorted_from_the_data_and_confirmations_do_not_train(make_model, tokenizer, training_args, stream):
@@ -81,20 +85,19 @@ def test_a_known_fact_is_read_where_its_version_was_written(make_model, tokenize
     assert method.read(mayor) == (2, 2, f"[2022] {mayor}")  # no time: the current version, dated as learned
     assert method.read("The capital of Atlantis is") == (2, None, "The capital of Atlantis is")  # no memory
     prompts = [f"[2020] {mayor}", f"[2022] {mayor}"]
-    batch = tokenizer(prompts, return_tensors="pt", padding=True)
-    # The route is the version read: 2018's for the mayor unchanged since then, though the prompt names 2020.
-    assert method.route(trainer.model, batch.input_ids, batch.attention_mask, prompts) == ["2018", "2022"]
-    assert method.memory.table_of.tolist() == [0, -1]
-    general = ["The capital of Atlantis is"]
-    assert method.route(trainer.model, batch.input_ids[:1], batch.attention_mask[:1], general) == ["pretrained"]
-    assert trainer.evaluator.prompt_text(f"[2020] {mayor}") == f"[2018] {mayor}"
+    # The route is the version read: 2018's for the mayor unchanged since then, though the prompt names 2020; and
+    # the model reads the prompt as it was learned.
+    routing = method.route(trainer.model, prompts, ENCODE)
+    assert routing.names == ["2018", "2022"] and routing.texts == [f"[2018] {mayor}", f"[2022] {mayor}"]
+    assert method.table.memory.table_of.tolist() == [0, -1]
+    assert method.route(trainer.model, ["The capital of Atlantis is"], ENCODE).names == ["pretrained"]
 
 
 def test_casm_adds_no_training_example_of_its_own(make_model, tokenizer, training_args, stream):
     """The fact questions come from the trainer, for every method alike; CASM only leaves out restatements."""
     trainer, method = casm_trainer(make_model, tokenizer, training_args, FEED_FORWARD)
-    trained, examples = [], method.training_examples
-    method.training_examples = lambda task: trained.append(examples(task)) or trained[-1]
+    trained, choose = [], method.before_task
+    method.before_task = lambda model, context: trained.append(choose(model, context)) or trained[-1]
     learn_period_by_period(trainer, method, stream)
     assert trained[0] == stream.tasks[0].train
     assert all(all(e in task.train for e in period) for period, task in zip(trained, stream.tasks))
@@ -143,35 +146,34 @@ def test_queries_read_the_version_of_their_time(make_model, tokenizer, training_
     prompts = [f"[2018] {HARBOUR}", f"As of March 2021, {HARBOUR.lower()}", f"In 2019 {HARBOUR.lower()}", HARBOUR,
                f"[2030] {HARBOUR}", f"[2001] {HARBOUR}"]
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
-    assert method.route(trainer.model, batch.input_ids, batch.attention_mask, prompts) == \
-           ["2018", "2020", "2018", "2022", "2022", "2018"]
-    assert method.memory.table_of.tolist() == [0, 1, 0, -1, -1, 0]
+    assert method.route(trainer.model, prompts, ENCODE).names == ["2018", "2020", "2018", "2022", "2022", "2018"]
+    assert method.table.memory.table_of.tolist() == [0, 1, 0, -1, -1, 0]
     method.as_of = "2020"
-    assert method.route(trainer.model, batch.input_ids, batch.attention_mask, prompts) == ["2020"] * 6
+    assert method.route(trainer.model, prompts, ENCODE).names == ["2020"] * 6
     method.as_of = None
     # Reading version 0 through routing equals installing version 0's values outright.
-    method.route(trainer.model, batch.input_ids[:1], batch.attention_mask[:1], prompts[:1])
+    method.route(trainer.model, prompts[:1], ENCODE)
     trainer.model.eval()
     with torch.no_grad():
         routed = trainer.model(input_ids=batch.input_ids[:1]).logits
-        every_row = torch.arange(method.memory.slots)
-        live = method.memory.value_table()
-        method.memory.table_of = None
-        method.memory.write_rows(every_row, method.values_at(0))
+        every_row = torch.arange(method.table.memory.slots)
+        live = method.table.memory.value_table()
+        method.table.memory.table_of = None
+        method.table.memory.write_rows(every_row, method.table.values_at(0))
         torch.testing.assert_close(trainer.model(input_ids=batch.input_ids[:1]).logits, routed)
-        method.memory.write_rows(every_row, live)
+        method.table.memory.write_rows(every_row, live)
 
 
 @MEMORIES
 def test_rollback_restores_the_previous_period(make_model, tokenizer, training_args, stream, memory):
     trainer, method = casm_trainer(make_model, tokenizer, training_args, memory)
     trainer.fit(stream)
-    before = method.values_at(1).clone()
+    before = method.table.values_at(1).clone()
     assert method.rollback() == "2022"
-    assert torch.equal(method.memory.value_table(), before)
+    assert torch.equal(method.table.memory.value_table(), before)
     assert method.periods == ["2018", "2020"]
     assert method.registry.current("Velmora", "harbour master").object == "Ruben Haldane"
-    assert method.rollback() == "2020" and torch.equal(method.memory.value_table(), method.values_at(0))
+    assert method.rollback() == "2020" and torch.equal(method.table.memory.value_table(), method.table.values_at(0))
     with pytest.raises(MethodError, match="rollback needs"):
         method.rollback()
 
@@ -185,7 +187,7 @@ def test_state_round_trips_through_a_checkpoint(make_model, tokenizer, training_
     RunDirectory(tmp_path / "run", {"m": "casm"}, resume=True).load_checkpoint(fresh.model, restored.load_state_dict)
     assert restored.periods == method.periods
     for version in range(3):
-        assert torch.equal(restored.values_at(version), method.values_at(version))
+        assert torch.equal(restored.table.values_at(version), method.table.values_at(version))
     probes = [p for t in stream.tasks for p in t.probes]
     assert [s.route for s in fresh.evaluator.score(fresh.model, probes)] == ["2018", "2020", "2022"]
     assert restored.registry.current("Quessary", "mayor").object == "Tam Dorrel"
@@ -202,14 +204,14 @@ def test_text_about_nothing_learned_reads_the_pretrained_model(make_model, token
     trainer.model.eval()
     assert method.read(f"[2020] {general}")[1] == 1  # a time still names a version
     with torch.no_grad():
-        method.route(trainer.model, batch.input_ids, batch.attention_mask, [general, f"[2018] {HARBOUR}"])
-        assert method.memory.table_of.tolist() == ([2, 0] if scope == "facts" else [-1, 0])
+        method.route(trainer.model, [general, f"[2018] {HARBOUR}"], ENCODE)
+        assert method.table.memory.table_of.tolist() == ([2, 0] if scope == "facts" else [-1, 0])
         routed = trainer.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:1]
     if scope == "facts":
         torch.testing.assert_close(routed, pretrained)
     else:
         assert not torch.allclose(routed, pretrained)
-    with pytest.raises(MethodError, match="scope: expected 'facts' or 'all'"):
+    with pytest.raises(MethodError, match="CASMConfig.scope: expected one of 'facts', 'all', got 'some'"):
         build_method("casm", {"scope": "some"})
 
 
@@ -244,7 +246,8 @@ def test_memory_reads_each_example_from_its_table():
 def test_ask_as_of_reads_that_period(tmp_path, capsys):
     import json
 
-    from retain.cli import ask_run, main
+    from retain.cli import main
+    from retain.recipes import ask
 
     stream, out = tmp_path / "stream", tmp_path / "run"
     assert main(["generate", "temporal-facts", "--preset", "small", "--facts", "6", "--output", str(stream)]) == 0
@@ -254,7 +257,7 @@ def test_ask_as_of_reads_that_period(tmp_path, capsys):
     recorded = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     last = [p for p in recorded if p["row"] == "2022" and p["prompt"].startswith("[2018] ")][0]
     assert last["route"] == "2018"
-    [answer] = ask_run(out, [last["prompt"].removeprefix("[2018] ")], max_new_tokens=4, as_of="2018")
+    [answer] = ask(out, [last["prompt"].removeprefix("[2018] ")], max_new_tokens=4, as_of="2018")
     assert answer.strip() and last["prediction"].strip().startswith(answer.strip())
     capsys.readouterr()
     assert main(["ask", "--run", str(out), "--as-of", "someday", "x"]) == 2
@@ -263,12 +266,12 @@ def test_ask_as_of_reads_that_period(tmp_path, capsys):
 
 def test_scoped_feed_forward_memory_defaults_to_a_per_example_budget():
     def settings(**args):
-        config = build_method("casm", args).config
-        return config.lr, config.top_t, config.budget
+        writer = build_method("casm", args).writer
+        return writer.lr, writer.top_t, writer.config.budget
 
     assert settings() == (5.0, 2048, "example")
     assert settings(scope="all") == (10.0, 8192, "batch")  # SMF's: general text reads this memory
     assert settings(top_t="100", budget="batch") == (5.0, 100, "batch")
     assert settings(memory="product_key") == (1e4, 1024, "batch")
-    with pytest.raises(ValueError, match="--method-arg budget"):
+    with pytest.raises(ValueError, match="CASMConfig.budget: expected one of 'batch', 'example', got 'token'"):
         build_method("casm", {"budget": "token"})

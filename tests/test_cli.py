@@ -93,14 +93,14 @@ def test_help_lists_commands_and_methods(capsys):
 
 
 def test_ask_answers_from_a_trained_run(tmp_path, capsys):
-    from retain.cli import ask_run
+    from retain.recipes import ask
 
     out = tmp_path / "run"
     assert main(["run", "--stream", str(DEMO), "--output", str(out), *FAST, "--max_new_tokens", "12"]) == 0
     capsys.readouterr()
     recorded = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     last = next(p for p in reversed(recorded) if p["task"] == "atlas")
-    [answer] = ask_run(out, [last["prompt"]], max_new_tokens=4)
+    [answer] = ask(out, [last["prompt"]], max_new_tokens=4)
     assert answer.strip() and last["prediction"].strip().startswith(answer.strip())  # the same model, restored
     assert main(["ask", "--run", str(out), "--max-new-tokens", "4", last["prompt"]]) == 0
     assert capsys.readouterr().out.strip() == f"{last['prompt']} → {answer}"

@@ -92,9 +92,10 @@ def test_scores_are_reported_per_probe_form_and_routes_against_the_version_an_an
     assert unchanged and all(p["learned_in"] != "2022" and p["route"] == p["learned_in"] for p in unchanged)
     assert last.routing_accuracy == 1.0
     # Routing accuracy can fail: a method that routes to the period the probe names is wrong on those probes.
-    def route_to_the_named_period(model, ids, mask, prompts):
-        trainer.method.route(model, ids, mask, prompts)
-        return [match[0] if (match := re.search(r"\d{4}", p)) else "2022" for p in prompts]
+    def route_to_the_named_period(model, prompts, encode):
+        routing = trainer.method.route(model, prompts, encode)
+        routing.names = [match[0] if (match := re.search(r"\d{4}", p)) else "2022" for p in prompts]
+        return routing
 
     trainer.evaluator.route = route_to_the_named_period
     assert trainer.evaluate_all_tasks(stream.tasks).routing_accuracy < 1.0

@@ -47,6 +47,23 @@ def test_report_files_exist_and_images_decode(comparison):
     assert "| full_ft |" in markdown and "plast" in markdown
 
 
+def test_the_cost_baseline_is_chosen_not_hard_coded(comparison, capsys):
+    from retain.report import load_results, summary_rows
+
+    results = load_results(comparison)
+    headers, rows = summary_rows(results, "replay")
+    ratios = {row[0]: row[-1] for row in rows}
+    assert headers[-1] == "time× replay" and ratios["replay"] == "1.00" and ratios["full_ft"] != "1.00"
+    try:
+        assert main(["report", str(comparison), "--baseline", "replay"]) == 0
+        assert "| time× replay |" in (comparison / "report.md").read_text()
+        assert main(["report", str(comparison), "--baseline", "lora"]) == 2
+        assert "--baseline lora: not one of the methods" in capsys.readouterr().err
+    finally:
+        assert main(["report", str(comparison)]) == 0
+    assert "| time× full_ft |" in (comparison / "report.md").read_text()  # full_ft when it ran
+
+
 def test_report_shows_scores_per_form_and_total_cost(comparison):
     markdown = (comparison / "report.md").read_text()
     result = json.loads((comparison / "replay" / "result.json").read_text())

@@ -4,12 +4,14 @@ import pytest
 import torch
 
 from retain import ContinualTrainer, RunDirectory, Stream, StreamError, build_method
+from retain.methods import TrainingContext
 from retain.nn.feed_forward_memory import FeedForwardMemory
 from retain.nn.product_key_memory import ProductKeyMemory, insert_memory
 
 from conftest import fact_task
 
 SMALL = {"memory": "product_key", "n_keys": "8", "heads": "2", "k": "4", "key_dim": "8", "top_t": "6", "lr": "5.0"}
+CONTEXT = TrainingContext()
 FEED_FORWARD = {"memory": "feed_forward", "k": "8", "top_t": "6", "lr": "5.0"}
 MEMORIES = pytest.mark.parametrize("memory", [SMALL, FEED_FORWARD, FEED_FORWARD | {"selection": "kl"}],
                                    ids=["product_key", "feed_forward", "feed_forward_kl"])
@@ -75,7 +77,7 @@ def test_kl_selection_matches_a_hand_computation(make_model, tokenizer, training
     assert scores[2].item() == pytest.approx(3 / 6 * math.log((3 / 6) / (2 / total)))
     assert scores[5].item() == pytest.approx(1 / 6 * math.log((1 / 6) / (1 / total)))
     assert scores[0].item() == 0.0
-    with pytest.raises(ValueError, match="--method-arg selection"):
+    with pytest.raises(ValueError, match="SMFConfig.selection: expected one of"):
         build_method("smf", {"selection": "random"})
 
 
@@ -96,9 +98,9 @@ def test_only_selected_slots_change(make_model, tokenizer, training_args, small_
     selections = []
     original = method.after_forward
 
-    def record(model, inputs):
-        original(model, inputs)
-        selections.append(method._selected.clone())
+    def record(model, inputs, context):
+        original(model, inputs, context)
+        selections.append(method.selected.clone())
 
     method.after_forward = record
     trainer.add_task(small_stream.tasks[0])
@@ -120,29 +122,29 @@ def test_only_selected_slots_change(make_model, tokenizer, training_args, small_
 @MEMORIES
 def test_gradient_of_unselected_slots_is_exactly_zero(make_model, tokenizer, training_args, small_stream, memory):
     trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream, memory)
-    method.before_task(trainer.model, small_stream.tasks[0])
+    method.before_task(trainer.model, CONTEXT)
     batch = trainer.collate(trainer.tokenize(small_stream.tasks[0].train[:2]))
     outputs = trainer.model(**batch)
-    method.after_forward(trainer.model, batch)
+    method.after_forward(trainer.model, batch, CONTEXT)
     outputs.loss.backward()
     grad = torch.cat([values.grad for _, values in method.memory.value_blocks()])
     nonzero = grad.abs().sum(dim=1).nonzero().flatten()
-    assert len(nonzero) > 0 and set(nonzero.tolist()) <= set(method._selected.tolist())
+    assert len(nonzero) > 0 and set(nonzero.tolist()) <= set(method.selected.tolist())
 
 
 @pytest.mark.parametrize("budget, per_batch", [("batch", [3, 3]), ("example", [3, 9])])
 def test_budget_counts_slots_per_batch_or_per_example(make_model, tokenizer, training_args, small_stream, budget, per_batch):
     trainer, method = stream_trainer(make_model, tokenizer, training_args, small_stream, FEED_FORWARD, top_t="3",
                                      budget=budget)
-    method.before_task(trainer.model, small_stream.tasks[0])
+    method.before_task(trainer.model, CONTEXT)
     selected = []
     for size in (1, 3):  # each batch reads more distinct slots than any budget here
         batch = trainer.collate(trainer.tokenize(small_stream.tasks[0].train[:size]))
         trainer.model(**batch)
-        method.after_forward(trainer.model, batch)
-        selected.append(len(method._selected))
+        method.after_forward(trainer.model, batch, CONTEXT)
+        selected.append(len(method.selected))
     assert selected == per_batch
-    with pytest.raises(ValueError, match="--method-arg budget"):
+    with pytest.raises(ValueError, match="SMFConfig.budget: expected one of"):
         build_method("smf", {"budget": "token"})
 
 
@@ -172,7 +174,7 @@ def test_smf_needs_background_text_that_is_not_general_text(make_model, tokenize
         stream_trainer(make_model, tokenizer, training_args, small_stream)
     file = tmp_path / "background.jsonl"
     file.write_text("".join(f'{{"text": "{t}"}}\n' for t in [*background, small_stream.general[0]]))
-    with pytest.raises(ValueError, match="background=.*1 of its texts are the stream's general text"):
+    with pytest.raises(ValueError, match="SMFConfig.background: 1 of the texts of .*background.jsonl are the stream's general text"):
         stream_trainer(make_model, tokenizer, training_args, small_stream, SMALL | {"background": str(file)})
     small_stream.background = background
     with pytest.raises(StreamError, match="both general .evaluation. and background"):
@@ -253,9 +255,9 @@ def test_feed_forward_memory_reads_each_example_from_its_table(make_model):
 
 def test_feed_forward_is_the_default_memory_and_options_are_checked():
     assert build_method("smf").config.memory == "feed_forward"
-    with pytest.raises(ValueError, match="--method-arg memory"):
+    with pytest.raises(ValueError, match="SMFConfig.memory: expected one of"):
         build_method("smf", {"memory": "dense"})
-    with pytest.raises(ValueError, match="--method-arg layers"):
+    with pytest.raises(ValueError, match="SMFConfig.layers: expected comma-separated integers"):
         build_method("smf", {"layers": "one"})
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import gc
 import json
 import logging
 import sys
@@ -19,34 +17,33 @@ from rich.table import Table
 from transformers import HfArgumentParser
 from transformers.utils import logging as hf_logging
 
+from retain import __version__, recipes
+from retain.arguments import ContinualTrainingArguments
 from retain.bench import task_suite, temporal_facts
-from retain.evaluation import Evaluator
 from retain.importers import write_imported
 from retain.importers.casm import import_casm
 from retain.importers.temporalwiki import import_temporalwiki
-from retain.methods import METHODS, MethodError, build_method, method_options
-from retain.models import EMBEDDED_DEFAULT, ModelLoadError, load_model
-from retain.report import load_results, summary_rows, write_report
+from retain.methods import METHODS, ConfigError, MethodError, method_options
+from retain.models import EMBEDDED_DEFAULT, ModelLoadError
+from retain.report import baseline_of, load_results, summary_rows, write_report
 from retain.result import RunResult
-from retain.runstate import RunDirectory, RunDirectoryError, atomic_write, check_output, upgrade_checkpoint
-from retain.stream import Stream, StreamError, load_stream, save_stream, stream_files
-from retain.text import at_time, first_statement, query_time, time_key
-from retain.trainer import ContinualTrainer, ContinualTrainingArguments
+from retain.runstate import RunDirectoryError, upgrade_checkpoint
+from retain.stream import StreamError, save_stream
+
 
 class OptionError(ValueError):
     """A command-line option retain does not know or cannot use; the message names it."""
 
 
 USER_ERRORS = (StreamError, ModelLoadError, RunDirectoryError, MethodError, OptionError)
-# Options that may change between a run and its resume without changing what the run computes.
-_RESUMABLE_CHANGES = {"output_dir", "logging_dir", "disable_tqdm", "report_to", "run_name", "dataloader_num_workers"}
 
 
 @dataclass
 class RunArguments:
     stream: str | None = field(default=None, metadata={"help": "Stream directory holding stream.yaml (required)."})
     output: str | None = field(default=None, metadata={"help": "Run directory for results and checkpoints (required)."})
-    method: str = field(default="full_ft", metadata={"help": f"One of: {', '.join(sorted(METHODS))}."})
+    method: str = field(default="full_ft", metadata={"help": f"One of: {', '.join(sorted(METHODS))}; or several "
+                                                             "joined by '+' (e.g. replay+ewc)."})
     model: str = field(
         default=EMBEDDED_DEFAULT, metadata={"help": f"'{EMBEDDED_DEFAULT}' (embedded), 'tiny', a HF id or a path."}
     )
@@ -73,6 +70,8 @@ class CompareArguments:
         default_factory=list, metadata={"help": "Per-method learning rate as method=lr, e.g. lora=1e-3.", "nargs": "*"}
     )
     config: str | None = field(default=None, metadata={"help": "YAML file of any of these options; flags override it."})
+    baseline: str | None = field(default=None, metadata={"help": "The method whose cost the report measures the others "
+                                                                "against (default: full_ft if it runs, else the first)."})
     overwrite: bool = field(default=False, metadata={"help": "Rerun methods whose run directories already exist."})
 
 
@@ -83,11 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         description="Continual fine-tuning of causal LMs: teach a stream of tasks, measure what is kept.",
         epilog="`retain run --help` lists every option, including all of transformers' TrainingArguments.",
     )
+    parser.add_argument("--version", action="version", version=f"retain {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser("run", help="train one method through a stream and measure every task after each", add_help=False)
     commands.add_parser("compare", help="run several methods on one stream, model and seed, then write the report", add_help=False)
     report = commands.add_parser("report", help="rebuild report.md, report.html and the plots of a comparison")
     report.add_argument("directory", help="the --output directory of `retain compare`")
+    report.add_argument("--baseline", help="the method whose cost the others are measured against (default: the "
+                                           "comparison's --baseline, else full_ft, else the first method)")
     generate = commands.add_parser("generate", help="write a benchmark stream")
     kinds = generate.add_subparsers(dest="kind", metavar="KIND", required=True)
     facts = kinds.add_parser("temporal-facts", help="fictional facts that change over periods")
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "methods":
             _print_methods()
         elif args.command == "report":
-            paths = write_report(args.directory)
+            paths = write_report(args.directory, args.baseline)
             print(f"Wrote {paths['html']} and {paths['md']}")
         elif args.command == "generate":
             _generate(args)
@@ -147,31 +149,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "upgrade-run":
             _upgrade(Path(args.directory))
         elif args.command == "ask":
-            for prompt, answer in zip(args.prompts, ask_run(args.run, args.prompts, args.max_new_tokens, args.as_of)):
+            for prompt, answer in zip(args.prompts, recipes.ask(args.run, args.prompts, args.max_new_tokens, args.as_of)):
                 print(f"{prompt} → {answer}")
     except (ValueError, FileNotFoundError, *USER_ERRORS) as error:
-        print(f"retain {args.command}: error: {error}", file=sys.stderr)
+        print(f"retain {args.command}: error: {_message(error)}", file=sys.stderr)
         return 2
     return 0
 
 
-def ask_run(run: str | Path, prompts: list[str], max_new_tokens: int = 24, as_of: str | None = None) -> list[str]:
-    """Greedy completions of `prompts` by the model of `run`'s last checkpoint, `as_of` a time if given."""
-    if as_of is not None:
-        time_key(as_of)  # a bad time fails here, with the time in the message
-        prompts = [p if query_time(p) else at_time(p, as_of) for p in prompts]
-    config_file = Path(run) / "config.json"
-    if not config_file.is_file():
-        raise RunDirectoryError(f"--run {run}: no config.json; not a run directory")
-    config = json.loads(config_file.read_text())
-    method = build_method(config["method"], config["method_args"])
-    model, tokenizer = load_model(config["model"], seed=config["seed"])
-    model = method.prepare(model)
-    restored = RunDirectory(run, config, resume=True).load_checkpoint(model, method.load_state_dict)
-    if restored is None:
-        raise RunDirectoryError(f"--run {run}: no checkpoint yet; the run has not finished a task")
-    evaluator = Evaluator(tokenizer, route=method.route, prompt_text=method.prompt_text)
-    return [first_statement(text) for text in evaluator.complete(model, prompts, max_new_tokens)]
+def _message(error: Exception) -> str:
+    """An error as the command line says it: a config's bad option is the `--method-arg` that set it."""
+    return f"--method-arg {error.option}: {error.reason}" if isinstance(error, ConfigError) else str(error)
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -212,7 +200,7 @@ def _run(argv: list[str]) -> int:
         run_args, train_args = _parse_run_arguments(argv)
         return _execute(run_args, train_args, Console(stderr=True))
     except USER_ERRORS as error:
-        print(f"retain run: error: {error}", file=sys.stderr)  # one unwrapped line: paths stay copyable
+        print(f"retain run: error: {_message(error)}", file=sys.stderr)  # one unwrapped line: paths stay copyable
         return 2
 
 
@@ -222,7 +210,7 @@ def _compare(argv: list[str]) -> int:
                                                     "Run several methods on one stream, model and seed; then report.")
         return _execute_compare(compare_args, train_args, Console(stderr=True))
     except USER_ERRORS as error:
-        print(f"retain compare: error: {error}", file=sys.stderr)
+        print(f"retain compare: error: {_message(error)}", file=sys.stderr)
         return 2
 
 
@@ -276,43 +264,15 @@ def _parse_method_args(pairs: list[str]) -> dict[str, str]:
 
 
 def _setup_logging(console: Console) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)],
+                        force=True)  # this command's console, also when main() runs twice in one process
     hf_logging.set_verbosity_warning()
-
-
-def _train_one(
-    method_name: str, method_args: dict[str, str], model_name: str, stream: Stream, stream_path: str,
-    train_args: ContinualTrainingArguments, output: str, resume: bool, overwrite: bool, console: Console,
-) -> RunResult:
-    check_output(Path(output))
-    method = build_method(method_name, method_args)
-    training = json.loads(train_args.to_json_string())
-    config = {
-        "method": method_name,
-        "method_args": method_args,
-        "model": model_name,
-        "stream": str(Path(stream_path).resolve()),
-        "stream_files": stream_files(stream_path),
-        "seed": train_args.seed,
-        "training_args": {k: v for k, v in training.items() if k not in _RESUMABLE_CHANGES},
-    }
-    method.check(stream)  # what depends only on the stream and the options fails here, before anything is loaded
-    run_dir = RunDirectory(output, config, resume=True) if resume else None  # a resume that cannot be, likewise
-    console.print(f"Loading model [bold]{model_name}[/] for [bold]{method_name}[/] …")
-    model, tokenizer = load_model(model_name, seed=train_args.seed)
-    try:
-        trainer = ContinualTrainer(model=model, args=train_args, method=method, processing_class=tokenizer)
-    except ValueError as error:  # a method option the model's library refuses (e.g. PEFT's)
-        raise MethodError(f"--method {method_name}: {error}") from None
-    run_dir = run_dir or RunDirectory(output, config, overwrite=overwrite)
-    return trainer.fit(stream, run_dir=run_dir, model_name=model_name)
 
 
 def _execute(run_args: RunArguments, train_args: ContinualTrainingArguments, console: Console) -> int:
     _setup_logging(console)
-    stream = load_stream(run_args.stream)
-    result = _train_one(run_args.method, _parse_method_args(run_args.method_arg), run_args.model, stream, run_args.stream,
-                        train_args, run_args.output, run_args.resume, run_args.overwrite, console)
+    result = recipes.run(run_args.stream, run_args.output, run_args.method, _parse_method_args(run_args.method_arg),
+                         run_args.model, train_args, run_args.resume, run_args.overwrite)
     _wide_console().print(summary_table(result))
     console.print(f"Results in [bold]{run_args.output}[/] (result.json, predictions.jsonl)")
     return 0
@@ -320,58 +280,29 @@ def _execute(run_args: RunArguments, train_args: ContinualTrainingArguments, con
 
 def _execute_compare(args: CompareArguments, train_args: ContinualTrainingArguments, console: Console) -> int:
     _setup_logging(console)
-    stream = load_stream(args.stream)
-    variants = dict(_variant(m.strip()) for m in args.methods.split(",") if m.strip())
-    methods = list(variants)
-    per_method: dict[str, dict[str, str]] = {m: {} for m in methods}
+    per_method: dict[str, dict[str, str]] = {}
     for key, value in _parse_method_args(args.method_arg).items():
         method, dot, option = key.partition(".")
-        if not dot or method not in per_method:
-            raise MethodError(f"--method-arg {key}={value}: expected METHOD.option=value with METHOD one of {methods}")
-        per_method[method][option] = value
+        if not dot:
+            raise MethodError(f"--method-arg {key}={value}: expected METHOD.option=value")
+        per_method.setdefault(method, {})[option] = value
     learning_rates = {}
     for pair in args.method_lr:
         method, _, value = pair.partition("=")
-        if method not in per_method:
-            raise MethodError(f"--method-lr {pair}: expected METHOD=lr with METHOD one of {methods}")
         try:
             learning_rates[method] = float(value)
         except ValueError:
             raise MethodError(f"--method-lr {pair}: {value!r} is not a number") from None
-    for method in methods:  # fail on a bad option before hours of training, not after
-        build_method(variants[method], per_method[method])
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write(output / "compare.json", json.dumps({"methods": methods, "variants": variants, "method_args": per_method,
-                                                       "method_lr": learning_rates, "model": args.model}, indent=2))
-    results = {}
-    for index, method in enumerate(methods, start=1):
-        run_dir = output / method
-        finished = run_dir / "result.json"
-        if not args.overwrite and finished.is_file() and json.loads(finished.read_text()).get("complete"):
-            console.print(f"[{index}/{len(methods)}] {method}: already complete in {run_dir}, kept")
-            continue
-        console.rule(f"[{index}/{len(methods)}] {method}")
-        method_train_args = dataclasses.replace(
-            train_args, learning_rate=learning_rates.get(method, train_args.learning_rate), output_dir=str(run_dir / "trainer")
-        )
-        resume = not args.overwrite and (run_dir / "config.json").is_file()
-        results[method] = _train_one(variants[method], per_method[method], args.model, stream, args.stream, method_train_args,
-                                     str(run_dir), resume, args.overwrite, console)
-        gc.collect()
-    paths = write_report(output)
-    _wide_console().print(comparison_table(output))
+    methods = [m for m in args.methods.split(",") if m.strip()]
+    try:
+        paths = recipes.compare(args.stream, args.output, methods, per_method, learning_rates, args.model, train_args,
+                                args.overwrite, args.baseline)
+    except ConfigError as error:
+        method = next((m for m, options in per_method.items() if error.option in options), None)
+        raise ConfigError(error.owner, f"{method}.{error.option}" if method else error.option, error.reason) from None
+    _wide_console().print(comparison_table(Path(args.output)))
     console.print(f"Report: [bold]{paths['html']}[/] (and report.md, PNGs, one run directory per method)")
     return 0
-
-
-def _variant(text: str) -> tuple[str, str]:
-    """"aria" → (aria, aria); "aria_no_spc=aria" → (aria_no_spc, aria)."""
-    name, _, method = text.partition("=")
-    name, method = name.strip(), (method or name).strip()
-    if not name or not method:
-        raise MethodError(f"--methods {text!r}: expected METHOD or NAME=METHOD")
-    return name, method
 
 
 def _wide_console() -> Console:
@@ -380,7 +311,8 @@ def _wide_console() -> Console:
 
 
 def comparison_table(directory: Path) -> Table:
-    headers, rows = summary_rows(load_results(directory))
+    results = load_results(directory)
+    headers, rows = summary_rows(results, baseline_of(directory, results))
     table = Table(title="Comparison (exact match)", title_justify="left")
     for i, header in enumerate(headers):
         table.add_column(header, justify="left" if i == 0 else "right", style="bold" if i == 0 else None)

@@ -6,6 +6,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,7 +52,19 @@ def token_f1(prediction: str, answers: Sequence[str]) -> float:
     return best
 
 
-Route = Callable[[nn.Module, torch.Tensor, torch.Tensor, Sequence[str]], "list[str] | None"]
+Encode = Callable[[Sequence[str]], dict[str, torch.Tensor]]  # texts → a batch of model inputs on the model's device
+
+
+@dataclass
+class Routing:
+    """What a method decided for a batch of inference prompts: the text the model reads for each, and per
+    prompt the name of the task or memory version it was routed to (None: the method does not name one)."""
+
+    texts: list[str]
+    names: list[str] | None = None
+
+
+Route = Callable[[nn.Module, Sequence[str], Encode], "Routing | None"]
 
 
 @dataclass
@@ -65,23 +78,21 @@ class ProbeScore:
 class Evaluator:
     """Scores probes with a model: greedy generation, or likelihood ranking when a probe has `choices`.
 
-    `route(model, input_ids, attention_mask, prompts)`, when given, is called on every batch of prompts before the
-    model sees it (a method choosing an adapter or memory version); what it returns is kept per probe.
-    `prompt_text(prompt)`, when given, is the text the model reads for a prompt (routing still sees the prompt).
+    `route(model, prompts, encode)`, when given, is called on every batch of prompts before the model sees it (a
+    method choosing an adapter or memory version, or rewriting what the model reads); the texts it returns are
+    what the model reads, and the names it returns are kept per probe.
     With `class_labels`, the model is a sequence classifier and its prediction is the label it scores highest.
     """
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16, max_new_tokens: int = 24, progress: bool = False,
         route: Route | None = None, class_labels: Sequence[str] | None = None,
-        prompt_text: Callable[[str], str] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.progress = progress
         self.route = route
-        self.prompt_text = prompt_text or (lambda prompt: prompt)
         self.class_labels = list(class_labels) if class_labels is not None else None
 
     @torch.no_grad()
@@ -135,8 +146,8 @@ class Evaluator:
         device = next(model.parameters()).device
         for start in range(0, len(probes), self.batch_size):
             batch = probes[start : start + self.batch_size]
-            inputs = self.tokenizer([self.prompt_text(p.prompt) for p in batch], return_tensors="pt", padding=True).to(device)
-            routes = self._routed(model, inputs.input_ids, inputs.attention_mask, [p.prompt for p in batch])
+            texts, routes = self._routed(model, [p.prompt for p in batch], self._encoder(device))
+            inputs = self._encoder(device)(texts)
             predicted = model(**inputs).logits.argmax(-1).tolist()
             for probe, index, route in zip(batch, predicted, routes):
                 label = self.class_labels[index]
@@ -144,24 +155,33 @@ class Evaluator:
                 scores.append(ProbeScore(label, hit, hit, route))
         return scores
 
-    def _routed(
-        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: Sequence[str]
-    ) -> list[str | None]:
-        routes = self.route(model, input_ids, attention_mask, list(prompts)) if self.route is not None else None
-        return list(routes) if routes is not None else [None] * len(input_ids)
+    def _encoder(self, device: torch.device, side: str | None = None, **options: Any) -> Encode:
+        """Texts → a padded batch on `device`, padded on `side` (left for generation; None: the tokenizer's own)."""
+
+        def encode(texts: Sequence[str]) -> dict[str, torch.Tensor]:
+            kept = self.tokenizer.padding_side
+            self.tokenizer.padding_side = side or kept
+            try:
+                return self.tokenizer(list(texts), return_tensors="pt", padding=True, **options).to(device)
+            finally:
+                self.tokenizer.padding_side = kept
+
+        return encode
+
+    def _routed(self, model: nn.Module, prompts: Sequence[str], encode: Encode) -> tuple[list[str], list[str | None]]:
+        """What the model reads for each prompt, and the route of each (None: not routed)."""
+        routing = self.route(model, list(prompts), encode) if self.route is not None else None
+        if routing is None:
+            return list(prompts), [None] * len(prompts)
+        return routing.texts, list(routing.names) if routing.names is not None else [None] * len(prompts)
 
     def _generate(self, model: nn.Module, prompts: Sequence[str], max_new_tokens: int) -> tuple[list[str], list[str | None]]:
-        tokenizer = self.tokenizer
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        try:
-            batch = tokenizer([self.prompt_text(p) for p in prompts], return_tensors="pt", padding=True)
-        finally:
-            tokenizer.padding_side = side
-        device = next(model.parameters()).device
-        batch = batch.to(device)
-        routes = self._routed(model, batch.input_ids, batch.attention_mask, prompts)
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        return tokenizer.batch_decode(output[:, batch.input_ids.shape[1] :], skip_special_tokens=True), routes
+        encode = self._encoder(next(model.parameters()).device, side="left")
+        texts, routes = self._routed(model, prompts, encode)
+        batch = encode(texts)
+        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=self.tokenizer.pad_token_id)
+        return self.tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True), routes
 
     def _rank(self, model: nn.Module, probe: Probe) -> tuple[str, str | None]:
         """The choice with the highest summed log-probability as a continuation of the prompt.
@@ -169,13 +189,12 @@ class Evaluator:
         A choice follows the prompt after one space unless the prompt ends in whitespace, as a
         completion does in training ("Verdict:" + " positive").
         """
-        text = self.prompt_text(probe.prompt)
+        device = next(model.parameters()).device
+        texts, routes = self._routed(model, [probe.prompt] * len(probe.choices), self._encoder(device))
+        text, route = texts[0], routes[0]
         prompt = self.tokenizer(text).input_ids  # as in training
         separator = "" if text[-1:].isspace() else " "
         sequences = [prompt + self.tokenizer(separator + c, add_special_tokens=False).input_ids for c in probe.choices]
-        device = next(model.parameters()).device
-        ids = torch.tensor([prompt] * len(sequences), device=device)
-        route = self._routed(model, ids, torch.ones_like(ids), [probe.prompt] * len(ids))[0]
         logprobs = _sequence_logprobs(model, sequences, len(prompt), self.tokenizer.pad_token_id)
         return probe.choices[int(torch.argmax(logprobs))], route
 
@@ -187,15 +206,14 @@ class Evaluator:
         device = next(model.parameters()).device
         total_loss, total_tokens = 0.0, 0
         try:
+            encode = self._encoder(device, truncation=True, max_length=max_length)
             for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(
-                    list(texts[start : start + self.batch_size]),
-                    return_tensors="pt", padding=True, truncation=True, max_length=max_length,
-                ).to(device)
-                self._routed(model, batch.input_ids, batch.attention_mask, texts[start : start + self.batch_size])
+                chunk = texts[start : start + self.batch_size]
+                self._routed(model, chunk, encode)  # the model set up for each text; the text is measured as it is
+                batch = encode(chunk)
                 logits = model(**batch).logits[:, :-1].float()
-                targets = batch.input_ids[:, 1:]
-                mask = batch.attention_mask[:, 1:].bool()
+                targets = batch["input_ids"][:, 1:]
+                mask = batch["attention_mask"][:, 1:].bool()
                 losses = nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
                 total_loss += losses[mask].sum().item()
                 total_tokens += int(mask.sum())

@@ -23,7 +23,7 @@ LEGEND = ("ACC: final mean score; BWT/FWT: backward/forward transfer; forget: Ch
           "plast: changed facts right after their period; stab: unchanged facts, as of each period; "
           "hist: superseded facts asked about the past, after the last period; ppl: general-text perplexity "
           "before → after; train s / tokens: total training time and tokens over the stream (fact questions "
-          "included); time×: training seconds per token relative to full_ft in the same comparison.")
+          "included); time×: training seconds per token relative to the baseline method in the same comparison.")
 
 
 def load_results(directory: str | Path) -> dict[str, dict[str, Any]]:
@@ -37,10 +37,21 @@ def load_results(directory: str | Path) -> dict[str, dict[str, Any]]:
     return {name: found[name] for name in names}
 
 
-def summary_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def baseline_of(directory: str | Path, results: dict[str, dict[str, Any]], baseline: str | None = None) -> str:
+    """The method others' cost is measured against: `baseline`, else the comparison's (compare.json), else full_ft
+    when it ran, else the first method."""
+    if baseline is None and (Path(directory) / "compare.json").is_file():
+        baseline = json.loads((Path(directory) / "compare.json").read_text()).get("baseline")
+    if baseline is not None and baseline not in results:
+        raise ValueError(f"--baseline {baseline}: not one of the methods {list(results)}")
+    return baseline or ("full_ft" if "full_ft" in results else next(iter(results)))
+
+
+def summary_rows(results: dict[str, dict[str, Any]], baseline: str | None = None) -> tuple[list[str], list[list[str]]]:
     present = [c for c in _COLUMNS if any(r["summary"].get(c[0]) is not None for r in results.values())]
-    headers = ["method", *[c[1] for c in present], "ppl", "Δppl", "train s", "tokens", "time×"]
-    base = seconds_per_token(results.get("full_ft"))
+    baseline = baseline or next(iter(results))
+    headers = ["method", *[c[1] for c in present], "ppl", "Δppl", "train s", "tokens", f"time× {baseline}"]
+    base = seconds_per_token(results.get(baseline))
     rows = []
     for method, result in results.items():
         summary, ppl = result["summary"], result["summary"].get("general_ppl") or []
@@ -199,8 +210,8 @@ def tradeoff_figure(results: dict[str, dict[str, Any]], groups: dict[str, list[s
     return True
 
 
-def _speed(results: dict[str, dict[str, Any]], path: Path) -> bool:
-    base = seconds_per_token(results.get("full_ft"))
+def _speed(results: dict[str, dict[str, Any]], path: Path, baseline: str) -> bool:
+    base = seconds_per_token(results.get(baseline))
     if not base:
         return False
     methods = [m for m in results if seconds_per_token(results[m])]
@@ -209,7 +220,7 @@ def _speed(results: dict[str, dict[str, Any]], path: Path) -> bool:
     bars = ax.barh(methods, ratios, color=[f"C{i}" for i in range(len(methods))])
     ax.bar_label(bars, fmt="%.2f×", fontsize=8, padding=2)
     ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel("training seconds per token, relative to full_ft (measured in one run)")
+    ax.set_xlabel(f"training seconds per token, relative to {baseline} (measured in one run)")
     ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -217,16 +228,18 @@ def _speed(results: dict[str, dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def write_report(directory: str | Path) -> dict[str, Path]:
-    """Write report.md, report.html and the PNGs for the comparison in `directory`; return their paths."""
+def write_report(directory: str | Path, baseline: str | None = None) -> dict[str, Path]:
+    """Write report.md, report.html and the PNGs for the comparison in `directory`; return their paths. Costs are
+    relative to `baseline` (see `baseline_of`)."""
     directory = Path(directory)
     results = load_results(directory)
+    baseline = baseline_of(directory, results, baseline)
     figures: list[tuple[str, Path]] = []
     _bars(results, directory / "summary.png")
     figures.append(("Summary across methods", directory / "summary.png"))
     _curves(results, directory / "forgetting.png")
     figures.append(("Forgetting curves", directory / "forgetting.png"))
-    if _speed(results, directory / "speed.png"):
+    if _speed(results, directory / "speed.png", baseline):
         figures.append(("Training time per token", directory / "speed.png"))
     if tradeoff_figure(results, method_groups(directory, results), directory / "tradeoff.png"):
         figures.append(("Trade-off: learned against kept", directory / "tradeoff.png"))
@@ -234,7 +247,7 @@ def write_report(directory: str | Path) -> dict[str, Path]:
         _heatmap(result, method, directory / f"heatmap_{method}.png")
         figures.append((f"Result matrix: {method}", directory / f"heatmap_{method}.png"))
 
-    headers, rows = summary_rows(results)
+    headers, rows = summary_rows(results, baseline)
     first = next(iter(results.values()))
     title = f"retain comparison: {', '.join(results)} on {first['model']}"
     md = [f"# {title}", "", f"Stream tasks: {', '.join(first['tasks'])}. Seed {first['seed']}. "

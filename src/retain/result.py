@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retain import metrics
+from retain.stream import Task
+
+if TYPE_CHECKING:
+    from retain.evaluation import ProbeScore
 
 
 @dataclass
@@ -23,6 +28,62 @@ class EvalRow:
     routing_accuracy: float | None = None  # share of probes a routing method sent to the task that taught the answer
     # form → kind ("" for all kinds) → {"em": per task, "f1": per task}, for probes that name their form
     by_form: dict[str, dict[str, dict[str, list[float | None]]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_scores(cls, label: str, tasks: Sequence[Task], scores: Sequence[ProbeScore], trained: set[str],
+                    general_ppl: float | None = None, eval_seconds: float = 0.0) -> EvalRow:
+        """The row of `scores`, one per probe of `tasks` in order: means per task, per kind and per form, the
+        predictions, and routing accuracy over probes whose answer a task in `trained` taught."""
+        def by_task() -> dict[str, dict[str, list[float]]]:
+            return {t.name: defaultdict(list) for t in tasks}
+
+        per_task: dict[str, dict[str, list[float]]] = by_task()
+        per_kind: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(by_task)
+        per_form: dict[str, dict[str, dict[str, dict[str, list[float]]]]] = defaultdict(lambda: defaultdict(by_task))
+        predictions = []
+        probes = [(task, index, probe) for task in tasks for index, probe in enumerate(task.probes)]
+        for (task, index, probe), score in zip(probes, scores, strict=True):
+            buckets = [per_task[task.name], per_kind[probe.kind][task.name]]
+            if probe.form:
+                buckets += [per_form[probe.form][""][task.name], per_form[probe.form][probe.kind][task.name]]
+            for bucket in buckets:
+                bucket["em"].append(score.em)
+                bucket["f1"].append(score.f1)
+            predictions.append({
+                "row": label, "task": task.name, "probe": index, "kind": probe.kind, "key": probe.key, "form": probe.form,
+                "prompt": probe.prompt, "answer": probe.answer, "prediction": score.prediction, "correct": bool(score.em),
+                "f1": score.f1, **({"route": score.route, "learned_in": probe.learned_in or task.name}
+                                   if score.route is not None else {}),
+            })
+        # A route is right when it is the task that taught the answer (not merely the one the probe names);
+        # a probe whose answer no trained task has taught yet is not counted.
+        routed = [p["route"] == p["learned_in"] for p in predictions if "route" in p and p["learned_in"] in trained]
+
+        def means(buckets: dict[str, dict[str, list[float]]], metric: str) -> list[float | None]:
+            return [metrics.mean(buckets[t.name][metric]) for t in tasks]
+
+        return cls(
+            label=label, em=means(per_task, "em"), f1=means(per_task, "f1"),
+            by_kind={kind: {"em": means(b, "em"), "f1": means(b, "f1")} for kind, b in sorted(per_kind.items()) if kind},
+            by_form={form: {kind: {"em": means(b, "em"), "f1": means(b, "f1")} for kind, b in sorted(kinds.items())}
+                     for form, kinds in sorted(per_form.items())},
+            general_ppl=general_ppl, eval_seconds=eval_seconds, predictions=predictions,
+            routing_accuracy=metrics.mean(routed),
+        )
+
+
+KindsOf = Callable[[EvalRow], dict[str, dict[str, list[float | None]]]]  # a row → its scores per probe kind
+# A benchmark's own summary metrics: (result, each row's scores per kind, the last row's predictions, "em" or "f1")
+# → named numbers, or {} when the result is not of that benchmark. Registered with `register_summary` by the
+# benchmark that defines them (retain.bench.temporal_facts: plasticity, stability, historical); RunResult.summary
+# adds them overall and per probe form.
+Summary = Callable[["RunResult", KindsOf, list[dict[str, Any]], str], dict[str, Any]]
+SUMMARIES: list[Summary] = []
+
+
+def register_summary(summary: Summary) -> Summary:
+    SUMMARIES.append(summary)
+    return summary
 
 
 @dataclass
@@ -55,32 +116,22 @@ class RunResult:
             return {}
         square = [row[:k] for row in self.matrix(metric)]
         summary = metrics.summarize(square, getattr(self.rows[0], metric)[:k])
-        summary |= self._temporal(lambda row: row.by_kind, self.rows[-1].predictions, metric)
+        summary |= self._registered(lambda row: row.by_kind, self.rows[-1].predictions, metric)
         forms = sorted({form for row in self.rows for form in row.by_form})
         if forms:
             summary["by_form"] = {}
             for form in forms:
                 last = [p for p in self.rows[-1].predictions if p.get("form") == form]
-                scores = self._temporal(lambda row: row.by_form.get(form, {}), last, metric)
+                scores = self._registered(lambda row: row.by_form.get(form, {}), last, metric)
                 overall = [row.by_form.get(form, {}).get("", {}).get(metric, [None] * k)[:k] for row in self.rows[1:]]
                 summary["by_form"][form] = {"acc": metrics.acc(overall), **scores}
         return summary
 
-    def _temporal(self, kinds_of: Callable[[EvalRow], dict[str, dict[str, list[float | None]]]],
-                  last_predictions: list[dict[str, Any]], metric: str) -> dict[str, float | None]:
-        """Plasticity, stability and historical score from each row's per-kind scores (`kinds_of(row)`)."""
-        k = self.completed_tasks
-        if not {"changed", "unchanged"} & {kind for row in self.rows for kind in kinds_of(row)}:
-            return {}
-
-        def kind_square(kind: str) -> list[list[float | None]]:
-            return [kinds_of(row).get(kind, {}).get(metric, [None] * k)[:k] for row in self.rows[1:]]
-
-        return {
-            "plasticity": metrics.diagonal_mean(kind_square("changed")),
-            "stability": metrics.diagonal_mean(kind_square("unchanged")),
-            "historical": metrics.historical(last_predictions, self.tasks[k - 1], "correct" if metric == "em" else "f1"),
-        }
+    def _registered(self, kinds_of: KindsOf, last_predictions: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for summarize in SUMMARIES:
+            found |= summarize(self, kinds_of, last_predictions, metric)
+        return found
 
     def to_json(self) -> dict[str, Any]:
         kinds = sorted({kind for row in self.rows for kind in row.by_kind})

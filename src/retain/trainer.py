@@ -2,56 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import time
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+from transformers.integrations.integration_utils import TensorBoardCallback, default_logdir
 from transformers.trainer_utils import TrainOutput
-from trl import SFTConfig, SFTTrainer
 
+from retain.arguments import ContinualTrainingArguments
+from retain.encoding import encoding_for
 from retain.evaluation import Evaluator
-from retain.fact_questions import WORDINGS as FACT_WORDINGS, fact_questions, new_or_changed
-from retain.methods.aria import ARIA, ARIAConfig
-from retain.methods.base import IGNORE_INDEX, Features, Method, StreamData, TaskData
+from retain.fact_questions import WORDINGS as FACT_WORDINGS
+from retain.fact_questions import fact_questions, new_or_changed
+from retain.methods.base import Features, Method, StreamData, TaskData, TrainingContext
 from retain.methods.full_ft import FullFineTuning
 from retain.metrics import mean
 from retain.result import EvalRow, RunResult
 from retain.runstate import RunDirectory, RunDirectoryError, read_verified, verify_checkpoint, write_checkpoint
-from retain.stream import Probe, Stream, Task
+from retain.stream import Stream, Task
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _ContinualDefaults:
-    """Defaults shared by the continual trainers' argument classes; listed first among their bases, so they win."""
-
-    save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints; runs checkpoint per task."})
-    logging_strategy: str = field(default="epoch", metadata={"help": "When the Trainer logs the training loss."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the tokenized fields as they are."})
-    dataloader_pin_memory: bool = field(
-        default=torch.cuda.is_available(), metadata={"help": "Pin batches in page-locked memory (helps only on GPU)."}
-    )
-    max_length: int = field(default=256, metadata={"help": "Training examples are truncated to this many tokens."})
-    max_new_tokens: int = field(default=24, metadata={"help": "Generation budget per probe (capped near the answer's length)."})
-    fact_questions: int = field(default=len(FACT_WORDINGS), metadata={
-        "help": "Each new or changed fact of a task's facts.jsonl is also trained as a question in this many training "
-                f"wordings (0 to {len(FACT_WORDINGS)}; 0: passages only), for every method alike."})
-
-
-@dataclass
-class ContinualTrainingArguments(_ContinualDefaults, TrainingArguments):
-    """TrainingArguments with defaults for continual runs (checkpoints are per task, by the run directory)."""
 
 
 class ContinualTrainer(Trainer):
@@ -83,14 +61,17 @@ class ContinualTrainer(Trainer):
             data_collator=self._collate_training,
             **kwargs,
         )
-        self.max_length: int = getattr(args, "max_length", 256)
-        self.class_labels = _class_labels(self.model)
+        self.encoding = encoding_for(self.model, processing_class, getattr(args, "max_length", 256))
         self.evaluator = Evaluator(
             processing_class, args.per_device_eval_batch_size, getattr(args, "max_new_tokens", 24),
-            progress=not args.disable_tqdm, route=self.method.route, class_labels=self.class_labels,
-            prompt_text=self.method.prompt_text,
+            progress=not args.disable_tqdm, route=self.method.route, class_labels=self.encoding.labels,
         )
-        self.add_callback(_OptimizerStepHook(self))
+        self.context = TrainingContext(learning_rate=args.learning_rate)
+        self.add_callback(_CountSteps(self.context))
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+                # Where its first training would put it, so that the untrained model's row, logged before, lands there.
+                callback.logging_dir = os.path.join(args.output_dir, default_logdir())
         self.tasks: list[Task] = []
         self.last_timing: dict[str, float] = {}
         self._pending: TaskData | None = None
@@ -99,56 +80,31 @@ class ContinualTrainer(Trainer):
     # -- data ---------------------------------------------------------------------------------------
 
     def tokenize(self, examples: Sequence[dict[str, str]]) -> list[Features]:
-        """`text` trains on every token; `prompt`+`completion` trains on the completion only. A sequence
-        classification model reads the prompt and learns the completion as its class label."""
-        tokenizer, eos = self.processing_class, self.processing_class.eos_token_id
-        features = []
-        for example in examples:
-            if self.class_labels is not None:
-                label = example.get("completion", "").strip()
-                if label not in self.class_labels:
-                    raise ValueError(f"completion {label!r} is not one of the model's labels {self.class_labels} "
-                                     "(a classification model trains on prompt + completion rows whose completion is a label)")
-                ids = tokenizer(example["prompt"]).input_ids[: self.max_length]
-                features.append({"input_ids": ids, "labels": [self.class_labels.index(label)]})
-                continue
-            if "text" in example:
-                ids = tokenizer(example["text"]).input_ids + [eos]
-                labels = list(ids)
-            else:
-                prompt = tokenizer(example["prompt"]).input_ids
-                completion = tokenizer(example["completion"], add_special_tokens=False).input_ids + [eos]
-                ids, labels = prompt + completion, [IGNORE_INDEX] * len(prompt) + completion
-            features.append({"input_ids": ids[: self.max_length], "labels": labels[: self.max_length]})
-        return features
+        """Examples as model inputs (see `retain.encoding`)."""
+        return self.encoding.tokenize(examples)
 
     def collate(self, features: list[Features]) -> dict[str, torch.Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
-        pad = self.processing_class.pad_token_id
-
-        def padded(values: list[int], fill: int) -> list[int]:
-            return values + [fill] * (width - len(values))
-
-        labels = [f["labels"][0] for f in features] if self.class_labels is not None else \
-            [padded(f["labels"], IGNORE_INDEX) for f in features]
-        return {
-            "input_ids": torch.tensor([padded(f["input_ids"], pad) for f in features]),
-            "attention_mask": torch.tensor([padded([1] * len(f["input_ids"]), 0) for f in features]),
-            "labels": torch.tensor(labels),
-        }
+        return self.encoding.collate(features)
 
     def _collate_training(self, features: list[Features]) -> dict[str, torch.Tensor]:
         batch = self.collate(self.method.extend_batch(features))
         self._train_tokens += int(batch["attention_mask"].sum())
         return batch
 
+    def fact_questions(self, task: Task) -> list[dict[str, str]]:
+        """`task`'s new or changed facts (against the tasks before it) as training questions, the same for every method."""
+        if not self.encoding.generative or not task.facts:
+            return []
+        earlier = [t.facts for t in self.tasks if t is not task]
+        wordings = getattr(self.args, "fact_questions", len(FACT_WORDINGS))  # plain TrainingArguments: the default
+        return fact_questions(new_or_changed(task.facts, earlier), task.period, wordings)
+
     # -- training hooks ---------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         computed = self._model_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = computed[0] if return_outputs else computed
-        self.method.after_forward(model, inputs)
-        penalty = self.method.penalty(model, inputs)
+        penalty = self.method.after_forward(model, inputs, self.context)
         if penalty is not None:
             # When the Trainer will not divide this micro-batch's loss by the accumulation steps, divide
             # the penalty here, so that it counts once per optimizer step whatever the accumulation.
@@ -163,16 +119,16 @@ class ContinualTrainer(Trainer):
 
     def create_optimizer(self, model=None):  # type: ignore[override]
         if self.optimizer is None:
-            self.optimizer = self.method.create_optimizer(self.model, self.args.learning_rate)
-        if self.optimizer is None:
-            groups = self.method.param_groups(self.model, self.args.learning_rate)
-            if groups is not None:
+            chosen = self.method.optimizer(self.model, self.context)
+            if isinstance(chosen, torch.optim.Optimizer):
+                self.optimizer = chosen
+            elif chosen is not None:
                 # The optimizer TrainingArguments ask for, with the method's groups split by weight decay as Trainer does.
                 decay = set(self.get_decay_parameter_names(self.model))
                 names = {id(p): n for n, p in self.model.named_parameters()}
                 split = [
                     {**group, "params": params, "weight_decay": self.args.weight_decay if decayed else 0.0}
-                    for group in groups
+                    for group in chosen
                     for decayed in (True, False)
                     if (params := [p for p in group["params"] if (names[id(p)] in decay) == decayed])
                 ]
@@ -182,24 +138,10 @@ class ContinualTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # type: ignore[override]
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self.method.after_backward(model)
+        self.method.after_backward(model, self.context)
         return loss
 
     # -- the task lifecycle -------------------------------------------------------------------------
-
-    def fact_questions(self, task: Task) -> list[dict[str, str]]:
-        """`task`'s new or changed facts (against the tasks before it) as training questions, the same for every method."""
-        if self.class_labels is not None or not task.facts:
-            return []
-        earlier = [t.facts for t in self.tasks if t is not task]
-        wordings = getattr(self.args, "fact_questions", len(FACT_WORDINGS))  # plain TrainingArguments: the default
-        return fact_questions(new_or_changed(task.facts, earlier), task.period, wordings)
-
-    def _complete_unrouted(self, prompts: Sequence[str]) -> list[str]:
-        if self.class_labels is not None:
-            raise ValueError("a sequence classification model cannot complete prompts")
-        plain = Evaluator(self.processing_class, self.evaluator.batch_size, self.evaluator.max_new_tokens)
-        return plain.complete(self.model, prompts)
 
     def start_stream(self, stream: Stream) -> None:
         """Show the method the whole stream before its first task (`fit` does this; call it when driving
@@ -213,11 +155,14 @@ class ContinualTrainer(Trainer):
             raise RuntimeError(f"add_task: call consolidate_task() for task {self._pending.task.name!r} first")
         index = len(self.tasks)
         set_seed(self.args.seed + index)  # before before_task, which may draw new weights (ARIA's adapters)
-        self.method.before_task(self.model, task)
+        self.context.task, self.context.task_index, self.context.step = task, index, 0
+        self.context.learning_rate = self.args.learning_rate
+        chosen = self.method.before_task(self.model, self.context)
         self.tasks.append(task)
         questions = self.fact_questions(task)
-        features = self.tokenize(self.method.training_examples(task) + questions)
-        self._pending = TaskData(task=task, features=features, collate=self.collate, complete=self._complete_unrouted)
+        features = self.tokenize((task.train if chosen is None else chosen) + questions)
+        complete = self._complete_unrouted if self.encoding.generative else None  # a classifier completes nothing
+        self._pending = TaskData(task=task, features=features, collate=self.collate, complete=complete)
         self.train_dataset = features
         self.optimizer, self.lr_scheduler = None, None
         self._train_tokens = 0
@@ -239,14 +184,18 @@ class ContinualTrainer(Trainer):
         }
         return output
 
+    def _complete_unrouted(self, prompts: Sequence[str]) -> list[str]:
+        plain = Evaluator(self.processing_class, self.evaluator.batch_size, self.evaluator.max_new_tokens)
+        return plain.complete(self.model, prompts)
+
     def consolidate_task(self) -> None:
         """Run the method's end-of-task work (Fisher, buffers, merges) for the task just trained."""
         if self._pending is None:
             raise RuntimeError("consolidate_task: no task was trained since the last consolidation")
         start = time.perf_counter()
-        self.method.after_task(self.model, self._pending)
+        report = self.method.after_task(self.model, self._pending, self.context)
         self.last_timing["consolidate_seconds"] = time.perf_counter() - start
-        self.last_timing |= self.method.task_report()
+        self.last_timing |= report
         self._pending = None
 
     def evaluate_all_tasks(
@@ -255,49 +204,29 @@ class ContinualTrainer(Trainer):
         """Score every probe of `tasks` (default: the tasks added so far) and the perplexity of `general`."""
         tasks = list(tasks) if tasks is not None else self.tasks
         start = time.perf_counter()
-        probes = [(t, i, p) for t in tasks for i, p in enumerate(t.probes)]
-        scores = self.evaluator.score(self.model, [p for _, _, p in probes])
-        per_task: dict[str, dict[str, list[float]]] = {t.name: defaultdict(list) for t in tasks}
+        scores = self.evaluator.score(self.model, [p for t in tasks for p in t.probes])
+        ppl = self.evaluator.perplexity(self.model, general) if general and self.encoding.generative else None
+        return EvalRow.from_scores(label, tasks, scores, trained={t.name for t in self.tasks}, general_ppl=ppl,
+                                   eval_seconds=time.perf_counter() - start)
 
-        def by_task() -> dict[str, dict[str, list[float]]]:
-            return {t.name: defaultdict(list) for t in tasks}
-
-        per_kind: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(by_task)
-        per_form: dict[str, dict[str, dict[str, dict[str, list[float]]]]] = defaultdict(lambda: defaultdict(by_task))
-        predictions = []
-        for (task, index, probe), score in zip(probes, scores):
-            buckets = [per_task[task.name], per_kind[probe.kind][task.name]]
-            if probe.form:
-                buckets += [per_form[probe.form][""][task.name], per_form[probe.form][probe.kind][task.name]]
-            for bucket in buckets:
-                bucket["em"].append(score.em)
-                bucket["f1"].append(score.f1)
-            predictions.append({
-                "row": label, "task": task.name, "probe": index, "kind": probe.kind, "key": probe.key, "form": probe.form,
-                "prompt": probe.prompt, "answer": probe.answer, "prediction": score.prediction, "correct": bool(score.em),
-                "f1": score.f1, **({"route": score.route, "learned_in": probe.learned_in or task.name}
-                                   if score.route is not None else {}),
-            })
-        # A route is right when it is the task that taught the answer (not merely the one the probe names);
-        # a probe whose answer no trained task has taught yet is not counted.
-        trained = {t.name for t in self.tasks}
-        routed = [p["route"] == p["learned_in"] for p in predictions if "route" in p and p["learned_in"] in trained]
-
-        def means(buckets: dict[str, dict[str, list[float]]], metric: str) -> list[float | None]:
-            return [mean(buckets[t.name][metric]) for t in tasks]
-
-        return EvalRow(
-            label=label,
-            em=means(per_task, "em"),
-            f1=means(per_task, "f1"),
-            by_kind={kind: {"em": means(b, "em"), "f1": means(b, "f1")} for kind, b in sorted(per_kind.items()) if kind},
-            by_form={form: {kind: {"em": means(b, "em"), "f1": means(b, "f1")} for kind, b in sorted(kinds.items())}
-                     for form, kinds in sorted(per_form.items())},
-            general_ppl=self.evaluator.perplexity(self.model, general) if general and self.class_labels is None else None,
-            eval_seconds=time.perf_counter() - start,
-            predictions=predictions,
-            routing_accuracy=mean(routed),
-        )
+    def log_evaluation(self, result: RunResult) -> None:
+        """Report the latest row of `result` through the Trainer's callbacks (`--report_to tensorboard`, wandb,
+        mlflow, trackio …) at step = tasks learned: EM on each task, the summary metrics so far, general
+        perplexity, and the task's training cost. Keys start with `eval_`, which the integrations file under eval/."""
+        row, summary = result.rows[-1], result.summary("em")
+        logs: dict[str, float] = {f"eval_em/{name}": value for name, value in zip(result.tasks, row.em) if value is not None}
+        logs |= {f"eval_{key}": value for key, value in summary.items() if isinstance(value, (int, float))}
+        logs |= {f"eval_{form}/{key}": value for form, scores in summary.get("by_form", {}).items()
+                 for key, value in scores.items() if isinstance(value, (int, float))}
+        if row.general_ppl is not None:
+            logs["eval_general_ppl"] = row.general_ppl
+        if row.routing_accuracy is not None:
+            logs["eval_routing_accuracy"] = row.routing_accuracy
+        if result.timings and row.label != "initial":
+            timing = result.timings[-1]
+            logs |= {f"eval_{key}": timing[key] for key in ("train_seconds", "train_tokens", "optimizer_steps") if key in timing}
+        state = dataclasses.replace(self.state, global_step=result.completed_tasks)
+        self.control = self.callback_handler.on_log(self.args, state, self.control, logs)
 
     def save_continual_state(self, directory: str | Path) -> Path:
         """Save the model, the method's state (Fisher anchors, adapters, prototypes, buffers…) and the tasks
@@ -306,7 +235,7 @@ class ContinualTrainer(Trainer):
         if self._pending is not None:
             raise RuntimeError(f"save_continual_state: call consolidate_task() for task {self._pending.task.name!r} first")
         return write_checkpoint(Path(directory), self.model, self.method.name, self.method.state_dict(),
-                                {"tasks": [task.to_record() for task in self.tasks]})
+                                {"tasks": [task.to_record() for task in self.tasks], "run_step": self.context.run_step})
 
     def load_continual_state(self, directory: str | Path) -> None:
         """Restore what `save_continual_state` saved into this trainer's model and method (same method and config)."""
@@ -319,6 +248,7 @@ class ContinualTrainer(Trainer):
             raise ValueError(f"{path}: saved by method {saved['method']!r}, this trainer runs {self.method.name!r}")
         read_verified(path, self.model, self.method.load_state_dict)
         self.tasks = [Task(**record) for record in saved["tasks"]]
+        self.context.run_step = int(saved.get("run_step", 0))
 
     def fit(self, stream: Stream, run_dir: RunDirectory | None = None, model_name: str = "") -> RunResult:
         """Train through `stream`, evaluating every task after each one; resumes from `run_dir`'s checkpoint."""
@@ -334,10 +264,12 @@ class ContinualTrainer(Trainer):
                 raise RunDirectoryError(f"--resume: the run was trained on tasks {result.tasks}, the stream now has "
                                         f"{stream.task_names}")
             self.tasks = list(stream.tasks[: result.completed_tasks])
+            self.context.run_step = sum(int(t.get("optimizer_steps", 0)) for t in result.timings)
             logger.info("Resuming after task %d/%d", result.completed_tasks, len(stream))
         if not result.rows:
             logger.info("Evaluating the untrained model on %d tasks", len(stream))
             result.rows.append(self.evaluate_all_tasks(stream.tasks, stream.general, label="initial"))
+            self.log_evaluation(result)
         for index in range(result.completed_tasks, len(stream)):
             task = stream.tasks[index]
             logger.info("Task %d/%d %r: training", index + 1, len(stream), task.name)
@@ -346,6 +278,7 @@ class ContinualTrainer(Trainer):
             row = self.evaluate_all_tasks(stream.tasks, stream.general, label=task.name)
             result.rows.append(row)
             result.timings.append({"task": task.name, **self.last_timing, "eval_seconds": row.eval_seconds})
+            self.log_evaluation(result)
             logger.info("Task %d/%d %r: trained on %d examples; EM on it %.3f, mean so far %.3f", index + 1, len(stream),
                         task.name, len(self.train_dataset), row.em[index] or 0.0, mean(row.em[: index + 1]) or 0.0)
             if run_dir is not None:
@@ -355,82 +288,18 @@ class ContinualTrainer(Trainer):
         return result
 
 
-def _class_labels(model: nn.Module) -> list[str] | None:
-    """The label names of a sequence classification model, in index order; None for a language model."""
-    if type(model).__name__ not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values():
-        return None
-    id2label = model.config.id2label
-    return [id2label[i] for i in range(model.config.num_labels)]
+class _CountSteps(TrainerCallback):
+    """Keeps the training context's step counts (of the task, and of the run)."""
 
-
-class _OptimizerStepHook(TrainerCallback):
-    def __init__(self, trainer: ContinualTrainer) -> None:
-        self.trainer = trainer
+    def __init__(self, context: TrainingContext) -> None:
+        self.context = context
 
     def on_optimizer_step(self, args, state, control, **kwargs):  # type: ignore[override]
-        self.trainer.method.after_optimizer_step(self.trainer.model)
+        self.context.step += 1
+        self.context.run_step += 1
 
 
 def _state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
     if optimizer is None:
         return 0
     return sum(v.numel() * v.element_size() for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
-
-
-@dataclass
-class ContinualSFTConfig(_ContinualDefaults, SFTConfig):
-    """TRL's SFTConfig with the defaults of continual runs: bf16 only where a GPU has it (CPUs run fp32),
-    activation checkpointing off unless asked for."""
-
-    bf16: bool | None = field(default=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-                              metadata={"help": "bf16 mixed precision (default: on GPUs that support it)."})
-    # SFTConfig turns checkpointing on through the deprecated name; off here: small models train faster without it.
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated: use --activation_checkpointing."})
-
-
-class ContinualSFTTrainer(ContinualTrainer, SFTTrainer):
-    """TRL's SFTTrainer with the continual task lifecycle; ARIA unless another method is given.
-
-        trainer = ContinualSFTTrainer(model, args=ContinualSFTConfig(...), aria_config=ARIAConfig(...),
-                                      processing_class=tokenizer)
-        for task in stream.tasks:
-            trainer.add_task(task)          # a Task, or a datasets.Dataset of text / prompt+completion rows
-            trainer.consolidate_task()
-        trainer.evaluate_all_tasks()
-
-    SFTTrainer insists on a dataset when it is built; the first task's is given to it if passed as
-    `train_dataset`, and each `add_task` brings its own. A sequence classification model (the aria-trl
-    Quick Start's `AutoModelForSequenceClassification`) trains on prompt + completion rows whose
-    completion is one of its labels, with its own classification loss.
-    """
-
-    def __init__(
-        self,
-        model: PreTrainedModel | nn.Module,
-        args: TrainingArguments | None = None,
-        aria_config: ARIAConfig | None = None,
-        method: Method | None = None,
-        processing_class: PreTrainedTokenizerBase | None = None,
-        train_dataset: Dataset | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if method is not None and aria_config is not None:
-            raise ValueError("ContinualSFTTrainer: give aria_config= or method=, not both")
-        method = method if method is not None else ARIA(aria_config)
-        args = args if args is not None else ContinualSFTConfig(output_dir="retain_output")
-        if train_dataset is None:
-            train_dataset = Dataset.from_list([{"text": "placeholder"}])
-        super().__init__(model, args, method=method, processing_class=processing_class, train_dataset=train_dataset, **kwargs)
-
-    def _model_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool, num_items_in_batch: Any):
-        if self.class_labels is not None:  # SFTTrainer's loss is a language model's; a classifier's is its own
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        return super()._model_loss(model, inputs, return_outputs, num_items_in_batch)
-
-    def add_task(  # type: ignore[override]
-        self, task: Task | Dataset, name: str | None = None, probes: Sequence[Probe | dict[str, Any]] = ()
-    ) -> TrainOutput:
-        """Train on `task`: a Task, or a Dataset of training rows with the `probes` that will measure it."""
-        if isinstance(task, Dataset):
-            task = Task(name=name or f"task-{len(self.tasks) + 1}", train=task, probes=list(probes))
-        return super().add_task(task)

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field, fields, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from retain import metrics
+from retain.result import KindsOf, RunResult, register_summary
 from retain.stream import Probe, Stream, Task
 
 _ONSETS = ["b", "br", "d", "dr", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "tr", "v", "z"]
@@ -346,3 +348,22 @@ def config_from_options(preset: str, **overrides: object) -> TemporalFactsConfig
         raise ValueError(f"--preset: unknown preset {preset!r}; available: {', '.join(PRESETS)}")
     known = {f.name for f in fields(TemporalFactsConfig)}
     return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if k in known and v is not None})
+
+
+@register_summary
+def temporal_summary(result: RunResult, kinds_of: KindsOf, last_predictions: list[dict[str, Any]],
+                     metric: str) -> dict[str, float | None]:
+    """Plasticity, stability and historical score (see `retain.metrics`) from each row's scores per probe kind
+    (`kinds_of(row)`), for a stream whose probes are `changed` / `unchanged` facts."""
+    k = result.completed_tasks
+    if not {"changed", "unchanged"} & {kind for row in result.rows for kind in kinds_of(row)}:
+        return {}
+
+    def kind_square(kind: str) -> list[list[float | None]]:
+        return [kinds_of(row).get(kind, {}).get(metric, [None] * k)[:k] for row in result.rows[1:]]
+
+    return {
+        "plasticity": metrics.diagonal_mean(kind_square("changed")),
+        "stability": metrics.diagonal_mean(kind_square("unchanged")),
+        "historical": metrics.historical(last_predictions, result.tasks[k - 1], "correct" if metric == "em" else "f1"),
+    }

@@ -27,7 +27,7 @@ from retain.methods.aria import ARIAConfig as RetainARIAConfig
 from retain.nn.adapters import BottleneckAdapter
 from retain.nn.gated_mlp import PlasticityGatedMLP as RetainGatedMLP
 from retain.stream import Probe, Task
-from retain.trainer import ContinualSFTTrainer as RetainSFTTrainer
+from retain.sft import ContinualSFTTrainer as RetainSFTTrainer
 
 __all__ = ["ARIAConfig", "ContinualSFTTrainer", "FisherConsolidator", "PlasticityGatedMLP", "TaskFastAdapter",
            "compute_continual_metrics"]
@@ -268,7 +268,8 @@ class ContinualSFTTrainer(RetainSFTTrainer):
     def _pairs(self, data: Dataset) -> list[tuple[str, str]]:
         """(input, answer) per row: a classifier's `text` (or tokenized `input_ids`, decoded back to text) and
         the name of its integer `label`; a language model's `prompt` and `completion`."""
-        if self.class_labels is None:
+        labels = self.encoding.labels
+        if labels is None:
             if not {"prompt", "completion"} <= set(data.column_names):
                 raise ValueError(f"a causal language model's datasets need 'prompt' and 'completion' columns to be "
                                  f"trained and scored, got {data.column_names}")
@@ -287,12 +288,13 @@ class ContinualSFTTrainer(RetainSFTTrainer):
         return pairs
 
     def _label_name(self, label: Any) -> str:
-        if isinstance(label, str) and label in self.class_labels:
+        labels = self.encoding.labels
+        if isinstance(label, str) and label in labels:
             return label
-        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(self.class_labels):
-            raise ValueError(f"label {label!r} is not a class of the model ({len(self.class_labels)} classes: "
-                             f"0 … {len(self.class_labels) - 1} or {self.class_labels})")
-        return self.class_labels[label]
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(labels):
+            raise ValueError(f"label {label!r} is not a class of the model ({len(labels)} classes: "
+                             f"0 … {len(labels) - 1} or {labels})")
+        return labels[label]
 
     def _examples(self, data: Dataset) -> list[dict[str, str]]:
         return [{"prompt": text, "completion": answer} for text, answer in self._pairs(data)]

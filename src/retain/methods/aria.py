@@ -23,59 +23,62 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from retain.fisher import FisherAnchor, diagonal_fisher
-from retain.methods.base import IGNORE_INDEX, Method, MethodError, TaskData, layer_list, register
+from retain.methods.base import (
+    IGNORE_INDEX, Encode, Method, MethodConfig, Routing, TaskData, TrainingContext, layer_list, register,
+)
 from retain.nn.adapters import TaskAdapters
 from retain.nn.gated_mlp import PlasticityGatedMLP, feed_forward_layout, gate_feed_forwards
 from retain.nn.product_key_memory import decoder_layers
-from retain.stream import Task
 
 
 @dataclass
-class ARIAConfig:
-    plasticity_lambda: float = field(default=1.0, metadata={"help": "Gate regulariser λ in λ·mean π(1−π) (0 = off)."})
+class ARIAConfig(MethodConfig):
+    plasticity_lambda: float = field(default=1.0, metadata={"help": "Gate regulariser λ in λ·mean π(1−π) (0 = off).",
+                                                            "min": 0})
     warmup_steps: int = field(default=2, metadata={"help": "Optimizer steps before the gate regulariser applies "
-                                                         "(of each task, or of the run: warmup_scope)."})
-    warmup_scope: str = field(default="task", metadata={"help": "'task': the warm-up restarts with each task; 'run': it "
+                                                         "(of each task, or of the run: warmup_scope).", "min": 0})
+    warmup_scope: Literal["task", "run"] = field(default="task", metadata={"help": "'task': the warm-up restarts with each task; 'run': it "
                                                               "counts from the first step of the stream (aria-trl's)."})
-    spc_lambda: float = field(default=1e6, metadata={"help": "SPC strength λ in λ·Σ F(θ−θ*)² on the slow pathway (0 = off)."})
-    slow_lr_ratio: float = field(default=0.1, metadata={"help": "Learning rate of the slow pathway, × --learning_rate."})
+    spc_lambda: float = field(default=1e6, metadata={"help": "SPC strength λ in λ·Σ F(θ−θ*)² on the slow pathway (0 = off).",
+                                                     "min": 0})
+    slow_lr_ratio: float = field(default=0.1, metadata={"help": "Learning rate of the slow pathway, × --learning_rate.",
+                                                       "min": 0})
     shared_lr_ratio: float = field(default=0.0, metadata={"help": "Learning rate of the other pretrained weights "
-                                                                  "(attention, norms, embeddings), × --learning_rate; 0 = frozen."})
-    adapter_dim: int = field(default=64, metadata={"help": "Bottleneck width of the per-task adapters (0 = no adapters)."})
-    adapter_lr_ratio: float = field(default=10.0, metadata={"help": "Learning rate of the task's adapter, × --learning_rate."})
+                                                                  "(attention, norms, embeddings), × --learning_rate; 0 = frozen.",
+                                                                  "min": 0})
+    adapter_dim: int = field(default=64, metadata={"help": "Bottleneck width of the per-task adapters (0 = no adapters).",
+                                                    "min": 0})
+    adapter_lr_ratio: float = field(default=10.0, metadata={"help": "Learning rate of the task's adapter, × --learning_rate.",
+                                                          "min": 0})
     # Gates must travel several logits within a short task: at 10× they stayed undecided (π≈0.5) over a
     # 9-step task of the task suite; at 100× (with λ=1) 72% of tokens had π<0.1 or >0.9, at 300× 92%.
-    gate_lr_ratio: float = field(default=100.0, metadata={"help": "Learning rate of the gates, × --learning_rate."})
+    gate_lr_ratio: float = field(default=100.0, metadata={"help": "Learning rate of the gates, × --learning_rate.", "min": 0})
     slow_consolidation_steps: int = field(default=0, metadata={
         "help": "After each task, optimizer steps that train only the slow pathway on the task (gates pinned to "
-                "the slow side) under SPC, moving what the task taught into the consolidated weights."})
+                "the slow side) under SPC, moving what the task taught into the consolidated weights.", "min": 0})
     gate: bool = field(default=True, metadata={"help": "Split feed-forward blocks into gated fast/slow pathways."})
     dampening: bool = field(default=True, metadata={"help": "Scale slow-pathway gradients by (1 − mean π)."})
-    fast_rank: int = field(default=0, metadata={"help": "0: the fast pathway is a full copy; r>0: slow + a rank-r bottleneck."})
-    layers: str = field(default="", metadata={"help": "Comma-separated decoder layers to modify; empty = all."})
-    spc_params: str = field(default="", metadata={"help": "Regex of other trainable weights SPC anchors too."})
-    fisher_samples: int = field(default=32, metadata={"help": "Training examples per task for the SPC Fisher (0: all)."})
+    fast_rank: int = field(default=0, metadata={"help": "0: the fast pathway is a full copy; r>0: slow + a rank-r bottleneck.",
+                                                 "min": 0})
+    layers: str | None = field(default=None, metadata={"help": "Comma-separated decoder layers to modify; None = all."})
+    spc_params: str | None = field(default=None, metadata={"help": "Regex of other trainable weights SPC anchors too "
+                                                                   "(None: the slow pathway only)."})
+    fisher_samples: int = field(default=32, metadata={"help": "Training examples per task for the SPC Fisher (0: all).",
+                                                      "min": 0})
     seed: int = field(default=0, metadata={"help": "Seed of the Fisher and consolidation examples."})
 
     def __post_init__(self) -> None:
-        for name in ("plasticity_lambda", "spc_lambda", "slow_lr_ratio", "shared_lr_ratio", "adapter_lr_ratio", "gate_lr_ratio"):
-            if getattr(self, name) < 0:
-                raise MethodError(f"--method-arg {name}: must be ≥ 0, got {getattr(self, name)}")
-        for name in ("warmup_steps", "adapter_dim", "slow_consolidation_steps", "fast_rank", "fisher_samples"):
-            if getattr(self, name) < 0:
-                raise MethodError(f"--method-arg {name}: must be ≥ 0, got {getattr(self, name)}")
-        if self.warmup_scope not in ("task", "run"):
-            raise MethodError(f"--method-arg warmup_scope: expected 'task' or 'run', got {self.warmup_scope!r}")
-        layer_list(self.layers)
+        super().__post_init__()
+        layer_list(self, self.layers)
 
     def layer_indices(self) -> list[int] | None:
-        return layer_list(self.layers)
+        return layer_list(self, self.layers)
 
 
 @register
@@ -93,10 +96,7 @@ class ARIA(Method):
         self.anchor = FisherAnchor()
         self.task_names: list[str] = []
         self.prototypes: torch.Tensor | None = None  # (tasks, hidden), unit rows
-        self.steps = 0  # optimizer steps in the current task (or the run, with warmup_scope="run")
-        self.learning_rate: float | None = None
         self._dampening: list[torch.Tensor | None] = []
-        self._report: dict[str, float] = {}
         self._routing = True
         self._routed_explicitly = False  # route() was called for the next forward: keep its choice
 
@@ -147,7 +147,7 @@ class ARIA(Method):
 
     # -- training -------------------------------------------------------------------------------
 
-    def before_task(self, model: nn.Module, task: Task) -> None:
+    def before_task(self, model: nn.Module, context: TrainingContext) -> None:
         for block in self.adapter_blocks:
             block.add_adapter()
             block.active = len(block.adapters) - 1
@@ -164,11 +164,8 @@ class ARIA(Method):
                 p.requires_grad_(False)  # earlier tasks' adapters stay as their task left them
             else:
                 p.requires_grad_(self.config.shared_lr_ratio > 0)
-        if self.config.warmup_scope == "task":
-            self.steps = 0
 
-    def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]]:
-        self.learning_rate = learning_rate
+    def optimizer(self, model: nn.Module, context: TrainingContext) -> list[dict[str, Any]]:
         slow = self._ids(self.feed_forwards)
         current = self._ids([block.adapters[-1] for block in self.adapter_blocks]) if self.adapter_blocks else set()
         gates = self._ids([g.gate for g in self.gated])
@@ -181,17 +178,16 @@ class ARIA(Method):
                 groups[kind].append(p)
         ratios = {"fast": 1.0, "gate": self.config.gate_lr_ratio, "adapter": self.config.adapter_lr_ratio,
                   "slow": self.config.slow_lr_ratio, "shared": self.config.shared_lr_ratio}
-        return [{"params": params, "lr": learning_rate * ratios[kind], "name": kind} for kind, params in groups.items() if params]
+        return [{"params": params, "lr": context.learning_rate * ratios[kind], "name": kind}
+                for kind, params in groups.items() if params]
 
-    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], context: TrainingContext) -> torch.Tensor | None:
+        mask = inputs.get("attention_mask")
         if self.config.dampening:
-            mask = inputs.get("attention_mask")
             self._dampening = [1.0 - _masked_mean(g.plasticity.detach(), mask) for g in self.gated]  # no host sync
-
-    def penalty(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
         terms = []
-        if self.gated and self.config.plasticity_lambda > 0 and self.steps >= self.config.warmup_steps:
-            mask = inputs.get("attention_mask")
+        steps = context.step if self.config.warmup_scope == "task" else context.run_step
+        if self.gated and self.config.plasticity_lambda > 0 and steps >= self.config.warmup_steps:
             spread = torch.stack([_masked_mean(g.plasticity * (1 - g.plasticity), mask) for g in self.gated]).mean()
             terms.append(self.config.plasticity_lambda * spread)
         if self.config.spc_lambda > 0:
@@ -200,15 +196,12 @@ class ARIA(Method):
                 terms.append(self.config.spc_lambda * anchored)
         return sum(terms) if terms else None
 
-    def after_backward(self, model: nn.Module) -> None:
+    def after_backward(self, model: nn.Module, context: TrainingContext) -> None:
         self._dampening = [None] * len(self.gated)
-
-    def after_optimizer_step(self, model: nn.Module) -> None:
-        self.steps += 1
 
     # -- end of task ----------------------------------------------------------------------------
 
-    def after_task(self, model: nn.Module, data: TaskData) -> None:
+    def after_task(self, model: nn.Module, data: TaskData, context: TrainingContext) -> dict[str, float]:
         rng = random.Random(f"{self.config.seed}:{data.task.name}")
         count = self.config.fisher_samples or len(data.features)
         sample = rng.sample(data.features, min(count, len(data.features)))
@@ -216,8 +209,8 @@ class ARIA(Method):
         for block in self.adapter_blocks:
             block.active = len(block.adapters) - 1
         try:
-            self._consolidate(model, data, rng)
-            self._report = self._gate_statistics(model, data, sample)
+            self._consolidate(model, data, rng, context.learning_rate * self.config.slow_lr_ratio)
+            report = self._gate_statistics(model, data, sample)
             if self.config.spc_lambda > 0:
                 params = self.slow_parameters(model)
                 if self.config.spc_params:
@@ -231,12 +224,13 @@ class ARIA(Method):
         for block in self.adapter_blocks:
             block.adapters[-1].requires_grad_(False)
         self._add_prototype(data)
+        return report
 
-    def _consolidate(self, model: nn.Module, data: TaskData, rng: random.Random) -> None:
+    def _consolidate(self, model: nn.Module, data: TaskData, rng: random.Random, learning_rate: float) -> None:
         slow = [p for p in self.slow_parameters(model).values() if p.requires_grad]
         if not self.config.slow_consolidation_steps or not slow or not self.gated:
             return
-        optimizer = torch.optim.AdamW(slow, lr=(self.learning_rate or 1e-4) * self.config.slow_lr_ratio, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(slow, lr=learning_rate, weight_decay=0.0)
         for gated in self.gated:
             gated.force_slow = True
         try:
@@ -286,9 +280,6 @@ class ARIA(Method):
         summed = (self.embeddings(ids) * mask[..., None]).sum(1)
         return nn.functional.normalize(summed / mask.sum(1, keepdim=True).clamp_min(1), dim=-1).float()
 
-    def task_report(self) -> dict[str, float]:
-        return self._report
-
     # -- inference ------------------------------------------------------------------------------
 
     def _route_on_first_forward(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -305,13 +296,12 @@ class ARIA(Method):
         self._routed_explicitly = False
 
     @torch.no_grad()
-    def route(
-        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: Sequence[str] = ()
-    ) -> list[str] | None:
+    def route(self, model: nn.Module, prompts: Sequence[str], encode: Encode) -> Routing | None:
         if self.prototypes is None:
             return None
+        batch = encode(prompts)
         self._routed_explicitly = True  # the caller's inputs may be the prompts alone; the forward may add answers
-        return self._select(input_ids, attention_mask)
+        return Routing(texts=list(prompts), names=self._select(batch["input_ids"], batch["attention_mask"]))
 
     @torch.no_grad()
     def _select(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
@@ -322,12 +312,11 @@ class ARIA(Method):
 
     def state_dict(self) -> dict[str, Any]:
         return {"anchor": self.anchor.state_dict(), "prototypes": self.prototypes, "task_names": self.task_names,
-                "adapters": len(self.adapter_blocks[0].adapters) if self.adapter_blocks else 0, "steps": self.steps}
+                "adapters": len(self.adapter_blocks[0].adapters) if self.adapter_blocks else 0}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.anchor.load_state_dict(state["anchor"])
         self.prototypes, self.task_names = state["prototypes"], list(state["task_names"])
-        self.steps = int(state.get("steps", 0))
         for block in self.adapter_blocks:
             while len(block.adapters) < state["adapters"]:
                 block.add_adapter().requires_grad_(False)

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from retain.evaluation import Encode, Routing
 from retain.stream import Stream, Task
 from retain.text import time_key
 
@@ -40,11 +41,41 @@ class TaskData:
     complete: Callable[[Sequence[str]], list[str]] | None = None
 
 
+@dataclass
+class TrainingContext:
+    """Where training stands, handed to the training hooks so that no method keeps its own counters.
+
+    The trainer updates it: `task`/`task_index` when a task starts, `step` and `run_step` after every
+    optimizer step (`run_step` continues across tasks and resumes), `learning_rate` is the task's base rate.
+    """
+
+    task: Task | None = None
+    task_index: int = 0
+    learning_rate: float = 0.0
+    step: int = 0
+    run_step: int = 0
+
+
 class Method:
     """Base class: every hook is a no-op, so plain sequential fine-tuning is the base class itself.
 
     Subclasses set `name` and `config_class` (a dataclass whose fields carry their help text) and
     override only the hooks they need. The trainer calls every hook; it never asks which method it runs.
+    In the order the trainer calls them:
+
+    | hook | when | returns |
+    |---|---|---|
+    | `prepare(model)` | once, before anything | the model to train |
+    | `check(stream)` | before anything is trained | raises MethodError for a stream it cannot learn |
+    | `before_stream(model, data)` | once, with the whole stream | – |
+    | `before_task(model, context)` | a task starts | the examples to train on (None: all of the task's) |
+    | `optimizer(model, context)` | the task's optimizer is built | an optimizer, param groups, or None |
+    | `extend_batch(features)` | each training batch | the batch's examples |
+    | `after_forward(model, inputs, context)` | each forward, before backward | a penalty to add, or None |
+    | `after_backward(model, context)` | each backward, before the step | – |
+    | `after_task(model, data, context)` | a task's training ended | numbers for its report |
+    | `route(model, prompts, encode)` | each inference batch | a Routing, or None |
+    | `state_dict()` / `load_state_dict()` | checkpoints | what resuming needs |
     """
 
     name: ClassVar[str]
@@ -63,58 +94,40 @@ class Method:
         about the stream that would stop this method later (CASM's periods), so that no task is wasted on it."""
 
     def before_stream(self, model: nn.Module, data: StreamData) -> None:
-        """Called once before the first task with the whole stream (e.g. statistics of its general text)."""
+        """Called once before the first task with the whole stream (e.g. statistics of its background text)."""
 
-    def before_task(self, model: nn.Module, task: Task) -> None:
-        """Called at the start of each task, before its optimizer is created."""
-
-    def training_examples(self, task: Task) -> list[dict[str, str]]:
-        """The examples of `task` to train on, asked after `before_task` (e.g. without those restating known facts)."""
-        return task.train
-
-    def create_optimizer(self, model: nn.Module, learning_rate: float) -> torch.optim.Optimizer | None:
-        """The optimizer of a task; None lets the Trainer build the one TrainingArguments ask for."""
+    def before_task(self, model: nn.Module, context: TrainingContext) -> list[dict[str, str]] | None:
+        """Called at the start of each task (`context.task`), before its optimizer is created. Returns the task's
+        examples to train on (e.g. without those restating known facts); None trains on all of them."""
         return None
 
-    def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]] | None:
-        """Optimizer groups ({"params": [...], "lr": ...}) for the optimizer TrainingArguments ask for;
-        None trains every parameter that requires grad at `learning_rate`."""
+    def optimizer(self, model: nn.Module, context: TrainingContext) -> torch.optim.Optimizer | list[dict[str, Any]] | None:
+        """The task's optimizer; or parameter groups ({"params": [...], "lr": ...}) for the optimizer
+        TrainingArguments ask for; None trains every parameter that requires grad at `context.learning_rate`."""
         return None
 
     def extend_batch(self, features: list[Features]) -> list[Features]:
         """Called on each training batch's examples before collation (e.g. to mix in replayed ones)."""
         return features
 
-    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
-        """Called after each training forward pass, before backward (e.g. to choose slots to train)."""
-
-    def penalty(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """A regulariser added to each training step's loss, once per optimizer step."""
+    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], context: TrainingContext) -> torch.Tensor | None:
+        """Called after each training forward pass, before backward (e.g. to choose slots to train). Returns a
+        regulariser to add to the loss (counted once per optimizer step), or None."""
         return None
 
-    def after_backward(self, model: nn.Module) -> None:
+    def after_backward(self, model: nn.Module, context: TrainingContext) -> None:
         """Called after each backward pass, before the optimizer step (gradient masks, dampening)."""
 
-    def after_optimizer_step(self, model: nn.Module) -> None:
-        """Called after each optimizer step (step counters for warm-ups)."""
-
-    def route(
-        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: Sequence[str]
-    ) -> list[str] | None:
-        """Called at inference before each batch of prompts: set up the model for these inputs (which adapter,
-        which memory version) and return, per example, the name of the task it was routed to; None: no routing."""
-        return None
-
-    def prompt_text(self, prompt: str) -> str:
-        """The text the model reads for an inference prompt (`route` still sees the prompt as given)."""
-        return prompt
-
-    def after_task(self, model: nn.Module, data: TaskData) -> None:
-        """Called when a task's training ends (Fisher estimates, buffers, freezing)."""
-
-    def task_report(self) -> dict[str, float]:
-        """Numbers about the task just consolidated, stored beside its timings in result.json."""
+    def after_task(self, model: nn.Module, data: TaskData, context: TrainingContext) -> dict[str, float]:
+        """Called when a task's training ends (Fisher estimates, buffers, freezing). Returns numbers about the
+        task, stored beside its timings in result.json."""
         return {}
+
+    def route(self, model: nn.Module, prompts: Sequence[str], encode: Encode) -> Routing | None:
+        """Called at inference before each batch of prompts: set up the model for them (which adapter, which
+        memory version) and say what it reads. `encode(texts)` tokenizes as the model will be fed (for a
+        method that routes on tokens). None: the prompts are read as they are, unrouted."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """Everything besides model weights that a checkpoint must hold to resume this method."""
@@ -128,7 +141,45 @@ METHODS: dict[str, type[Method]] = {}
 
 
 class MethodError(ValueError):
-    """An unknown method or a bad method option; the message names the option."""
+    """An unknown method, a method that cannot learn a stream, or a bad method option."""
+
+
+class ConfigError(MethodError):
+    """A bad value of one option of a method's config; says which (the CLI names it as `--method-arg option`)."""
+
+    def __init__(self, owner: str, option: str, reason: str) -> None:
+        self.owner, self.option, self.reason = owner, option, reason
+        super().__init__(f"{owner}.{option}: {reason}")
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's options, in PEFT's style: typed fields with `metadata={"help": …}`, `None` for
+    "the method's default". Checked once, when made: a `Literal` field against its values, a number against
+    `metadata["min"]` (inclusive) and `metadata["below"]` (exclusive). Subclasses add checks across fields."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for spec in dataclasses.fields(self):
+            value, kind = getattr(self, spec.name), hints[spec.name]
+            allowed = _literal_values(kind)
+            if allowed and value not in allowed and value is not None:
+                self.fail(spec.name, f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if "min" in spec.metadata and value < spec.metadata["min"]:
+                    self.fail(spec.name, f"must be ≥ {spec.metadata['min']}, got {value}")
+                if "below" in spec.metadata and value >= spec.metadata["below"]:
+                    self.fail(spec.name, f"must be below {spec.metadata['below']}, got {value}")
+
+    def fail(self, option: str, reason: str) -> typing.NoReturn:
+        raise ConfigError(type(self).__name__, option, reason)
+
+
+def _literal_values(kind: Any) -> tuple[Any, ...]:
+    """The values of a `Literal[...]` type, also inside `Literal[...] | None`; () for any other type."""
+    if typing.get_origin(kind) is typing.Literal:
+        return typing.get_args(kind)
+    return tuple(v for arg in typing.get_args(kind) for v in _literal_values(arg))
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -136,12 +187,12 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def layer_list(text: str) -> list[int] | None:
-    """The decoder layers a `layers` option names ("3,7"); None when empty (the method's default)."""
+def layer_list(config: MethodConfig, text: str | None) -> list[int] | None:
+    """The decoder layers a config's `layers` option names ("3,7"); None when unset (the method's default)."""
     try:
-        return [int(part) for part in text.split(",")] if text.strip() else None
+        return [int(part) for part in text.split(",")] if text and text.strip() else None
     except ValueError:
-        raise MethodError(f"--method-arg layers: expected comma-separated integers, got {text!r}") from None
+        config.fail("layers", f"expected comma-separated integers, got {text!r}")
 
 
 def task_period(task: Task, previous: str | None, method: str) -> str:
@@ -162,41 +213,3 @@ def check_periods(stream: Stream, periods: Sequence[str], method: str) -> None:
     previous = periods[-1] if periods else None
     for task in stream.tasks[len(periods):]:
         previous = task_period(task, previous, method)
-
-
-def build_method(name: str, args: dict[str, str] | None = None) -> Method:
-    """Instantiate a registered method from string arguments such as the CLI's `--method-arg k=v`."""
-    if name not in METHODS:
-        raise MethodError(f"--method: unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
-    cls = METHODS[name]
-    hints = typing.get_type_hints(cls.config_class)
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    values: dict[str, Any] = {}
-    for key, raw in (args or {}).items():
-        if key not in fields:
-            raise MethodError(f"--method-arg {key}: {name} has no option {key!r}; options: {', '.join(sorted(fields))}")
-        values[key] = _coerce(raw, hints[key], f"--method-arg {key}")
-    return cls(cls.config_class(**values))
-
-
-def method_options(name: str) -> list[tuple[str, Any, str]]:
-    """(option, default, help) for each config field of a registered method."""
-    return [
-        (f.name, f.default, f.metadata.get("help", ""))
-        for f in dataclasses.fields(METHODS[name].config_class)
-    ]
-
-
-def _coerce(raw: str, kind: Any, where: str) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    try:
-        if kind is bool:
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1", "yes")
-        if kind in (int, float):
-            return kind(raw)
-    except ValueError:
-        raise MethodError(f"{where}: {raw!r} is not a valid {kind.__name__}") from None
-    return raw

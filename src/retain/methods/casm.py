@@ -1,10 +1,9 @@
 """CASM: contradiction-aware, versioned memory, read as of the time a query asks about.
 
-Knowledge is written as in SMF (sparse TF-IDF-selected value rows of its memory), but
-the memory is versioned by period, copy-on-write: the first time a period is about to write a row,
-the row's value as the previous period closed is copied aside, and never touched again. So every
-closed period's memory can be rebuilt bit for bit (the live values, with each row taken from the
-first copy made after that period), while rows no later period wrote are shared by all versions.
+Composed of three parts: an SMF writer (sparse TF-IDF-selected value rows of its memory are
+written), a `VersionedTable` over that memory (copy-on-write, one version per period: every closed
+period's memory can be rebuilt bit for bit, while rows no later period wrote are shared by all
+versions), and a `FactRegistry` (which fact holds when).
 
 Each task's facts (facts.jsonl) go through a FactRegistry: a known (subject, relation) stated with a
 different normalised object is a contradiction and closes the old version; the same object is a
@@ -30,8 +29,8 @@ wrote gets back the value it had before.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -39,11 +38,13 @@ from torch import nn
 from retain.evaluation import exact_match
 from retain.fact_questions import question
 from retain.knowledge import FactRegistry, FactVersion
-from retain.methods.base import MethodError, TaskData, check_periods, register, task_period
+from retain.methods.base import (
+    Encode, Method, MethodError, Routing, StreamData, TaskData, TrainingContext, check_periods, register, task_period,
+)
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
+from retain.nn.versioned_table import VersionedTable
 from retain.stream import Stream, Task
 from retain.text import at_time, first_statement, normalize_answer, query_time, time_key
-
 
 # The scoped feed-forward memory's (learning rate, top_t, budget), unless the user sets them. Per example, so that an
 # epoch's one-example last batch does not retrain nearly every row it reads: on the temporal small stream 16384 slots
@@ -54,53 +55,67 @@ CASM_FEED_FORWARD_DEFAULTS = (5.0, 2048, "example")
 
 @dataclass
 class CASMConfig(SMFConfig):
-    budget: str = field(default="", metadata={"help": "What top_t counts: slots per 'batch' or per 'example'; empty = "
-                                                       "'example' for the scoped feed-forward memory, else 'batch'."})
-    scope: str = field(default="facts", metadata={
+    budget: Literal["batch", "example"] | None = field(default=None, metadata={
+        "help": "What top_t counts: slots per 'batch' or per 'example'; None = 'example' for the scoped feed-forward "
+                "memory, else 'batch'."})
+    scope: Literal["facts", "all"] = field(default="facts", metadata={
         "help": "'facts': a query that names no time and no fact the registry knows reads no memory (the "
                 "pretrained model), so text about nothing learned is untouched, and the feed-forward memory defaults "
                 "to lr={0:g}, top_t={1} per example; 'all': it reads the latest memory (SMF's defaults)."
                 .format(*CASM_FEED_FORWARD_DEFAULTS)})
 
-    def __post_init__(self) -> None:
+    def writer_config(self) -> SMFConfig:
+        """The SMF options of the memory writer: these options, with CASM's defaults for the scoped feed-forward
+        memory where unset (with general text kept off the memory, more slots cost no general perplexity)."""
+        options = {f.name: getattr(self, f.name) for f in fields(SMFConfig)}
         if self.memory == "feed_forward" and self.scope == "facts":
-            # With general text kept off the memory, more slots cost no general perplexity.
             lr, top_t, budget = CASM_FEED_FORWARD_DEFAULTS
-            self.lr, self.top_t, self.budget = self.lr or lr, self.top_t or top_t, self.budget or budget
-        self.budget = self.budget or "batch"
-        super().__post_init__()
-        if self.scope not in ("facts", "all"):
-            raise MethodError(f"--method-arg scope: expected 'facts' or 'all', got {self.scope!r}")
+            options |= {"lr": lr if self.lr is None else self.lr, "top_t": top_t if self.top_t is None else self.top_t,
+                        "budget": self.budget or budget}
+        return SMFConfig(**options | {"budget": options["budget"] or "batch"})
+
+
+class Read(NamedTuple):
+    """How a prompt is read: the version its time names, the version it reads (None: no memory), the text read."""
+
+    named: int
+    version: int | None
+    text: str
 
 
 @register
-class CASM(SparseMemoryFinetuning):
+class CASM(Method):
     name = "casm"
     config_class = CASMConfig
 
     def __init__(self, config: CASMConfig | None = None) -> None:
         super().__init__(config)
+        self.writer = SparseMemoryFinetuning(self.config.writer_config())
+        self.table: VersionedTable | None = None  # over the writer's memory, once the model has one
         self.periods: list[str] = []  # one memory version per period, oldest first
-        # copies[v]: rows the period after v wrote, with their values as period v closed (indices, rows).
-        self.copies: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.registry = FactRegistry()
         self.observations: list[dict[str, int]] = []
         self.as_of: str | None = None  # an explicit time for every query, overriding the text's
-        self._confirmed: list[FactVersion] = []
-        self._copied: set[int] = set()
-        self._pending_rows: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, their values before this period)
-        self._tables: dict[int, torch.Tensor] = {}
 
     # -- writing --------------------------------------------------------------------------------
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = self.writer.prepare(model)
+        self.table = VersionedTable(self.writer.memory)
+        return model
 
     def check(self, stream: Stream) -> None:
         check_periods(stream, self.periods, self.name)
 
-    def before_task(self, model: nn.Module, task: Task) -> None:
-        super().before_task(model, task)
+    def before_stream(self, model: nn.Module, data: StreamData) -> None:
+        self.writer.before_stream(model, data)
+
+    def before_task(self, model: nn.Module, context: TrainingContext) -> list[dict[str, str]]:
+        task = context.task
+        self.writer.before_task(model, context)
         period = task_period(task, self.periods[-1] if self.periods else None, self.name)
         self.periods.append(period)
-        self._copied, self._pending_rows, self._tables = set(), [], {}
+        self.table.begin()
         counts = {"addition": 0, "confirmation": 0, "contradiction": 0, "examples_dropped": 0, "asked_model": 0,
                   "unsupported": 0}
         confirmed: list[FactVersion] = []
@@ -110,36 +125,29 @@ class CASM(SparseMemoryFinetuning):
             if seen.kind == "confirmation":
                 confirmed.append(seen.version)
         self.observations.append(counts)
-        self._confirmed = confirmed
-        self.memory.tables, self.memory.table_of = [], None  # training writes the live values
-
-    def training_examples(self, task: Task) -> list[dict[str, str]]:
-        period = self.periods[-1]
         changed = [v for v in self.registry.versions if v.valid_from == period and not v.retracted]
-        kept = [example for example in task.train if not _only_states(example, self._confirmed, changed)]
-        self.observations[-1]["examples_dropped"] = len(task.train) - len(kept)
+        kept = [example for example in task.train if not _only_states(example, confirmed, changed)]
+        counts["examples_dropped"] = len(task.train) - len(kept)
         return kept or task.train
 
-    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
-        super().after_forward(model, inputs)
-        if len(self.periods) < 2:
-            return  # the first period has no earlier version to keep
-        fresh = [row for row in self._selected.tolist() if row not in self._copied]
-        if fresh:
-            rows = torch.tensor(fresh)
-            self._pending_rows.append((rows, self.memory.read_rows(rows)))
-            self._copied.update(fresh)
+    def optimizer(self, model: nn.Module, context: TrainingContext) -> torch.optim.Optimizer:
+        return self.writer.optimizer(model, context)
 
-    def after_task(self, model: nn.Module, data: TaskData) -> None:
-        super().after_task(model, data)
+    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], context: TrainingContext) -> None:
+        self.writer.after_forward(model, inputs, context)
+        self.table.before_write(self.writer.selected)
+
+    def after_task(self, model: nn.Module, data: TaskData, context: TrainingContext) -> dict[str, float]:
+        report = self.writer.after_task(model, data, context)
         if not data.task.facts and data.complete is not None:
             self._ask_model(data.task, data.complete)
-        if len(self.periods) >= 2:
-            rows = [r for r, _ in self._pending_rows]
-            values = [v for _, v in self._pending_rows]
-            self.copies.append((torch.cat(rows) if rows else torch.empty(0, dtype=torch.long),
-                                torch.cat(values) if values else torch.empty(0, self.memory.dim)))
-        self._pending_rows, self._tables = [], {}
+        self.table.close()
+        counts = self.observations[-1]
+        return report | {
+            "facts_added": counts["addition"], "facts_confirmed": counts["confirmation"],
+            "facts_contradicted": counts["contradiction"], "examples_dropped": counts["examples_dropped"],
+            "facts_asked_model": counts["asked_model"], "model_answers_unsupported": counts["unsupported"],
+            "rows_copied_on_write": self.table.copied_rows()}
 
     def _ask_model(self, task: Task, complete: Callable[[Sequence[str]], list[str]]) -> None:
         """A task that brings text but no facts: ask the model, as trained on it, about every current fact whose
@@ -164,27 +172,7 @@ class CASM(SparseMemoryFinetuning):
             else:
                 counts["unsupported"] += 1
 
-    def task_report(self) -> dict[str, float]:
-        counts = self.observations[-1]
-        copied = len(self.copies[-1][0]) if len(self.periods) >= 2 else 0
-        return super().task_report() | {
-            "facts_added": counts["addition"], "facts_confirmed": counts["confirmation"],
-            "facts_contradicted": counts["contradiction"], "examples_dropped": counts["examples_dropped"],
-            "facts_asked_model": counts["asked_model"], "model_answers_unsupported": counts["unsupported"],
-            "rows_copied_on_write": copied}
-
     # -- reading --------------------------------------------------------------------------------
-
-    def values_at(self, version: int) -> torch.Tensor:
-        """The memory's value table as period `version` closed (the last one: the live values)."""
-        if version >= len(self.copies):
-            return self.memory.value_table()
-        if version not in self._tables:
-            table = self.memory.value_table()
-            for rows, values in reversed(self.copies[version:]):  # the earliest copy after `version` wins
-                table[rows.to(table.device)] = values.to(table.device, table.dtype)
-            self._tables[version] = table
-        return self._tables[version]
 
     def version_at(self, time: str | None) -> int:
         """The newest period that began at or before `time` (the first period for earlier times; the latest for None)."""
@@ -194,8 +182,8 @@ class CASM(SparseMemoryFinetuning):
         begun = [i for i, period in enumerate(self.periods) if time_key(period) <= key]
         return begun[-1] if begun else 0
 
-    def read(self, prompt: str) -> tuple[int, int | None, str]:
-        """For a prompt: the period its time names, the memory version it reads, and the text the model reads.
+    def read(self, prompt: str) -> Read:
+        """How `prompt` is read.
 
         When the registry knows the fact the prompt asks about, the version read is the one written in the
         period that fact's version (valid at the prompt's time) was stated, and the prompt's time becomes
@@ -209,60 +197,43 @@ class CASM(SparseMemoryFinetuning):
         fact = self.registry.find(prompt, time)
         if fact is None:
             general = time is None and self.config.scope == "facts"
-            return named, None if general else named, prompt
+            return Read(named, None if general else named, prompt)
         written = self.version_at(fact.valid_from)
-        return named, written, at_time(prompt, self.periods[written])
+        return Read(named, written, at_time(prompt, self.periods[written]))
 
-    def route(
-        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompts: Sequence[str] = ()
-    ) -> list[str] | None:
-        """Set each example's memory version; name, per example, the period whose version it reads
-        ("pretrained" for none)."""
+    def route(self, model: nn.Module, prompts: Sequence[str], encode: Encode) -> Routing | None:
+        """Each prompt reads its memory version; its route is the period of that version ("pretrained" for none)."""
         if not self.periods:
             return None
-        latest = len(self.periods) - 1
-        versions = [self.read(prompt)[1] for prompt in prompts] or [latest] * len(input_ids)
-        self.memory.tables = [self.values_at(v) for v in range(latest)]  # -1 reads the live values
-        if None in versions:
-            if -1 not in self._tables:  # a memory's values start at zero, so zeros read as the pretrained model
-                self._tables[-1] = torch.zeros(self.memory.slots, self.memory.dim)
-            self.memory.tables.append(self._tables[-1])
-        table = {None: latest, latest: -1}  # the zero table follows the closed versions
-        self.memory.table_of = torch.tensor([table.get(version, version) for version in versions])
-        return ["pretrained" if version is None else self.periods[version] for version in versions]
-
-    def prompt_text(self, prompt: str) -> str:
-        return self.read(prompt)[2] if self.periods else prompt
+        reads = [self.read(prompt) for prompt in prompts]
+        self.table.read([r.version for r in reads])
+        return Routing(texts=[r.text for r in reads],
+                       names=["pretrained" if r.version is None else self.periods[r.version] for r in reads])
 
     # -- undoing --------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def rollback(self) -> str:
         """Withdraw the latest period: retract its facts and restore every row it wrote. Returns its name."""
         if len(self.periods) < 2:
             raise MethodError("casm: rollback needs a period before the latest to return to")
         period = self.periods.pop()
-        rows, values = self.copies.pop()
-        self.memory.write_rows(rows, values)
+        self.table.rollback()
         for version in reversed(self.registry.versions):
             if version.valid_from == period and not version.retracted:
                 self.registry.retract(version.id)
         self.observations.pop()
-        self.written.pop()
-        self._tables = {}
-        self.memory.tables, self.memory.table_of = [], None
+        self.writer.written.pop()
         return period
 
     def state_dict(self) -> dict[str, Any]:
-        return super().state_dict() | {"periods": self.periods, "copies": self.copies, "observations": self.observations,
-                                       "registry": self.registry.state()}
+        return self.writer.state_dict() | {"periods": self.periods, "copies": self.table.copies,
+                                           "observations": self.observations, "registry": self.registry.state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.periods, self.copies = list(state["periods"]), list(state["copies"])
-        self.observations = list(state["observations"])
+        self.writer.load_state_dict(state)
+        self.periods, self.observations = list(state["periods"]), list(state["observations"])
+        self.table.load_state_dict({"versions": len(self.periods), "copies": state["copies"]})
         self.registry = FactRegistry.from_state(state["registry"])
-        self._tables = {}
 
 
 def _stated_prefix(answer: str, passages: list[str]) -> str | None:

@@ -5,32 +5,29 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from retain.fisher import FisherAnchor, diagonal_fisher
-from retain.methods.base import MethodError, Method, TaskData, register
+from retain.methods.base import Method, MethodConfig, TaskData, TrainingContext, register
 
 
 @dataclass
-class EWCConfig:
+class EWCConfig(MethodConfig):
     # λ is large because the empirical Fisher at a well-trained point is tiny (mean ≈ 5e-7 per weight
     # on SmolLM2-135M). On the demo stream 1e4 changed nothing, 1e8 stopped new learning; 1e6 was best.
-    ewc_lambda: float = field(default=1e6, metadata={"help": "Penalty strength λ in λ/2·Σ F(θ−θ*)²."})
-    mode: str = field(
+    ewc_lambda: float = field(default=1e6, metadata={"help": "Penalty strength λ in λ/2·Σ F(θ−θ*)².", "min": 0})
+    mode: Literal["separate", "online"] = field(
         default="separate",
         metadata={"help": "'separate': every task's penalty counts fully; 'online': older Fisher decays by gamma."},
     )
-    gamma: float = field(default=1.0, metadata={"help": "Online mode: decay of the accumulated Fisher per task."})
-    fisher_samples: int = field(default=64, metadata={"help": "Training examples per task used to estimate the Fisher."})
-    params: str = field(default="", metadata={"help": "Regex of parameter names to anchor; empty = all trainable."})
+    gamma: float = field(default=1.0, metadata={"help": "Online mode: decay of the accumulated Fisher per task.", "min": 0})
+    fisher_samples: int = field(default=64, metadata={"help": "Training examples per task used to estimate the Fisher.",
+                                                      "min": 1})
+    params: str | None = field(default=None, metadata={"help": "Regex of parameter names to anchor; None = all trainable."})
     seed: int = field(default=0, metadata={"help": "Seed for choosing the Fisher examples."})
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("separate", "online"):
-            raise MethodError(f"--method-arg mode: expected 'separate' or 'online', got {self.mode!r}")
 
 
 @register
@@ -52,15 +49,16 @@ class EWC(Method):
             if p.requires_grad and (pattern is None or pattern.search(name))
         }
 
-    def penalty(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], context: TrainingContext) -> torch.Tensor | None:
         total = self.anchor.penalty(model)
         return None if total is None else 0.5 * self.config.ewc_lambda * total
 
-    def after_task(self, model: nn.Module, data: TaskData) -> None:
+    def after_task(self, model: nn.Module, data: TaskData, context: TrainingContext) -> dict[str, float]:
         params = self.anchored_parameters(model)
         rng = random.Random(f"{self.config.seed}:{data.task.name}")
         sample = rng.sample(data.features, min(self.config.fisher_samples, len(data.features)))
         self.anchor.add(params, diagonal_fisher(model, (data.collate([f]) for f in sample), params))
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return self.anchor.state_dict()

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from retain.methods.base import Method, register
+from retain.methods.base import Method, MethodConfig, register
 
 
 @dataclass
-class FullFTConfig:
+class FullFTConfig(MethodConfig):
     pass
 
 

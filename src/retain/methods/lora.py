@@ -10,14 +10,14 @@ from peft import get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from retain.methods.base import Method, MethodError, TaskData, register
+from retain.methods.base import Method, MethodConfig, TaskData, TrainingContext, register
 
 
 @dataclass
-class LoRAConfig:
-    r: int = field(default=16, metadata={"help": "Rank of the low-rank update."})
+class LoRAConfig(MethodConfig):
+    r: int = field(default=16, metadata={"help": "Rank of the low-rank update.", "min": 1})
     alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input.", "min": 0, "below": 1})
     target_modules: str = field(
         default="all-linear", metadata={"help": "Comma-separated module names to adapt, or 'all-linear'."}
     )
@@ -25,12 +25,6 @@ class LoRAConfig:
         default=False,
         metadata={"help": "Merge the adapter into the base weights after each task and start a fresh one."},
     )
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise MethodError(f"--method-arg r: the rank must be at least 1, got {self.r}")
-        if not 0 <= self.dropout < 1:
-            raise MethodError(f"--method-arg dropout: expected a probability in [0, 1), got {self.dropout}")
 
 
 @register
@@ -50,12 +44,13 @@ class LoRA(Method):
         return get_peft_model(model, peft_config)
 
     @torch.no_grad()
-    def after_task(self, model: nn.Module, data: TaskData) -> None:
+    def after_task(self, model: nn.Module, data: TaskData, context: TrainingContext) -> dict[str, float]:
         if not self.config.per_task:
-            return
+            return {}
         for module in model.modules():
             if isinstance(module, LoraLayer):
                 for adapter in module.active_adapters:
                     base = module.get_base_layer().weight
                     base += module.get_delta_weight(adapter).to(base.dtype)
                     module.reset_lora_parameters(adapter, init_lora_weights=True)
+        return {}

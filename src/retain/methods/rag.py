@@ -10,19 +10,21 @@ the pretrained model's reading of the retrieved line. Unlike CASM, the answer is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from retain.knowledge import FactRegistry, FactVersion
-from retain.methods.base import Method, check_periods, register, task_period
-from retain.stream import Stream, Task
+from retain.methods.base import Encode, Method, MethodConfig, Routing, TrainingContext, check_periods, register, task_period
+from retain.stream import Stream
 from retain.text import normalize_answer, query_time
 
 
 @dataclass
-class RAGConfig:
-    max_facts: int = field(default=8, metadata={"help": "Most facts put before a prompt (the longest subject matches first)."})
+class RAGConfig(MethodConfig):
+    max_facts: int = field(default=8, metadata={"help": "Most facts put before a prompt (the longest subject matches first).",
+                                                  "min": 0})
 
 
 @register
@@ -42,7 +44,8 @@ class RAG(Method):
     def check(self, stream: Stream) -> None:
         check_periods(stream, self.periods, self.name)
 
-    def before_task(self, model: nn.Module, task: Task) -> None:
+    def before_task(self, model: nn.Module, context: TrainingContext) -> None:
+        task = context.task
         period = task_period(task, self.periods[-1] if self.periods else None, self.name)
         self.periods.append(period)
         for fact in task.facts:
@@ -58,7 +61,11 @@ class RAG(Method):
                  if v.valid_at(time) and f" {normalize_answer(v.subject)} " in words]
         return sorted(found, key=lambda v: -len(v.subject))[: self.config.max_facts]
 
+    def route(self, model: nn.Module, prompts: Sequence[str], encode: Encode) -> Routing:
+        return Routing(texts=[self.prompt_text(prompt) for prompt in prompts])
+
     def prompt_text(self, prompt: str) -> str:
+        """The prompt preceded by the facts `retrieve` finds for it."""
         facts = self.retrieve(prompt)
         if not facts:
             return prompt

@@ -8,18 +8,15 @@ from typing import Any
 
 from torch import nn
 
-from retain.methods.base import MethodError, Features, Method, TaskData, register
+from retain.methods.base import Features, Method, MethodConfig, TaskData, TrainingContext, register
 
 
 @dataclass
-class ReplayConfig:
-    buffer_size: int = field(default=256, metadata={"help": "Examples kept from all past tasks together."})
-    ratio: float = field(default=0.25, metadata={"help": "Share of each training batch drawn from the buffer."})
+class ReplayConfig(MethodConfig):
+    buffer_size: int = field(default=256, metadata={"help": "Examples kept from all past tasks together.", "min": 0})
+    ratio: float = field(default=0.25, metadata={"help": "Share of each training batch drawn from the buffer.", "min": 0,
+                                                 "below": 1})
     seed: int = field(default=0, metadata={"help": "Seed of the reservoir and of the replay draws."})
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.ratio < 1:
-            raise MethodError(f"--method-arg ratio: must be in [0, 1), got {self.ratio}")
 
 
 @register
@@ -44,7 +41,7 @@ class Replay(Method):
         extra = round(len(features) * self.config.ratio / (1 - self.config.ratio))
         return features + [self.rng.choice(self.buffer) for _ in range(extra)]
 
-    def after_task(self, model: nn.Module, data: TaskData) -> None:
+    def after_task(self, model: nn.Module, data: TaskData, context: TrainingContext) -> dict[str, float]:
         for example in data.features:
             self.seen += 1
             if len(self.buffer) < self.config.buffer_size:
@@ -53,6 +50,7 @@ class Replay(Method):
                 slot = self.rng.randrange(self.seen)
                 if slot < self.config.buffer_size:
                     self.buffer[slot] = example
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"buffer": self.buffer, "seen": self.seen, "rng": self.rng.getstate()}

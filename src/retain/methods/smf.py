@@ -24,13 +24,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from retain.methods.base import Method, MethodError, StreamData, TaskData, layer_list, register
+from retain.methods.base import Method, MethodConfig, MethodError, StreamData, TaskData, TrainingContext, layer_list, register
 from retain.nn.feed_forward_memory import FeedForwardMemory
 from retain.nn.product_key_memory import ProductKeyMemory, decoder_layers, insert_memory
 from retain.nn.slot_memory import SlotMemory
@@ -48,61 +48,59 @@ _FF, _PK = MEMORY_DEFAULTS["feed_forward"], MEMORY_DEFAULTS["product_key"]
 
 
 @dataclass
-class SMFConfig:
-    memory: str = field(default="feed_forward", metadata={"help": "'feed_forward' (the model's own units) or "
-                                                                  "'product_key' (a memory layer added)."})
-    layers: str = field(default="", metadata={"help": "Comma-separated decoder layers whose memory trains; empty = "
-                                                       "all (feed_forward) or the middle one (product_key)."})
-    k: int = field(default=0, metadata={"help": "Slots a token reads per layer (feed_forward: its units of largest "
-                                                "|activation|) or per head (product_key); "
-                                                f"0 = {_FF[2]} (feed_forward) or {_PK[2]} (product_key)."})
-    top_t: int = field(default=0, metadata={"help": "Slots whose values are trained per batch, ranked by `selection`; "
-                                                    f"0 = {_FF[1]} (feed_forward) or {_PK[1]} (product_key)."})
-    budget: str = field(default="batch", metadata={"help": "What top_t counts: slots per 'batch' (as in the paper), "
-                                                           "or per 'example' of the batch, so an epoch's short last "
-                                                           "batch trains as few slots as it has examples for."})
-    selection: str = field(default="tfidf", metadata={"help": "How slots are ranked per batch: 'tfidf', or 'kl' (each "
-                                                              "slot's term of KL(batch reads ‖ background reads))."})
-    optimizer: str = field(default="sgd", metadata={"help": "'sgd' (untouched slots never move) or 'adamw'."})
+class SMFConfig(MethodConfig):
+    memory: Literal["feed_forward", "product_key"] = field(default="feed_forward", metadata={
+        "help": "'feed_forward' (the model's own units) or 'product_key' (a memory layer added)."})
+    layers: str | None = field(default=None, metadata={"help": "Comma-separated decoder layers whose memory trains; None "
+                                                                "= all (feed_forward) or the middle one (product_key)."})
+    k: int | None = field(default=None, metadata={"help": "Slots a token reads per layer (feed_forward: its units of "
+                                                          "largest |activation|) or per head (product_key); None = "
+                                                          f"{_FF[2]} (feed_forward) or {_PK[2]} (product_key).", "min": 1})
+    top_t: int | None = field(default=None, metadata={"help": "Slots whose values are trained per batch, ranked by "
+                                                              f"`selection`; None = {_FF[1]} (feed_forward) or {_PK[1]} "
+                                                              "(product_key).", "min": 1})
+    budget: Literal["batch", "example"] = field(default="batch", metadata={
+        "help": "What top_t counts: slots per 'batch' (as in the paper), or per 'example' of the batch, so an epoch's "
+                "short last batch trains as few slots as it has examples for."})
+    selection: Literal["tfidf", "kl"] = field(default="tfidf", metadata={
+        "help": "How slots are ranked per batch: 'tfidf', or 'kl' (each slot's term of KL(batch reads ‖ background reads))."})
+    optimizer: Literal["sgd", "adamw"] = field(default="sgd", metadata={"help": "'sgd' (untouched slots never move) or "
+                                                                                "'adamw'."})
     # A retrofitted product-key memory's keys are random or drawn from data, so each token spreads its read over k
     # slots almost evenly and a trained slot reaches the output at ≈1/k strength: its values need a step ~1e4.
-    lr: float = field(default=0.0, metadata={"help": "Learning rate of the memory values (replaces --learning_rate); "
-                                                     f"0 = {_FF[0]:g} (feed_forward) or {_PK[0]:g} (product_key)."})
-    background: str = field(default="", metadata={"help": "JSONL of {\"text\"} for the background statistics; "
-                                                           "empty = the stream's background text. Never the "
-                                                           "general text, which perplexity is measured on."})
-    background_batch: int = field(default=1, metadata={"help": "Texts per background batch (the IDF's document)."})
-    n_keys: int = field(default=128, metadata={"help": "product_key: half-keys per head (n_keys² slots)."})
-    heads: int = field(default=4, metadata={"help": "product_key: read heads (their reads are summed)."})
-    key_dim: int = field(default=128, metadata={"help": "product_key: query/key width per head (split in two halves)."})
+    lr: float | None = field(default=None, metadata={"help": "Learning rate of the memory values (replaces "
+                                                             f"--learning_rate); None = {_FF[0]:g} (feed_forward) or "
+                                                             f"{_PK[0]:g} (product_key).", "min": 0})
+    background: str | None = field(default=None, metadata={"help": "JSONL of {\"text\"} for the background statistics; "
+                                                                    "None = the stream's background text. Never the "
+                                                                    "general text, which perplexity is measured on."})
+    background_batch: int = field(default=1, metadata={"help": "Texts per background batch (the IDF's document).", "min": 1})
+    n_keys: int = field(default=128, metadata={"help": "product_key: half-keys per head (n_keys² slots).", "min": 1})
+    heads: int = field(default=4, metadata={"help": "product_key: read heads (their reads are summed).", "min": 1})
+    key_dim: int = field(default=128, metadata={"help": "product_key: query/key width per head (split in two halves).",
+                                                "min": 2})
     seed: int = field(default=0, metadata={"help": "product_key: seed of the keys and query projection."})
     # 'data' beat 'random' on the temporal small stream: period loss 2.04 vs 2.4, plasticity 0.17 vs 0.00.
-    key_init: str = field(default="data", metadata={"help": "product_key: 'data' draws half-keys from the queries of "
-                                                             "background tokens (they address real hidden states); "
-                                                             "or 'random'."})
+    key_init: Literal["data", "random"] = field(default="data", metadata={
+        "help": "product_key: 'data' draws half-keys from the queries of background tokens (they address real hidden "
+                "states); or 'random'."})
     heal_steps: int = field(default=0, metadata={"help": "product_key: warm-up steps on the background text that fit "
-                                                          "the keys and query to the model before they freeze (0 = off)."})
-    heal_lr: float = field(default=1e-3, metadata={"help": "product_key: AdamW learning rate of the warm-up."})
+                                                          "the keys and query to the model before they freeze (0 = off).",
+                                                  "min": 0})
+    heal_lr: float = field(default=1e-3, metadata={"help": "product_key: AdamW learning rate of the warm-up.", "min": 0})
 
     def __post_init__(self) -> None:
-        if self.memory not in MEMORY_DEFAULTS:
-            raise MethodError(f"--method-arg memory: expected one of {', '.join(MEMORY_DEFAULTS)}, got {self.memory!r}")
-        if self.key_init not in ("random", "data"):
-            raise MethodError(f"--method-arg key_init: expected 'random' or 'data', got {self.key_init!r}")
-        if self.selection not in ("tfidf", "kl"):
-            raise MethodError(f"--method-arg selection: expected 'tfidf' or 'kl', got {self.selection!r}")
-        if self.budget not in ("batch", "example"):
-            raise MethodError(f"--method-arg budget: expected 'batch' or 'example', got {self.budget!r}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise MethodError(f"--method-arg optimizer: expected 'sgd' or 'adamw', got {self.optimizer!r}")
-        if min(self.top_t, self.lr, self.k) < 0:
-            raise MethodError(f"--method-arg: top_t, lr and k must be ≥ 0 (got {self.top_t}, {self.lr}, {self.k})")
-        layer_list(self.layers)
-        default_lr, default_top_t, default_k = MEMORY_DEFAULTS[self.memory]
-        self.lr, self.top_t, self.k = self.lr or default_lr, self.top_t or default_top_t, self.k or default_k
+        super().__post_init__()
+        layer_list(self, self.layers)
 
     def layer_indices(self) -> list[int] | None:
-        return layer_list(self.layers)
+        return layer_list(self, self.layers)
+
+    def resolved(self) -> tuple[float, int, int]:
+        """(lr, top_t, k): the options given, the memory kind's defaults for those left unset."""
+        lr, top_t, k = MEMORY_DEFAULTS[self.memory]
+        return (lr if self.lr is None else self.lr, top_t if self.top_t is None else self.top_t,
+                k if self.k is None else self.k)
 
 
 @register
@@ -116,22 +114,23 @@ class SparseMemoryFinetuning(Method):
         self.document_frequency: torch.Tensor | None = None  # background batches that read each slot
         self.background_reads: torch.Tensor | None = None  # all background reads of each slot
         self.background_batches = 0
+        self.lr, self.top_t, self.k = self.config.resolved()
         self.written: list[torch.Tensor] = []  # per finished task: the slots it wrote
-        self._selected: torch.Tensor | None = None
+        self.selected: torch.Tensor | None = None  # the slots the current batch trains (chosen after its forward)
         self._task_written: torch.Tensor | None = None
         self._healing = False
 
     def prepare(self, model: nn.Module) -> nn.Module:
         config, layers = self.config, self.config.layer_indices()
         if config.memory == "feed_forward":
-            self.memory = FeedForwardMemory(model, layers, k=config.k)
+            self.memory = FeedForwardMemory(model, layers, k=self.k)
         else:
             if layers is not None and len(layers) != 1:
-                raise MethodError(f"--method-arg layers: a product_key memory goes into one layer, got {config.layers!r}")
+                config.fail("layers", f"a product_key memory goes into one layer, got {config.layers!r}")
             layer = layers[0] if layers else len(decoder_layers(model)) // 2
             with torch.random.fork_rng():
                 torch.manual_seed(config.seed)
-                self.memory = insert_memory(model, layer, n_keys=config.n_keys, heads=config.heads, k=config.k,
+                self.memory = insert_memory(model, layer, n_keys=config.n_keys, heads=config.heads, k=self.k,
                                             key_dim=config.key_dim)
         model.requires_grad_(False)
         for start, values in self.memory.value_blocks():
@@ -147,8 +146,8 @@ class SparseMemoryFinetuning(Method):
                               "(not its `general` text, which perplexity is measured on) or --method-arg "
                               "background=FILE.jsonl")
         if shared := set(texts) & set(data.stream.general):
-            raise MethodError(f"--method-arg background={self.config.background}: {len(shared)} of its texts are the "
-                              f"stream's general text, which perplexity is measured on; calibrate on other text")
+            self.config.fail("background", f"{len(shared)} of the texts of {self.config.background} are the stream's "
+                                           "general text, which perplexity is measured on; calibrate on other text")
         features = data.tokenize([{"text": t} for t in texts])
         size = self.config.background_batch
         batches = [data.collate(features[i : i + size]) for i in range(0, len(features), size)]
@@ -215,14 +214,14 @@ class SparseMemoryFinetuning(Method):
             with torch.no_grad():
                 memory.values.weight.zero_()
 
-    def before_task(self, model: nn.Module, task: Any) -> None:
+    def before_task(self, model: nn.Module, context: TrainingContext) -> None:
         self._task_written = torch.zeros(self.memory.slots, dtype=torch.bool)
 
-    def create_optimizer(self, model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
+    def optimizer(self, model: nn.Module, context: TrainingContext) -> torch.optim.Optimizer:
         values = [values for _, values in self.memory.value_blocks()]
         if self.config.optimizer == "sgd":
-            return torch.optim.SGD(values, lr=self.config.lr)
-        return torch.optim.AdamW(values, lr=self.config.lr, weight_decay=0.0)
+            return torch.optim.SGD(values, lr=self.lr)
+        return torch.optim.AdamW(values, lr=self.lr, weight_decay=0.0)
 
     def _batch_counts(self, reads: torch.Tensor) -> torch.Tensor:
         return _sum_over_processes(torch.bincount(reads.flatten(), minlength=self.memory.slots).float())
@@ -243,7 +242,7 @@ class SparseMemoryFinetuning(Method):
         q = background / background.sum()
         return torch.where(p > 0, p * torch.log(p.clamp_min(1e-30) / q), torch.zeros_like(p))
 
-    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+    def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], context: TrainingContext) -> None:
         # Before backward: choose this batch's slots, which the gradient hook on the values keeps.
         if self.document_frequency is None:
             raise RuntimeError("smf: no background statistics; use trainer.fit(stream) or call trainer.start_stream(stream)")
@@ -252,30 +251,28 @@ class SparseMemoryFinetuning(Method):
         scores = self.kl(reads) if self.config.selection == "kl" else self.tfidf(reads)
         # Per example, the examples of every process count, as their reads do, so every process picks the same slots.
         examples = inputs["input_ids"].new_tensor(len(inputs["input_ids"]))
-        budget = self.config.top_t * (int(_sum_over_processes(examples)) if self.config.budget == "example" else 1)
+        budget = self.top_t * (int(_sum_over_processes(examples)) if self.config.budget == "example" else 1)
         top = scores.topk(min(budget, len(scores)))
-        self._selected = top.indices[top.values > 0]
+        self.selected = top.indices[top.values > 0]
         if self._task_written is not None:
-            self._task_written[self._selected.cpu()] = True
+            self._task_written[self.selected.cpu()] = True
 
     def _mask_gradient(self, grad: torch.Tensor, start: int) -> torch.Tensor:
         if self._healing:
             return grad
         keep = torch.zeros(len(grad), 1, dtype=grad.dtype, device=grad.device)
-        if self._selected is not None:
-            mine = self._selected[(self._selected >= start) & (self._selected < start + len(grad))]
+        if self.selected is not None:
+            mine = self.selected[(self.selected >= start) & (self.selected < start + len(grad))]
             keep[mine - start] = 1
         return grad * keep
 
-    def after_task(self, model: nn.Module, data: TaskData) -> None:
+    def after_task(self, model: nn.Module, data: TaskData, context: TrainingContext) -> dict[str, float]:
         self.written.append(self._task_written.nonzero().flatten())
-        self._selected = None
+        self.selected = None
         if not len(self.written[-1]):
             logger.warning("%s: task %r wrote no memory slot: every slot its text read is read by every background "
                            "text too, so none scored above zero (a smaller k or more varied background text helps)",
                            self.name, data.task.name)
-
-    def task_report(self) -> dict[str, float]:
         current = set(self.written[-1].tolist())
         earlier = set().union(*(set(t.tolist()) for t in self.written[:-1]))
         return {"slots_written": len(current), "slots_shared_with_earlier_tasks": len(current & earlier),

@@ -1,0 +1,44 @@
+"""Training arguments of the continual trainers: transformers' and TRL's, with the defaults continual runs need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+from trl import SFTConfig
+
+from retain.fact_questions import WORDINGS as FACT_WORDINGS
+
+
+@dataclass
+class _ContinualDefaults:
+    """Defaults shared by the continual trainers' argument classes; listed first among their bases, so they win."""
+
+    save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints; runs checkpoint per task."})
+    logging_strategy: str = field(default="epoch", metadata={"help": "When the Trainer logs the training loss."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the tokenized fields as they are."})
+    dataloader_pin_memory: bool = field(
+        default=torch.cuda.is_available(), metadata={"help": "Pin batches in page-locked memory (helps only on GPU)."}
+    )
+    max_length: int = field(default=256, metadata={"help": "Training examples are truncated to this many tokens."})
+    max_new_tokens: int = field(default=24, metadata={"help": "Generation budget per probe (capped near the answer's length)."})
+    fact_questions: int = field(default=len(FACT_WORDINGS), metadata={
+        "help": "Each new or changed fact of a task's facts.jsonl is also trained as a question in this many training "
+                f"wordings (0 to {len(FACT_WORDINGS)}; 0: passages only), for every method alike."})
+
+
+@dataclass
+class ContinualTrainingArguments(_ContinualDefaults, TrainingArguments):
+    """TrainingArguments with defaults for continual runs (checkpoints are per task, by the run directory)."""
+
+
+@dataclass
+class ContinualSFTConfig(_ContinualDefaults, SFTConfig):
+    """TRL's SFTConfig with the defaults of continual runs: bf16 only where a GPU has it (CPUs run fp32),
+    activation checkpointing off unless asked for."""
+
+    bf16: bool | None = field(default=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+                              metadata={"help": "bf16 mixed precision (default: on GPUs that support it)."})
+    # SFTConfig turns checkpointing on through the deprecated name; off here: small models train faster without it.
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated: use --activation_checkpointing."})

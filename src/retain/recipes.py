@@ -1,0 +1,168 @@
+"""Recipes: what `retain run`, `retain compare` and `retain ask` do, as functions that Python users call too.
+
+    from retain import recipes
+    from retain.arguments import ContinualTrainingArguments
+
+    args = ContinualTrainingArguments(output_dir="runs/ewc/trainer", num_train_epochs=2)
+    result = recipes.run("runs/stream", "runs/ewc", method="ewc", model="tiny", training_args=args)
+    recipes.compare("runs/stream", "runs/cmp", ["full_ft", "replay+ewc"], model="tiny", training_args=args)
+    recipes.ask("runs/ewc", ["[2018] The harbour master of Velmora Port is"])
+
+A run directory holds config.json (what `--resume` must match), checkpoints/ (safetensors + JSON, see
+`retain.runstate`), result.json and predictions.jsonl. A comparison is one run directory per method,
+compare.json, and the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from retain.arguments import ContinualTrainingArguments
+from retain.evaluation import Evaluator
+from retain.methods import Method, MethodError, build_method
+from retain.models import EMBEDDED_DEFAULT, load_model
+from retain.report import write_report
+from retain.result import RunResult
+from retain.runstate import RunDirectory, RunDirectoryError, atomic_write, check_output
+from retain.stream import Stream, load_stream, stream_files
+from retain.text import at_time, first_statement, query_time, time_key
+from retain.trainer import ContinualTrainer
+
+logger = logging.getLogger(__name__)
+
+# Options that may change between a run and its resume without changing what the run computes.
+RESUMABLE_CHANGES = {"output_dir", "logging_dir", "disable_tqdm", "report_to", "run_name", "dataloader_num_workers"}
+
+
+def run_config(method: str, method_args: dict[str, str], model: str, stream_path: str | Path,
+               training_args: ContinualTrainingArguments) -> dict[str, Any]:
+    """What a run directory's config.json records, and what a resume must match."""
+    training = json.loads(training_args.to_json_string())
+    return {
+        "method": method, "method_args": method_args, "model": model,
+        "stream": str(Path(stream_path).resolve()), "stream_files": stream_files(stream_path),
+        "seed": training_args.seed,
+        "training_args": {k: v for k, v in training.items() if k not in RESUMABLE_CHANGES},
+    }
+
+
+def run(stream: str | Path, output: str | Path, method: str = "full_ft", method_args: dict[str, str] | None = None,
+        model: str = EMBEDDED_DEFAULT, training_args: ContinualTrainingArguments | None = None, resume: bool = False,
+        overwrite: bool = False, loaded_stream: Stream | None = None) -> RunResult:
+    """Train `method` (a name, or several joined by "+") through the stream in `stream`, evaluating every task after
+    each; results and checkpoints go to `output`. Everything that depends only on the options, the stream and the
+    run directory is checked before the model is loaded."""
+    method_args = dict(method_args or {})
+    training_args = training_args or ContinualTrainingArguments(output_dir=str(Path(output) / "trainer"))
+    check_output(Path(output))
+    data = loaded_stream or load_stream(stream)
+    built = build_method(method, method_args)
+    config = run_config(method, method_args, model, stream, training_args)
+    built.check(data)
+    run_dir = RunDirectory(output, config, resume=True) if resume else None
+    logger.info("Loading model %s for %s", model, method)
+    loaded, tokenizer = load_model(model, seed=training_args.seed)
+    try:
+        trainer = ContinualTrainer(model=loaded, args=training_args, method=built, processing_class=tokenizer)
+    except ValueError as error:  # a method option the model's library refuses (e.g. PEFT's)
+        raise MethodError(f"--method {method}: {error}") from None
+    run_dir = run_dir or RunDirectory(output, config, overwrite=overwrite)
+    return trainer.fit(data, run_dir=run_dir, model_name=model)
+
+
+def compare(stream: str | Path, output: str | Path, methods: Sequence[str], method_args: dict[str, dict[str, str]] | None = None,
+            method_lr: dict[str, float] | None = None, model: str = EMBEDDED_DEFAULT,
+            training_args: ContinualTrainingArguments | None = None, overwrite: bool = False,
+            baseline: str | None = None) -> dict[str, Path]:
+    """Run every method of `methods` on one stream, model and seed (a finished run is kept unless `overwrite`), then
+    write the report, costs relative to `baseline`; returns the report's paths. A method may be NAME=METHOD, a
+    variant under its own name."""
+    variants = dict(_variant(m) for m in methods)
+    names = list(variants)
+    given, method_lr = dict(method_args or {}), dict(method_lr or {})
+    if unknown := sorted((set(given) | set(method_lr)) - set(names)):
+        raise MethodError(f"--method-arg/--method-lr {unknown[0]}: expected one of the methods {names}")
+    method_args = {name: dict(given.get(name, {})) for name in names}
+    if baseline is not None and baseline not in names:
+        raise MethodError(f"--baseline {baseline}: not one of the methods {names}")
+    for name in names:  # fail on a bad option before hours of training, not after
+        build_method(variants[name], method_args[name])
+    data = load_stream(stream)
+    training_args = training_args or ContinualTrainingArguments(output_dir=str(Path(output) / "trainer"))
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write(output / "compare.json", json.dumps({"methods": names, "variants": variants, "method_args": method_args,
+                                                       "method_lr": method_lr, "model": model, "baseline": baseline},
+                                                      indent=2))
+    for index, name in enumerate(names, start=1):
+        run_dir = output / name
+        finished = run_dir / "result.json"
+        if not overwrite and finished.is_file() and json.loads(finished.read_text()).get("complete"):
+            logger.info("[%d/%d] %s: already complete in %s, kept", index, len(names), name, run_dir)
+            continue
+        logger.info("[%d/%d] %s", index, len(names), name)
+        args = dataclasses.replace(training_args, learning_rate=method_lr.get(name, training_args.learning_rate),
+                                   output_dir=str(run_dir / "trainer"))
+        resume = not overwrite and (run_dir / "config.json").is_file()
+        run(stream, run_dir, variants[name], method_args[name], model, args, resume, overwrite, loaded_stream=data)
+        gc.collect()
+    return write_report(output, baseline)
+
+
+@dataclass
+class LoadedRun:
+    """A finished (or interrupted) run's model as its last checkpoint left it, with its method and tokenizer."""
+
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    method: Method
+    result: RunResult
+
+    def ask(self, prompts: Sequence[str], max_new_tokens: int = 24, as_of: str | None = None) -> list[str]:
+        """Greedy answers (first statements) to `prompts`, routed by the method; `as_of` dates prompts naming no time."""
+        if as_of is not None:
+            time_key(as_of)  # a bad time fails here, with the time in the message
+            prompts = [p if query_time(p) else at_time(p, as_of) for p in prompts]
+        evaluator = Evaluator(self.tokenizer, route=self.method.route)
+        return [first_statement(text) for text in evaluator.complete(self.model, list(prompts), max_new_tokens)]
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """The model of `run_dir`'s last intact checkpoint, its method and its result so far."""
+    config_file = Path(run_dir) / "config.json"
+    if not config_file.is_file():
+        raise RunDirectoryError(f"--run {run_dir}: no config.json; not a run directory")
+    config = json.loads(config_file.read_text())
+    method = build_method(config["method"], config["method_args"])
+    model, tokenizer = load_model(config["model"], seed=config["seed"])
+    model = method.prepare(model)
+    restored = RunDirectory(run_dir, config, resume=True).load_checkpoint(model, method.load_state_dict)
+    if restored is None:
+        raise RunDirectoryError(f"--run {run_dir}: no checkpoint yet; the run has not finished a task")
+    return LoadedRun(model, tokenizer, method, restored[1])
+
+
+def ask(run_dir: str | Path, prompts: Sequence[str], max_new_tokens: int = 24, as_of: str | None = None) -> list[str]:
+    """Greedy answers by the model of `run_dir`'s last checkpoint (see `LoadedRun.ask`)."""
+    if as_of is not None:
+        time_key(as_of)  # before the model is loaded
+    return load_run(run_dir).ask(prompts, max_new_tokens, as_of)
+
+
+def _variant(text: str) -> tuple[str, str]:
+    """"aria" → (aria, aria); "aria_no_spc=aria" → (aria_no_spc, aria)."""
+    name, _, method = text.strip().partition("=")
+    name, method = name.strip(), (method or name).strip()
+    if not name or not method:
+        raise MethodError(f"--methods {text!r}: expected METHOD or NAME=METHOD")
+    return name, method
