@@ -10,6 +10,8 @@ from trl import SFTConfig
 
 from retain.fact_questions import WORDINGS as FACT_WORDINGS
 
+_GPU = torch.cuda.is_available()
+
 
 @dataclass
 class _ContinualDefaults:
@@ -26,6 +28,12 @@ class _ContinualDefaults:
     fact_questions: int = field(default=len(FACT_WORDINGS), metadata={
         "help": "Each new or changed fact of a task's facts.jsonl is also trained as a question in this many training "
                 f"wordings (0 to {len(FACT_WORDINGS)}; 0: passages only), for every method alike."})
+    # fp32 on CPUs, where bf16 is many times slower; bf16 where a GPU supports it.
+    bf16: bool | None = field(default=_GPU and torch.cuda.is_bf16_supported(),
+                              metadata={"help": "bf16 mixed precision (default: on GPUs that support it)."})
+    # Without a GPU, several processes (torchrun, accelerate launch) are data parallel on CPU only when told so.
+    use_cpu: bool = field(default=not (_GPU or torch.backends.mps.is_available()),
+                          metadata={"help": "Train on CPU (default when there is no GPU)."})
 
 
 @dataclass
@@ -38,7 +46,5 @@ class ContinualSFTConfig(_ContinualDefaults, SFTConfig):
     """TRL's SFTConfig with the defaults of continual runs: bf16 only where a GPU has it (CPUs run fp32),
     activation checkpointing off unless asked for."""
 
-    bf16: bool | None = field(default=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-                              metadata={"help": "bf16 mixed precision (default: on GPUs that support it)."})
     # SFTConfig turns checkpointing on through the deprecated name; off here: small models train faster without it.
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated: use --activation_checkpointing."})

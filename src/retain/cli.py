@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from accelerate import PartialState
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
@@ -264,8 +265,11 @@ def _parse_method_args(pairs: list[str]) -> dict[str, str]:
 
 
 def _setup_logging(console: Console) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)],
-                        force=True)  # this command's console, also when main() runs twice in one process
+    # retain's own messages on this command's console (replacing an earlier command's, when main() runs twice in one
+    # process); they still reach the root logger's handlers, if an application set any.
+    logger = logging.getLogger("retain")
+    logger.handlers = [RichHandler(console=console, show_path=False)]
+    logger.setLevel(logging.INFO)
     hf_logging.set_verbosity_warning()
 
 
@@ -273,8 +277,9 @@ def _execute(run_args: RunArguments, train_args: ContinualTrainingArguments, con
     _setup_logging(console)
     result = recipes.run(run_args.stream, run_args.output, run_args.method, _parse_method_args(run_args.method_arg),
                          run_args.model, train_args, run_args.resume, run_args.overwrite)
-    _wide_console().print(summary_table(result))
-    console.print(f"Results in [bold]{run_args.output}[/] (result.json, predictions.jsonl)")
+    if PartialState().is_main_process:  # one report of a distributed run, not one per process
+        _wide_console().print(summary_table(result))
+        console.print(f"Results in [bold]{run_args.output}[/] (result.json, predictions.jsonl)")
     return 0
 
 
@@ -300,8 +305,9 @@ def _execute_compare(args: CompareArguments, train_args: ContinualTrainingArgume
     except ConfigError as error:
         method = next((m for m, options in per_method.items() if error.option in options), None)
         raise ConfigError(error.owner, f"{method}.{error.option}" if method else error.option, error.reason) from None
-    _wide_console().print(comparison_table(Path(args.output)))
-    console.print(f"Report: [bold]{paths['html']}[/] (and report.md, PNGs, one run directory per method)")
+    if PartialState().is_main_process:
+        _wide_console().print(comparison_table(Path(args.output)))
+        console.print(f"Report: [bold]{paths['html']}[/] (and report.md, PNGs, one run directory per method)")
     return 0
 
 

@@ -201,6 +201,11 @@ class Evaluator:
     @torch.no_grad()
     def perplexity(self, model: nn.Module, texts: Sequence[str], max_length: int = 512) -> float:
         """exp of the mean next-token loss over all tokens of `texts`."""
+        return perplexity(*self.loss_sum(model, texts, max_length))
+
+    @torch.no_grad()
+    def loss_sum(self, model: nn.Module, texts: Sequence[str], max_length: int = 512) -> tuple[float, int]:
+        """The summed next-token loss over all tokens of `texts`, and their number (sums add across processes)."""
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
@@ -219,8 +224,12 @@ class Evaluator:
                 total_tokens += int(mask.sum())
         finally:
             model.train(was_training)
-        mean_loss = total_loss / max(total_tokens, 1)
-        return math.exp(mean_loss) if mean_loss < 700 else math.inf  # a diverged model: infinite, not a crash
+        return total_loss, total_tokens
+
+
+def perplexity(loss_sum: float, tokens: int) -> float:
+    mean_loss = loss_sum / max(tokens, 1)
+    return math.exp(mean_loss) if mean_loss < 700 else math.inf  # a diverged model: infinite, not a crash
 
 
 def _sequence_logprobs(model: nn.Module, sequences: list[list[int]], prefix: int, pad_id: int) -> torch.Tensor:

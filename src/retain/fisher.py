@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.distributed as dist
 from torch import nn
+
+from retain.parallel import process_index, processes, sum_over_processes
 
 
 def diagonal_fisher(
@@ -15,9 +16,11 @@ def diagonal_fisher(
     """Mean over examples of the squared gradient of `model(**example).loss` for each parameter in `params`.
 
     Each element of `examples` must be a batch of one example: squaring a batch-mean gradient would
-    measure the gradient's mean, not its second moment, and underestimate the Fisher. With
-    torch.distributed initialised, sums and counts are all-reduced so every rank gets the same estimate.
+    measure the gradient's mean, not its second moment, and underestimate the Fisher. Data parallel, every
+    process is given the same examples and takes its share of them; sums and counts are added over processes, so
+    every process gets the estimate one process would.
     """
+    examples = list(examples)[process_index() :: processes()]
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
     count = 0
     was_training = model.training
@@ -35,11 +38,9 @@ def diagonal_fisher(
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    total = torch.tensor(float(count), device=device)
-    if dist.is_available() and dist.is_initialized():
-        for tensor in fisher.values():
-            dist.all_reduce(tensor)
-        dist.all_reduce(total)
+    total = sum_over_processes(torch.tensor(float(count), device=device))
+    for tensor in fisher.values():
+        sum_over_processes(tensor)
     if total.item() == 0:
         raise ValueError("diagonal_fisher: no examples given")
     return {name: f / total for name, f in fisher.items()}

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -41,18 +42,21 @@ from retain.trainer import ContinualTrainer
 logger = logging.getLogger(__name__)
 
 # Options that may change between a run and its resume without changing what the run computes.
-RESUMABLE_CHANGES = {"output_dir", "logging_dir", "disable_tqdm", "report_to", "run_name", "dataloader_num_workers"}
+RESUMABLE_CHANGES = {"output_dir", "logging_dir", "disable_tqdm", "report_to", "run_name", "dataloader_num_workers",
+                     "local_rank", "use_cpu"}
 
 
 def run_config(method: str, method_args: dict[str, str], model: str, stream_path: str | Path,
                training_args: ContinualTrainingArguments) -> dict[str, Any]:
     """What a run directory's config.json records, and what a resume must match."""
     training = json.loads(training_args.to_json_string())
+    processes = training_args.world_size  # a resume needs as many: it sets the global batch
     return {
         "method": method, "method_args": method_args, "model": model,
         "stream": str(Path(stream_path).resolve()), "stream_files": stream_files(stream_path),
         "seed": training_args.seed,
         "training_args": {k: v for k, v in training.items() if k not in RESUMABLE_CHANGES},
+        **({"processes": processes} if processes > 1 else {}),
     }
 
 
@@ -61,7 +65,8 @@ def run(stream: str | Path, output: str | Path, method: str = "full_ft", method_
         overwrite: bool = False, loaded_stream: Stream | None = None) -> RunResult:
     """Train `method` (a name, or several joined by "+") through the stream in `stream`, evaluating every task after
     each; results and checkpoints go to `output`. Everything that depends only on the options, the stream and the
-    run directory is checked before the model is loaded."""
+    run directory is checked before the model is loaded. Under torchrun or accelerate launch, every process trains
+    (data parallel, through the Trainer) and evaluates its share of the probes; only the main one writes."""
     method_args = dict(method_args or {})
     training_args = training_args or ContinualTrainingArguments(output_dir=str(Path(output) / "trainer"))
     check_output(Path(output))
@@ -69,15 +74,24 @@ def run(stream: str | Path, output: str | Path, method: str = "full_ft", method_
     built = build_method(method, method_args)
     config = run_config(method, method_args, model, stream, training_args)
     built.check(data)
-    run_dir = RunDirectory(output, config, resume=True) if resume else None
+    run_dir = _open(output, config, resume=True) if resume else None
     logger.info("Loading model %s for %s", model, method)
     loaded, tokenizer = load_model(model, seed=training_args.seed)
     try:
         trainer = ContinualTrainer(model=loaded, args=training_args, method=built, processing_class=tokenizer)
+    except MethodError:
+        raise
     except ValueError as error:  # a method option the model's library refuses (e.g. PEFT's)
         raise MethodError(f"--method {method}: {error}") from None
-    run_dir = run_dir or RunDirectory(output, config, overwrite=overwrite)
+    run_dir = run_dir or _open(output, config, overwrite=overwrite)
     return trainer.fit(data, run_dir=run_dir, model_name=model)
+
+
+def _open(output: str | Path, config: dict[str, Any], resume: bool = False, overwrite: bool = False) -> RunDirectory:
+    """The run directory, opened (created, checked) by the main process first; the others then only read it."""
+    state = PartialState()
+    with state.main_process_first():
+        return RunDirectory(output, config, resume=resume, overwrite=overwrite, write=state.is_main_process)
 
 
 def compare(stream: str | Path, output: str | Path, methods: Sequence[str], method_args: dict[str, dict[str, str]] | None = None,
@@ -100,10 +114,12 @@ def compare(stream: str | Path, output: str | Path, methods: Sequence[str], meth
     data = load_stream(stream)
     training_args = training_args or ContinualTrainingArguments(output_dir=str(Path(output) / "trainer"))
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write(output / "compare.json", json.dumps({"methods": names, "variants": variants, "method_args": method_args,
-                                                       "method_lr": method_lr, "model": model, "baseline": baseline},
-                                                      indent=2))
+    main = PartialState().is_main_process
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write(output / "compare.json", json.dumps({"methods": names, "variants": variants,
+                                                           "method_args": method_args, "method_lr": method_lr,
+                                                           "model": model, "baseline": baseline}, indent=2))
     for index, name in enumerate(names, start=1):
         run_dir = output / name
         finished = run_dir / "result.json"
@@ -116,6 +132,8 @@ def compare(stream: str | Path, output: str | Path, methods: Sequence[str], meth
         resume = not overwrite and (run_dir / "config.json").is_file()
         run(stream, run_dir, variants[name], method_args[name], model, args, resume, overwrite, loaded_stream=data)
         gc.collect()
+    if not main:
+        return {"html": output / "report.html", "md": output / "report.md"}
     return write_report(output, baseline)
 
 

@@ -203,12 +203,20 @@ def config_changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
 
 
 class RunDirectory:
-    """Opens DIR for a new run (refusing to clobber an old one unless `overwrite`) or for a resume."""
+    """Opens DIR for a new run (refusing to clobber an old one unless `overwrite`) or for a resume.
 
-    def __init__(self, path: str | Path, config: dict[str, Any], resume: bool = False, overwrite: bool = False) -> None:
+    With `write=False` (every process but the main one of a distributed run) it writes nothing and checks nothing
+    that the main process, which opened DIR first, has checked: it only reads checkpoints to resume from.
+    """
+
+    def __init__(self, path: str | Path, config: dict[str, Any], resume: bool = False, overwrite: bool = False,
+                 write: bool = True) -> None:
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
+        self.config, self.write = config, write
         config_file = self.path / "config.json"
+        if not write:
+            return
         if resume:
             if not config_file.is_file():
                 raise RunDirectoryError(f"--resume: {config_file} not found; nothing to resume")
@@ -236,13 +244,14 @@ class RunDirectory:
                 check_output(self.path)
                 raise
             atomic_write(config_file, json.dumps(config, indent=2, sort_keys=True))
-        self.config = config
 
     def latest_checkpoint(self) -> Path | None:
         pointer = self.checkpoints / "LATEST"
         return self.checkpoints / pointer.read_text().strip() if pointer.is_file() else None
 
-    def save_checkpoint(self, model: nn.Module, method_state: Any, result: RunResult, method: str = "") -> Path:
+    def save_checkpoint(self, model: nn.Module, method_state: Any, result: RunResult, method: str = "") -> Path | None:
+        if not self.write:
+            return None
         name = f"task-{result.completed_tasks:03d}"
         previous = self.latest_checkpoint()
         try:
@@ -283,6 +292,8 @@ class RunDirectory:
         raise RunDirectoryError("; ".join(problems) + ": no intact checkpoint to resume from (start over with --overwrite)")
 
     def write_results(self, result: RunResult) -> None:
+        if not self.write:
+            return
         atomic_write(self.path / "result.json", json.dumps(result.to_json(), indent=2))
         lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions())
         atomic_write(self.path / "predictions.jsonl", lines)

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object, reduce
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations.integration_utils import TensorBoardCallback, default_logdir
@@ -19,10 +21,10 @@ from transformers.trainer_utils import TrainOutput
 
 from retain.arguments import ContinualTrainingArguments
 from retain.encoding import encoding_for
-from retain.evaluation import Evaluator
+from retain.evaluation import Evaluator, perplexity
 from retain.fact_questions import WORDINGS as FACT_WORDINGS
 from retain.fact_questions import fact_questions, new_or_changed
-from retain.methods.base import Features, Method, StreamData, TaskData, TrainingContext
+from retain.methods.base import Features, Method, MethodError, StreamData, TaskData, TrainingContext
 from retain.methods.full_ft import FullFineTuning
 from retain.metrics import mean
 from retain.result import EvalRow, RunResult
@@ -61,6 +63,7 @@ class ContinualTrainer(Trainer):
             data_collator=self._collate_training,
             **kwargs,
         )
+        check_sharding(self.method, fsdp_asked=bool(args.fsdp), fsdp=self.is_fsdp_enabled, deepspeed=self.is_deepspeed_enabled)
         self.encoding = encoding_for(self.model, processing_class, getattr(args, "max_length", 256))
         self.evaluator = Evaluator(
             processing_class, args.per_device_eval_batch_size, getattr(args, "max_new_tokens", 24),
@@ -104,7 +107,8 @@ class ContinualTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         computed = self._model_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = computed[0] if return_outputs else computed
-        penalty = self.method.after_forward(model, inputs, self.context)
+        # Hooks see the model itself, not a distributed wrapper of it (whose parameter names carry "module.").
+        penalty = self.method.after_forward(self.model, inputs, self.context)
         if penalty is not None:
             # When the Trainer will not divide this micro-batch's loss by the accumulation steps, divide
             # the penalty here, so that it counts once per optimizer step whatever the accumulation.
@@ -138,7 +142,7 @@ class ContinualTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # type: ignore[override]
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self.method.after_backward(model, self.context)
+        self.method.after_backward(self.model, self.context)
         return loss
 
     # -- the task lifecycle -------------------------------------------------------------------------
@@ -165,12 +169,16 @@ class ContinualTrainer(Trainer):
         self._pending = TaskData(task=task, features=features, collate=self.collate, complete=complete)
         self.train_dataset = features
         self.optimizer, self.lr_scheduler = None, None
+        if not self.is_fsdp_enabled:
+            # A fresh data-parallel wrapper per task: which parameters train changes between tasks (ARIA's adapters).
+            self.model_wrapped = self.model
         self._train_tokens = 0
         start = time.perf_counter()
         # The Trainer's loop, not a subclass's train() (the aria-trl layer trains tasks there); none for a method
         # that learns nothing by gradient.
         output = super().train() if self.method.trains else TrainOutput(0, 0.0, {})
         seconds = time.perf_counter() - start
+        self._train_tokens = int(reduce(torch.tensor(self._train_tokens, device=PartialState().device), "sum"))
         self.last_timing = {
             "train_examples": len(features),
             "fact_questions": len(questions),
@@ -204,8 +212,16 @@ class ContinualTrainer(Trainer):
         """Score every probe of `tasks` (default: the tasks added so far) and the perplexity of `general`."""
         tasks = list(tasks) if tasks is not None else self.tasks
         start = time.perf_counter()
-        scores = self.evaluator.score(self.model, [p for t in tasks for p in t.probes])
-        ppl = self.evaluator.perplexity(self.model, general) if general and self.encoding.generative else None
+        # Each process scores its share of the probes and of the general text; every process gets the whole row.
+        state = PartialState()
+        with state.split_between_processes([p for t in tasks for p in t.probes]) as mine:
+            scores = gather_object(self.evaluator.score(self.model, mine))
+        ppl = None
+        if general and self.encoding.generative:
+            with state.split_between_processes(list(general)) as texts:
+                loss, tokens = self.evaluator.loss_sum(self.model, texts) if texts else (0.0, 0)
+            sums = reduce(torch.tensor([loss, tokens], dtype=torch.float64, device=state.device), reduction="sum")
+            ppl = perplexity(float(sums[0]), int(sums[1]))
         return EvalRow.from_scores(label, tasks, scores, trained={t.name for t in self.tasks}, general_ppl=ppl,
                                    eval_seconds=time.perf_counter() - start)
 
@@ -286,6 +302,17 @@ class ContinualTrainer(Trainer):
         if run_dir is not None:
             run_dir.write_results(result)
         return result
+
+
+def check_sharding(method: Method, fsdp_asked: bool, fsdp: bool, deepspeed: bool) -> None:
+    """Refuse what would run other than asked: FSDP that accelerate does not enable (it shards only on GPUs), and a
+    method whose state is per whole parameter under FSDP or DeepSpeed, which shard parameters and gradients."""
+    if fsdp_asked and not fsdp:
+        raise MethodError("--fsdp: accelerate shards with FSDP only on GPUs; on CPUs several processes are data parallel "
+                         "(torchrun or accelerate launch without --fsdp)")
+    if (fsdp or deepspeed) and method.per_parameter_state:
+        raise MethodError(f"{method.name} keeps its state per whole parameter (Fisher anchors, gradient masks), which "
+                         f"{'FSDP' if fsdp else 'DeepSpeed'} shards; run it data parallel (without --fsdp / --deepspeed)")
 
 
 class _CountSteps(TrainerCallback):

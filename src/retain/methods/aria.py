@@ -35,6 +35,7 @@ from retain.methods.base import (
 from retain.nn.adapters import TaskAdapters
 from retain.nn.gated_mlp import PlasticityGatedMLP, feed_forward_layout, gate_feed_forwards
 from retain.nn.product_key_memory import decoder_layers
+from retain.parallel import processes, sum_over_processes
 
 
 @dataclass
@@ -85,6 +86,7 @@ class ARIAConfig(MethodConfig):
 class ARIA(Method):
     name = "aria"
     config_class = ARIAConfig
+    per_parameter_state = True
 
     def __init__(self, config: ARIAConfig | None = None) -> None:
         super().__init__(config)
@@ -182,14 +184,19 @@ class ARIA(Method):
                 for kind, params in groups.items() if params]
 
     def after_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], context: TrainingContext) -> torch.Tensor | None:
-        mask = inputs.get("attention_mask")
-        if self.config.dampening:
-            self._dampening = [1.0 - _masked_mean(g.plasticity.detach(), mask) for g in self.gated]  # no host sync
         terms = []
-        steps = context.step if self.config.warmup_scope == "task" else context.run_step
-        if self.gated and self.config.plasticity_lambda > 0 and steps >= self.config.warmup_steps:
-            spread = torch.stack([_masked_mean(g.plasticity * (1 - g.plasticity), mask) for g in self.gated]).mean()
-            terms.append(self.config.plasticity_lambda * spread)
+        if self.gated:
+            # Means over the real tokens of the global batch, all processes' together: a gradient dampened by its
+            # own process's gate, or a regulariser averaged per process, would differ from one process's.
+            weights, tokens = _token_weights(inputs.get("attention_mask"), self.gated[0].plasticity)
+            if self.config.dampening:
+                sums = sum_over_processes(torch.stack([(g.plasticity.detach() * weights).sum() for g in self.gated]))
+                self._dampening = list(1.0 - sums / tokens)  # no host sync
+            steps = context.step if self.config.warmup_scope == "task" else context.run_step
+            if self.config.plasticity_lambda > 0 and steps >= self.config.warmup_steps:
+                # × processes: the data-parallel wrapper averages gradients over processes; this term is a share of a sum.
+                spread = torch.stack([(g.plasticity * (1 - g.plasticity) * weights).sum() / tokens for g in self.gated])
+                terms.append(self.config.plasticity_lambda * spread.mean() * processes())
         if self.config.spc_lambda > 0:
             anchored = self.anchor.penalty(model)
             if anchored is not None:
@@ -323,11 +330,11 @@ class ARIA(Method):
             block.active = None
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is None or mask.shape != values.shape:
-        return values.mean()
-    weights = mask.to(values.dtype)
-    return (values * weights).sum() / weights.sum().clamp_min(1)
+def _token_weights(mask: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token of `like`, 1 for a real token and 0 for padding (all 1 without a matching mask), and the number of
+    real tokens over all processes (at least 1)."""
+    weights = mask.to(like.dtype) if mask is not None and mask.shape == like.shape else torch.ones_like(like)
+    return weights, sum_over_processes(weights.sum().detach()).clamp_min(1)
 
 
 def _prompt_mask(features: dict[str, list[int]]) -> list[int]:

@@ -81,6 +81,9 @@ class Method:
     name: ClassVar[str]
     config_class: ClassVar[type]
     trains: ClassVar[bool] = True  # False: the method learns nothing by gradient (a retrieval baseline); no training loop
+    # True: the method keeps state per whole parameter (Fisher anchors, gradient masks on value rows), which FSDP and
+    # DeepSpeed would shard under it; such a method runs data parallel only.
+    per_parameter_state: ClassVar[bool] = False
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.config_class()

@@ -87,6 +87,7 @@ class Read(NamedTuple):
 class CASM(Method):
     name = "casm"
     config_class = CASMConfig
+    per_parameter_state = True
 
     def __init__(self, config: CASMConfig | None = None) -> None:
         super().__init__(config)

@@ -36,6 +36,7 @@ class EWC(Method):
 
     name = "ewc"
     config_class = EWCConfig
+    per_parameter_state = True
 
     def __init__(self, config: EWCConfig | None = None) -> None:
         super().__init__(config)

@@ -1,4 +1,9 @@
-"""Experience replay: a reservoir buffer of past training examples mixed into every training batch."""
+"""Experience replay: a reservoir buffer of past training examples mixed into every training batch.
+
+Data parallel, every process holds the same buffer (the same examples, reservoir and seed) and draws the replayed
+examples of the whole global batch, keeping its own share: together the processes replay exactly what one process
+would for the same global batch (when the global replay count divides by the number of processes).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from accelerate import PartialState
 from torch import nn
 
 from retain.methods.base import Features, Method, MethodConfig, TaskData, TrainingContext, register
@@ -38,8 +44,11 @@ class Replay(Method):
     def extend_batch(self, features: list[Features]) -> list[Features]:
         if not self.buffer or self.config.ratio == 0:
             return features
-        extra = round(len(features) * self.config.ratio / (1 - self.config.ratio))
-        return features + [self.rng.choice(self.buffer) for _ in range(extra)]
+        processes = PartialState()
+        extra = round(len(features) * processes.num_processes * self.config.ratio / (1 - self.config.ratio))
+        drawn = [self.rng.choice(self.buffer) for _ in range(extra)]
+        share = -(-extra // processes.num_processes)
+        return features + drawn[processes.process_index * share : (processes.process_index + 1) * share]
 
     def after_task(self, model: nn.Module, data: TaskData, context: TrainingContext) -> dict[str, float]:
         for example in data.features:

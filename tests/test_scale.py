@@ -1,0 +1,138 @@
+"""Two processes (torchrun, gloo on CPU) learn exactly what one does, for every method, and resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from retain.cli import main
+
+METHODS = ["full_ft", "lora", "ewc", "replay", "aria", "smf", "casm", "rag"]
+OPTIONS = ["smf.k=8", "smf.top_t=8", "casm.k=8", "casm.top_t=8", "aria.adapter_dim=8", "aria.fisher_samples=4",
+           "ewc.fisher_samples=4", "replay.ratio=0.5", "replay.buffer_size=8"]
+# Adam at 1e-3 for 2 epochs: a step small enough that float rounding (padding differs between one batch of 2 and two
+# of 1) stays at rounding's size instead of being amplified, as a large step on a random tiny model would.
+TRAINING = ["--model", "tiny", "--num_train_epochs", "2", "--learning_rate", "1e-3", "--max_new_tokens", "6",
+            "--disable_tqdm", "true", "--seed", "0"]
+WEIGHT_TOLERANCE = 1e-3  # max |Δw| between 1 and 2 processes (measured: ≤ 4e-4, EWC's λ=1e6 magnifying Fisher rounding)
+PPL_TOLERANCE = 1e-4  # relative
+
+
+def torchrun(*args: str, **popen) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "retain.cli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scale")
+    # The global batch (2) divides every task's examples, so no epoch ends on a batch that one process would leave
+    # short and two would complete with repeated examples (accelerate's even_batches).
+    assert main(["generate", "temporal-facts", "--preset", "small", "--facts", "6", "--output", str(root / "stream")]) == 0
+    return root / "stream"
+
+
+@pytest.fixture(scope="module")
+def runs(stream):
+    root = stream.parent
+    common = ["--methods", ",".join(METHODS), "--stream", str(stream), *TRAINING, "--method-arg", *OPTIONS]
+    two = torchrun("compare", *common, "--per_device_train_batch_size", "1", "--output", str(root / "two"))
+    assert main(["compare", *common, "--per_device_train_batch_size", "2", "--output", str(root / "one")]) == 0
+    output, _ = two.communicate(timeout=900)
+    assert two.returncode == 0, output[-3000:]
+    return root / "one", root / "two"
+
+
+def outcome(run: Path) -> tuple[dict, list[dict], dict[str, torch.Tensor]]:
+    result = json.loads((run / "result.json").read_text())
+    predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    return result, predictions, load_file(run / "checkpoints" / "task-003" / "model.safetensors")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_learn_what_one_does(runs, method):
+    (one, one_predictions, one_weights), (two, two_predictions, two_weights) = (outcome(r / method) for r in runs)
+    assert two["complete"] and two["config"]["processes"] == 2
+    assert [t["optimizer_steps"] for t in two["timings"]] == [t["optimizer_steps"] for t in one["timings"]]
+    assert [t["train_tokens"] for t in two["timings"]] == [t["train_tokens"] for t in one["timings"]]  # all processes'
+    assert two["matrix"] == one["matrix"] and two["by_form"] == one["by_form"]
+    # Every probe scored once and gathered in order: the same generations, word for word.
+    assert [p["prediction"] for p in two_predictions] == [p["prediction"] for p in one_predictions]
+    assert [p.get("route") for p in two_predictions] == [p.get("route") for p in one_predictions]
+    for a, b in zip(one["summary"]["general_ppl"], two["summary"]["general_ppl"]):
+        assert b == pytest.approx(a, rel=PPL_TOLERANCE)
+    assert max((one_weights[k] - two_weights[k]).abs().max().item() for k in one_weights) <= WEIGHT_TOLERANCE
+    initial = {p["prompt"]: p["prediction"] for p in one_predictions if p["row"] == "initial"}
+    last = [p for p in one_predictions if p["row"] == one["tasks"][-1]]
+    assert any(p["prediction"] != initial[p["prompt"]] for p in last), "the runs compared learned nothing"
+
+def test_a_killed_process_stops_the_job_and_resume_continues_it(runs, stream, tmp_path):
+    out = tmp_path / "killed"
+    args = ["run", "--method", "full_ft", "--stream", str(stream), *TRAINING, "--per_device_train_batch_size", "1",
+            "--output", str(out)]
+    job = torchrun(*args, start_new_session=True)
+    latest = out / "checkpoints" / "LATEST"
+    deadline = time.time() + 600
+    while not (latest.is_file() and latest.read_text() == "task-001") and job.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+    assert job.poll() is None and len(workers) == 2, "the job ended before a worker could be killed"
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    job.communicate(timeout=120)
+    assert job.returncode != 0, "killing one process must stop the job"
+    assert not json.loads((out / "result.json").read_text())["complete"]
+    assert main(["run", "--method", "full_ft", "--stream", str(stream), *TRAINING, "--per_device_train_batch_size", "2",
+                 "--output", str(out), "--resume"]) == 2, "a resume on another number of processes is refused"
+    resumed = torchrun(*args, "--resume")
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output[-3000:]
+    (whole, whole_predictions, whole_weights), (again, again_predictions, again_weights) = \
+        outcome(runs[1] / "full_ft"), outcome(out)
+    assert again["complete"] and again["matrix"] == whole["matrix"]
+    assert [p["prediction"] for p in again_predictions] == [p["prediction"] for p in whole_predictions]
+    assert all(torch.equal(whole_weights[k], again_weights[k]) for k in whole_weights)
+
+
+def test_accelerate_launch_runs_the_same_job(runs, stream, tmp_path):
+    config = Path(__file__).parent.parent / "examples" / "accelerate" / "ddp.yaml"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--mixed_precision", "no",
+               "-m", "retain.cli", "run", "--method", "replay", "--stream", str(stream), *TRAINING,
+               "--per_device_train_batch_size", "1", "--method-arg", "ratio=0.5", "buffer_size=8", "--output", str(tmp_path / "r")]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (by_torchrun, torchrun_predictions, _), (launched, launched_predictions, _) = outcome(runs[1] / "replay"), outcome(tmp_path / "r")
+    assert launched["config"]["processes"] == 2 and launched["matrix"] == by_torchrun["matrix"]
+    assert [p["prediction"] for p in launched_predictions] == [p["prediction"] for p in torchrun_predictions]
+
+
+def test_fsdp_that_would_not_shard_is_refused(stream, tmp_path):
+    # One process: transformers refuses FSDP itself. Several on CPUs: accelerate would quietly not shard.
+    job = torchrun("run", "--method", "full_ft", "--stream", str(stream), *TRAINING, "--fsdp", "full_shard",
+                   "--output", str(tmp_path / "r"))
+    output, _ = job.communicate(timeout=300)
+    assert job.returncode != 0 and "--fsdp: accelerate shards with FSDP only on GPUs" in output
+    assert not (tmp_path / "r" / "config.json").exists()  # refused before the run directory was opened
+
+
+@pytest.mark.parametrize("method, refused", [("ewc", True), ("replay+ewc", True), ("aria", True), ("smf", True),
+                                             ("casm", True), ("full_ft", False), ("lora", False), ("replay", False)])
+def test_methods_with_per_parameter_state_refuse_sharding(method, refused):
+    from retain.methods import MethodError, build_method
+    from retain.trainer import check_sharding
+
+    for fsdp, deepspeed in ((True, False), (False, True)):
+        if refused:
+            with pytest.raises(MethodError, match="keeps its state per whole parameter"):
+                check_sharding(build_method(method), fsdp_asked=fsdp, fsdp=fsdp, deepspeed=deepspeed)
+        else:
+            check_sharding(build_method(method), fsdp_asked=fsdp, fsdp=fsdp, deepspeed=deepspeed)
+    check_sharding(build_method(method), fsdp_asked=False, fsdp=False, deepspeed=False)  # data parallel: every method
