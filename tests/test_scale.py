@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -136,3 +137,50 @@ def test_methods_with_per_parameter_state_refuse_sharding(method, refused):
         else:
             check_sharding(build_method(method), fsdp_asked=fsdp, fsdp=fsdp, deepspeed=deepspeed)
     check_sharding(build_method(method), fsdp_asked=False, fsdp=False, deepspeed=False)  # data parallel: every method
+
+
+SBATCH = Path(__file__).parent.parent / "examples" / "slurm" / "retain.sbatch"
+
+
+def dry_run(env: dict[str, str], *retain_args: str) -> list[str]:
+    done = subprocess.run(["bash", str(SBATCH), *retain_args], env={**os.environ, **env, "DRY_RUN": "1",
+                                                                   "PYTHON": sys.executable},
+                          capture_output=True, text=True, check=True)
+    return shlex.split(done.stdout)
+
+
+def test_the_slurm_script_launches_one_node_and_its_command_runs_here(runs, stream, tmp_path):
+    out = tmp_path / "slurm"
+    command = dry_run({"SLURM_NNODES": "1", "SLURM_GPUS_ON_NODE": "2", "SLURM_CPUS_PER_TASK": "2"},
+                      "run", "--method", "lora", "--stream", str(stream), *TRAINING, "--per_device_train_batch_size", "1",
+                      "--output", str(out))
+    assert command[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                          text=True, timeout=600)  # the printed command itself, on this machine's CPUs
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (reference, reference_predictions, _), (result, predictions, _) = outcome(runs[1] / "lora"), outcome(out)
+    assert result["config"]["processes"] == 2 and result["matrix"] == reference["matrix"]
+    assert [p["prediction"] for p in predictions] == [p["prediction"] for p in reference_predictions]
+
+
+def test_the_slurm_script_rendezvous_several_nodes():
+    command = dry_run({"SLURM_NNODES": "4", "SLURM_GPUS_ON_NODE": "8", "SLURM_JOB_ID": "4242", "MASTER_ADDR": "node017"},
+                      "compare", "--methods", "full_ft,ewc", "--stream", "S", "--output", "R")
+    assert command[:2] == ["srun", "--kill-on-bad-exit=1"]
+    launch = command[command.index("torch.distributed.run") + 1 : command.index("retain.cli") - 1]
+    assert launch == ["--nnodes", "4", "--rdzv_id", "4242", "--rdzv_backend", "c10d", "--rdzv_endpoint", "node017:29500",
+                      "--nproc_per_node", "8"]
+    assert command[command.index("retain.cli") + 1 :] == ["compare", "--methods", "full_ft,ewc", "--stream", "S", "--output", "R"]
+
+
+def test_the_accelerate_configs_are_valid_for_the_embedded_model():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    examples = Path(__file__).parent.parent / "examples" / "accelerate"
+    ddp, fsdp = (load_config_from_file(str(examples / name)) for name in ("ddp.yaml", "fsdp.yaml"))
+    assert ddp.distributed_type == "MULTI_GPU" and ddp.num_processes == 2
+    assert fsdp.distributed_type == "FSDP" and fsdp.fsdp_config["fsdp_version"] == 2
+    # It wraps the embedded model's decoder layers, and checkpoints whole tensors as one process writes them.
+    assert fsdp.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == LlamaDecoderLayer.__name__
+    assert fsdp.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
