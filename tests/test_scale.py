@@ -128,7 +128,7 @@ def test_fsdp_that_would_not_shard_is_refused(stream, tmp_path):
                                              ("casm", True), ("full_ft", False), ("lora", False), ("replay", False)])
 def test_methods_with_per_parameter_state_refuse_sharding(method, refused):
     from retain.methods import MethodError, build_method
-    from retain.trainer import check_sharding
+    from retain.methods.base import check_sharding
 
     for fsdp, deepspeed in ((True, False), (False, True)):
         if refused:

@@ -133,6 +133,24 @@ class RunResult:
             found |= summarize(self, kinds_of, last_predictions, metric)
         return found
 
+    def logs(self) -> dict[str, float]:
+        """The latest row as the Trainer's loggers take it: EM on each task, the summary metrics so far (per probe
+        form too), general perplexity, routing accuracy and the task's training cost. Keys start with `eval_`, which
+        the integrations file under eval/."""
+        row, summary = self.rows[-1], self.summary("em")
+        logs: dict[str, float] = {f"eval_em/{name}": value for name, value in zip(self.tasks, row.em) if value is not None}
+        logs |= {f"eval_{key}": value for key, value in summary.items() if isinstance(value, (int, float))}
+        logs |= {f"eval_{form}/{key}": value for form, scores in summary.get("by_form", {}).items()
+                 for key, value in scores.items() if isinstance(value, (int, float))}
+        if row.general_ppl is not None:
+            logs["eval_general_ppl"] = row.general_ppl
+        if row.routing_accuracy is not None:
+            logs["eval_routing_accuracy"] = row.routing_accuracy
+        if self.timings and row.label != "initial":
+            timing = self.timings[-1]
+            logs |= {f"eval_{key}": timing[key] for key in ("train_seconds", "train_tokens", "optimizer_steps") if key in timing}
+        return logs
+
     def to_json(self) -> dict[str, Any]:
         kinds = sorted({kind for row in self.rows for kind in row.by_kind})
         ppl = [row.general_ppl for row in self.rows]

@@ -24,7 +24,7 @@ from retain.encoding import encoding_for
 from retain.evaluation import Evaluator, perplexity
 from retain.fact_questions import WORDINGS as FACT_WORDINGS
 from retain.fact_questions import fact_questions, new_or_changed
-from retain.methods.base import Features, Method, MethodError, StreamData, TaskData, TrainingContext
+from retain.methods.base import Features, Method, StreamData, TaskData, TrainingContext, check_sharding
 from retain.methods.full_ft import FullFineTuning
 from retain.metrics import mean
 from retain.result import EvalRow, RunResult
@@ -227,22 +227,9 @@ class ContinualTrainer(Trainer):
 
     def log_evaluation(self, result: RunResult) -> None:
         """Report the latest row of `result` through the Trainer's callbacks (`--report_to tensorboard`, wandb,
-        mlflow, trackio …) at step = tasks learned: EM on each task, the summary metrics so far, general
-        perplexity, and the task's training cost. Keys start with `eval_`, which the integrations file under eval/."""
-        row, summary = result.rows[-1], result.summary("em")
-        logs: dict[str, float] = {f"eval_em/{name}": value for name, value in zip(result.tasks, row.em) if value is not None}
-        logs |= {f"eval_{key}": value for key, value in summary.items() if isinstance(value, (int, float))}
-        logs |= {f"eval_{form}/{key}": value for form, scores in summary.get("by_form", {}).items()
-                 for key, value in scores.items() if isinstance(value, (int, float))}
-        if row.general_ppl is not None:
-            logs["eval_general_ppl"] = row.general_ppl
-        if row.routing_accuracy is not None:
-            logs["eval_routing_accuracy"] = row.routing_accuracy
-        if result.timings and row.label != "initial":
-            timing = result.timings[-1]
-            logs |= {f"eval_{key}": timing[key] for key in ("train_seconds", "train_tokens", "optimizer_steps") if key in timing}
+        mlflow, trackio …) at step = tasks learned (see `RunResult.logs`)."""
         state = dataclasses.replace(self.state, global_step=result.completed_tasks)
-        self.control = self.callback_handler.on_log(self.args, state, self.control, logs)
+        self.control = self.callback_handler.on_log(self.args, state, self.control, result.logs())
 
     def save_continual_state(self, directory: str | Path) -> Path:
         """Save the model, the method's state (Fisher anchors, adapters, prototypes, buffers…) and the tasks
@@ -302,17 +289,6 @@ class ContinualTrainer(Trainer):
         if run_dir is not None:
             run_dir.write_results(result)
         return result
-
-
-def check_sharding(method: Method, fsdp_asked: bool, fsdp: bool, deepspeed: bool) -> None:
-    """Refuse what would run other than asked: FSDP that accelerate does not enable (it shards only on GPUs), and a
-    method whose state is per whole parameter under FSDP or DeepSpeed, which shard parameters and gradients."""
-    if fsdp_asked and not fsdp:
-        raise MethodError("--fsdp: accelerate shards with FSDP only on GPUs; on CPUs several processes are data parallel "
-                         "(torchrun or accelerate launch without --fsdp)")
-    if (fsdp or deepspeed) and method.per_parameter_state:
-        raise MethodError(f"{method.name} keeps its state per whole parameter (Fisher anchors, gradient masks), which "
-                         f"{'FSDP' if fsdp else 'DeepSpeed'} shards; run it data parallel (without --fsdp / --deepspeed)")
 
 
 class _CountSteps(TrainerCallback):

@@ -211,6 +211,17 @@ def task_period(task: Task, previous: str | None, method: str) -> str:
     return period
 
 
+def check_sharding(method: Method, fsdp_asked: bool, fsdp: bool, deepspeed: bool) -> None:
+    """Refuse what would run other than asked: FSDP that accelerate does not enable (it shards only on GPUs), and a
+    method whose state is per whole parameter under FSDP or DeepSpeed, which shard parameters and gradients."""
+    if fsdp_asked and not fsdp:
+        raise MethodError("--fsdp: accelerate shards with FSDP only on GPUs; on CPUs several processes are data parallel "
+                          "(torchrun or accelerate launch without --fsdp)")
+    if (fsdp or deepspeed) and method.per_parameter_state:
+        raise MethodError(f"{method.name} keeps its state per whole parameter (Fisher anchors, gradient masks), which "
+                          f"{'FSDP' if fsdp else 'DeepSpeed'} shards; run it data parallel (without --fsdp / --deepspeed)")
+
+
 def check_periods(stream: Stream, periods: Sequence[str], method: str) -> None:
     """Every task of `stream` not yet learned (after `periods`) has a time as its period, in order."""
     previous = periods[-1] if periods else None
