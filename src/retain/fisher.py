@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import reduce
 from torch import nn
-
-from retain.parallel import process_index, processes, sum_over_processes
 
 
 def diagonal_fisher(
@@ -20,7 +20,8 @@ def diagonal_fisher(
     process is given the same examples and takes its share of them; sums and counts are added over processes, so
     every process gets the estimate one process would.
     """
-    examples = list(examples)[process_index() :: processes()]
+    state = PartialState()
+    examples = list(examples)[state.process_index :: state.num_processes]
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
     count = 0
     was_training = model.training
@@ -38,9 +39,8 @@ def diagonal_fisher(
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    total = sum_over_processes(torch.tensor(float(count), device=device))
-    for tensor in fisher.values():
-        sum_over_processes(tensor)
+    total = reduce(torch.tensor(float(count), device=device), "sum")
+    fisher = reduce(fisher, "sum")
     if total.item() == 0:
         raise ValueError("diagonal_fisher: no examples given")
     return {name: f / total for name, f in fisher.items()}

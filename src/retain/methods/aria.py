@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import reduce
 from torch import nn
 
 from retain.fisher import FisherAnchor, diagonal_fisher
@@ -35,7 +37,6 @@ from retain.methods.base import (
 from retain.nn.adapters import TaskAdapters
 from retain.nn.gated_mlp import PlasticityGatedMLP, feed_forward_layout, gate_feed_forwards
 from retain.nn.product_key_memory import decoder_layers
-from retain.parallel import processes, sum_over_processes
 
 
 @dataclass
@@ -190,13 +191,13 @@ class ARIA(Method):
             # own process's gate, or a regulariser averaged per process, would differ from one process's.
             weights, tokens = _token_weights(inputs.get("attention_mask"), self.gated[0].plasticity)
             if self.config.dampening:
-                sums = sum_over_processes(torch.stack([(g.plasticity.detach() * weights).sum() for g in self.gated]))
+                sums = reduce(torch.stack([(g.plasticity.detach() * weights).sum() for g in self.gated]), "sum")
                 self._dampening = list(1.0 - sums / tokens)  # no host sync
             steps = context.step if self.config.warmup_scope == "task" else context.run_step
             if self.config.plasticity_lambda > 0 and steps >= self.config.warmup_steps:
                 # × processes: the data-parallel wrapper averages gradients over processes; this term is a share of a sum.
                 spread = torch.stack([(g.plasticity * (1 - g.plasticity) * weights).sum() / tokens for g in self.gated])
-                terms.append(self.config.plasticity_lambda * spread.mean() * processes())
+                terms.append(self.config.plasticity_lambda * spread.mean() * PartialState().num_processes)
         if self.config.spc_lambda > 0:
             anchored = self.anchor.penalty(model)
             if anchored is not None:
@@ -334,7 +335,7 @@ def _token_weights(mask: torch.Tensor | None, like: torch.Tensor) -> tuple[torch
     """Per token of `like`, 1 for a real token and 0 for padding (all 1 without a matching mask), and the number of
     real tokens over all processes (at least 1)."""
     weights = mask.to(like.dtype) if mask is not None and mask.shape == like.shape else torch.ones_like(like)
-    return weights, sum_over_processes(weights.sum().detach()).clamp_min(1)
+    return weights, reduce(weights.sum().detach(), "sum").clamp_min(1)
 
 
 def _prompt_mask(features: dict[str, list[int]]) -> list[int]:

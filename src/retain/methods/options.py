@@ -52,13 +52,12 @@ def _fields(name: str) -> set[str]:
 
 
 def _build(name: str, options: dict[str, str]) -> Method:
-    cls = METHODS[name]
+    cls, known = METHODS[name], _fields(name)
     hints = typing.get_type_hints(cls.config_class)
     values: dict[str, Any] = {}
     for key, raw in options.items():
-        if key not in hints or key not in _fields(name):
-            raise ConfigError(cls.config_class.__name__, key,
-                              f"{name} has no option {key!r}; options: {', '.join(sorted(_fields(name)))}")
+        if key not in known:
+            raise ConfigError(cls.config_class.__name__, key, f"{name} has no option {key!r}; options: {', '.join(sorted(known))}")
         values[key] = _coerce(raw, hints[key], cls.config_class.__name__, key)
     return cls(cls.config_class(**values))
 

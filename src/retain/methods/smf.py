@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from accelerate.utils import reduce
 from torch import nn
 
 from retain.methods.base import Method, MethodConfig, MethodError, StreamData, TaskData, TrainingContext, layer_list, register
 from retain.nn.feed_forward_memory import FeedForwardMemory
 from retain.nn.product_key_memory import ProductKeyMemory, decoder_layers, insert_memory
 from retain.nn.slot_memory import SlotMemory
-from retain.parallel import sum_over_processes
 from retain.stream import load_jsonl_texts
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ class SparseMemoryFinetuning(Method):
         return torch.optim.AdamW(values, lr=self.lr, weight_decay=0.0)
 
     def _batch_counts(self, reads: torch.Tensor) -> torch.Tensor:
-        return sum_over_processes(torch.bincount(reads.flatten(), minlength=self.memory.slots).float())
+        return reduce(torch.bincount(reads.flatten(), minlength=self.memory.slots).float(), "sum")
 
     def tfidf(self, reads: torch.Tensor) -> torch.Tensor:
         """TF-IDF of every slot for a batch whose reads (slot indices, any shape) are given."""
@@ -252,7 +252,7 @@ class SparseMemoryFinetuning(Method):
         scores = self.kl(reads) if self.config.selection == "kl" else self.tfidf(reads)
         # Per example, the examples of every process count, as their reads do, so every process picks the same slots.
         examples = inputs["input_ids"].new_tensor(len(inputs["input_ids"]))
-        budget = self.top_t * (int(sum_over_processes(examples)) if self.config.budget == "example" else 1)
+        budget = self.top_t * (int(reduce(examples, "sum")) if self.config.budget == "example" else 1)
         top = scores.topk(min(budget, len(scores)))
         self.selected = top.indices[top.values > 0]
         if self._task_written is not None:
