@@ -264,14 +264,14 @@ def test_ask_as_of_reads_that_period(tmp_path, capsys):
     assert "cannot read a time from 'someday'" in capsys.readouterr().err
 
 
-def test_scoped_feed_forward_memory_defaults_to_a_per_example_budget():
-    def settings(**args):
-        writer = build_method("casm", args).writer
-        return writer.lr, writer.top_t, writer.config.budget
+def test_the_feed_forward_memory_defaults_to_a_per_example_budget():
+    def settings(method="casm", **args):
+        writer = build_method(method, args)
+        writer = getattr(writer, "writer", writer)
+        return writer.lr, writer.top_t, writer.budget
 
-    assert settings() == (5.0, 2048, "example")
-    assert settings(scope="all") == (10.0, 8192, "batch")  # SMF's: general text reads this memory
+    assert settings() == settings("smf") == settings(scope="all") == (5.0, 2048, "example")
     assert settings(top_t="100", budget="batch") == (5.0, 100, "batch")
-    assert settings(memory="product_key") == (1e4, 1024, "batch")
+    assert settings(memory="product_key") == settings("smf", memory="product_key") == (1e4, 1024, "batch")
     with pytest.raises(ValueError, match="CASMConfig.budget: expected one of 'batch', 'example', got 'token'"):
         build_method("casm", {"budget": "token"})

@@ -124,18 +124,35 @@ def test_fsdp_that_would_not_shard_is_refused(stream, tmp_path):
     assert not (tmp_path / "r" / "config.json").exists()  # refused before the run directory was opened
 
 
-@pytest.mark.parametrize("method, refused", [("ewc", True), ("replay+ewc", True), ("aria", True), ("smf", True),
-                                             ("casm", True), ("full_ft", False), ("lora", False), ("replay", False)])
-def test_methods_with_per_parameter_state_refuse_sharding(method, refused):
+def test_under_fsdp_checkpoints_are_whole_and_ewc_follows_the_shards(tmp_path):
+    # FSDP2 shards on gloo too; accelerate applies it only on GPUs, so the worker drives torch's fully_shard directly.
+    script = Path(__file__).parent / "sharded_worker.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               str(tmp_path / "checkpoint")]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "checkpoint: weights equal" in done.stdout and "ewc: fisher, anchors, penalty and gradients equal" in done.stdout
+
+
+# (method, runs under FSDP, runs under DeepSpeed)
+SHARDING = [("full_ft", True, True), ("lora", True, True), ("replay", True, True), ("ewc", True, False),
+            ("replay+ewc", True, False), ("aria", False, False), ("smf", False, False), ("casm", False, False)]
+
+
+@pytest.mark.parametrize("method, fsdp, deepspeed", SHARDING)
+def test_a_method_runs_under_the_sharding_its_state_follows(method, fsdp, deepspeed):
     from retain.methods import MethodError, build_method
     from retain.methods.base import check_sharding
 
-    for fsdp, deepspeed in ((True, False), (False, True)):
-        if refused:
-            with pytest.raises(MethodError, match="keeps its state per whole parameter"):
-                check_sharding(build_method(method), fsdp_asked=fsdp, fsdp=fsdp, deepspeed=deepspeed)
+    for backend, runs in (("fsdp", fsdp), ("deepspeed", deepspeed)):
+        check = lambda: check_sharding(build_method(method), fsdp_asked=backend == "fsdp", fsdp=backend == "fsdp",
+                                       deepspeed=backend == "deepspeed")
+        if runs:
+            check()
         else:
-            check_sharding(build_method(method), fsdp_asked=fsdp, fsdp=fsdp, deepspeed=deepspeed)
+            with pytest.raises(MethodError, match="keeps state per whole parameter"):
+                check()
     check_sharding(build_method(method), fsdp_asked=False, fsdp=False, deepspeed=False)  # data parallel: every method
 
 

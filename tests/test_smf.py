@@ -12,7 +12,7 @@ from conftest import fact_task
 
 SMALL = {"memory": "product_key", "n_keys": "8", "heads": "2", "k": "4", "key_dim": "8", "top_t": "6", "lr": "5.0"}
 CONTEXT = TrainingContext()
-FEED_FORWARD = {"memory": "feed_forward", "k": "8", "top_t": "6", "lr": "5.0"}
+FEED_FORWARD = {"memory": "feed_forward", "k": "8", "top_t": "6", "budget": "batch", "lr": "5.0"}
 MEMORIES = pytest.mark.parametrize("memory", [SMALL, FEED_FORWARD, FEED_FORWARD | {"selection": "kl"}],
                                    ids=["product_key", "feed_forward", "feed_forward_kl"])
 

@@ -8,6 +8,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import reduce
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 def diagonal_fisher(
@@ -18,10 +19,14 @@ def diagonal_fisher(
     Each element of `examples` must be a batch of one example: squaring a batch-mean gradient would
     measure the gradient's mean, not its second moment, and underestimate the Fisher. Data parallel, every
     process is given the same examples and takes its share of them; sums and counts are added over processes, so
-    every process gets the estimate one process would.
+    every process gets the estimate one process would. Sharded by FSDP, every process runs every example (the
+    gradient FSDP leaves a process is its shard of the mean over processes, here of one and the same example) and
+    keeps the Fisher of its own shard.
     """
-    state = PartialState()
-    examples = list(examples)[state.process_index :: state.num_processes]
+    state, sharded = PartialState(), any(isinstance(p, DTensor) for p in params.values())
+    examples = list(examples)
+    if not sharded:
+        examples = examples[state.process_index :: state.num_processes]
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
     count = 0
     was_training = model.training
@@ -39,8 +44,9 @@ def diagonal_fisher(
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    total = reduce(torch.tensor(float(count), device=device), "sum")
-    fisher = reduce(fisher, "sum")
+    total = torch.tensor(float(count), device=device)
+    if not sharded:
+        total, fisher = reduce(total, "sum"), reduce(fisher, "sum")
     if total.item() == 0:
         raise ValueError("diagonal_fisher: no examples given")
     return {name: f / total for name, f in fisher.items()}
@@ -66,6 +72,8 @@ class FisherAnchor:
         """Merge one task's Fisher `fisher`, anchored at the current values of `params`."""
         for name, p in params.items():
             theta, f_new = p.detach().clone(), fisher[name]
+            if name in self.fisher:
+                self._laid_out(name, p)
             if name not in self.fisher:
                 self.fisher[name], self.anchor[name] = f_new, theta
             elif self.mode == "online":
@@ -78,14 +86,36 @@ class FisherAnchor:
                 self.fisher[name] = merged
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
-        """Σ F(θ−θ*)² at the model's current weights; None before the first task was added."""
+        """Σ F(θ−θ*)² at the model's current weights; None before the first task was added. Sharded by FSDP, the
+        sum over this process's shard: its gradient is exactly the whole penalty's on that shard."""
         if not self.fisher:
             return None
         params = dict(model.named_parameters())
-        return sum((self.fisher[n] * (params[n] - self.anchor[n]) ** 2).sum() for n in self.fisher)
+        terms = []
+        for name, p in params.items():
+            if name in self.fisher:
+                f, anchor = self._laid_out(name, p)
+                terms.append((f * (_local(p) - anchor) ** 2).sum())
+        return sum(terms)
+
+    def _laid_out(self, name: str, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F, θ*) of `name` as `p` is laid out: whole tensors read from a checkpoint are cut to `p`'s shard once."""
+        if isinstance(p, DTensor) and not isinstance(self.fisher[name], DTensor):
+            for store in (self.fisher, self.anchor):
+                store[name] = distribute_tensor(store[name].to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+        return _local(self.fisher[name]), _local(self.anchor[name])
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {"fisher": self.fisher, "anchor": self.anchor}
+        """Whole tensors, also when sharded (gathered: every process must call it)."""
+        def whole(store: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {n: t.full_tensor().cpu() if isinstance(t, DTensor) else t for n, t in store.items()}
+
+        return {"fisher": whole(self.fisher), "anchor": whole(self.anchor)}
 
     def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
         self.fisher, self.anchor = dict(state["fisher"]), dict(state["anchor"])
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of an FSDP-sharded tensor (the tensor itself when unsharded)."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor

@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from retain.result import RunResult
 from retain.serialization import StateError, load_state, save_state
@@ -81,11 +83,27 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_checkpoint(path: Path, model: nn.Module, method: str, method_state: Any, progress: dict[str, Any]) -> Path:
+def model_weights(model: nn.Module) -> nn.Module | dict[str, torch.Tensor]:
+    """What a checkpoint saves of `model`: the model itself, or, when FSDP shards its parameters across processes,
+    its whole weights gathered onto the main process's CPU, tied weights once. Every process must call it (the gather
+    is collective); the others get an empty dict."""
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return model
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    once = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    return {name: tensor for name, tensor in weights.items() if name in once}
+
+
+def write_checkpoint(path: Path, model: nn.Module | dict[str, torch.Tensor], method: str, method_state: Any,
+                     progress: dict[str, Any]) -> Path:
     """Write a checkpoint into a staging directory beside `path`, then rename it into place (replacing `path`).
-    On any error the staging directory is removed and whatever was at `path` is untouched."""
-    return _staged(path, lambda staging: save_model(model, str(staging / "model.safetensors")), method, method_state,
-                   progress)
+    `model` is a model or its whole weights (`model_weights`). On any error the staging directory is removed and
+    whatever was at `path` is untouched."""
+    def write_model(staging: Path) -> None:
+        file = str(staging / "model.safetensors")
+        save_model(model, file) if isinstance(model, nn.Module) else save_file(model, file)  # save_model: tied once
+
+    return _staged(path, write_model, method, method_state, progress)
 
 
 def upgrade_checkpoint(path: Path, method: str) -> None:
@@ -249,7 +267,7 @@ class RunDirectory:
         pointer = self.checkpoints / "LATEST"
         return self.checkpoints / pointer.read_text().strip() if pointer.is_file() else None
 
-    def save_checkpoint(self, model: nn.Module, method_state: Any, result: RunResult, method: str = "") -> Path | None:
+    def save_checkpoint(self, model: nn.Module | dict[str, torch.Tensor], method_state: Any, result: RunResult, method: str = "") -> Path | None:
         if not self.write:
             return None
         name = f"task-{result.completed_tasks:03d}"

@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from retain.methods.base import Features, Method, StreamData, TaskData, Training
 from retain.methods.full_ft import FullFineTuning
 from retain.metrics import mean
 from retain.result import EvalRow, RunResult
-from retain.runstate import RunDirectory, RunDirectoryError, read_verified, verify_checkpoint, write_checkpoint
+from retain.runstate import RunDirectory, RunDirectoryError, model_weights, read_verified, verify_checkpoint, write_checkpoint
 from retain.stream import Stream, Task
 
 logger = logging.getLogger(__name__)
@@ -212,15 +213,20 @@ class ContinualTrainer(Trainer):
         """Score every probe of `tasks` (default: the tasks added so far) and the perplexity of `general`."""
         tasks = list(tasks) if tasks is not None else self.tasks
         start = time.perf_counter()
-        # Each process scores its share of the probes and of the general text; every process gets the whole row.
-        state = PartialState()
-        with state.split_between_processes([p for t in tasks for p in t.probes]) as mine:
-            scores = gather_object(self.evaluator.score(self.model, mine))
+        # Data parallel, each process scores its share of the probes and of the general text, and every process gets
+        # the whole row. Sharded (FSDP), every forward is collective: every process scores everything, so the same
+        # prompts take the same number of forwards everywhere.
+        state, sharded = PartialState(), self.is_fsdp_enabled
+        split = nullcontext if sharded else state.split_between_processes
+        with split([p for t in tasks for p in t.probes]) as mine:
+            scores = self.evaluator.score(self.model, mine)
+        scores = scores if sharded else gather_object(scores)
         ppl = None
         if general and self.encoding.generative:
-            with state.split_between_processes(list(general)) as texts:
-                loss, tokens = self.evaluator.loss_sum(self.model, texts) if texts else (0.0, 0)
-            sums = reduce(torch.tensor([loss, tokens], dtype=torch.float64, device=state.device), reduction="sum")
+            with split(list(general)) as texts:
+                sums = self.evaluator.loss_sum(self.model, texts) if texts else (0.0, 0)
+            if not sharded:
+                sums = reduce(torch.tensor(sums, dtype=torch.float64, device=state.device), reduction="sum").tolist()
             ppl = perplexity(float(sums[0]), int(sums[1]))
         return EvalRow.from_scores(label, tasks, scores, trained={t.name for t in self.tasks}, general_ppl=ppl,
                                    eval_seconds=time.perf_counter() - start)
@@ -234,10 +240,14 @@ class ContinualTrainer(Trainer):
     def save_continual_state(self, directory: str | Path) -> Path:
         """Save the model, the method's state (Fisher anchors, adapters, prototypes, buffers…) and the tasks
         learned so far, for `load_continual_state` to continue the stream: a checkpoint of safetensors and
-        JSON (no pickle), with a manifest of its files' hashes. The directory is replaced whole."""
+        JSON (no pickle), with a manifest of its files' hashes. The directory is replaced whole. With several
+        processes, every process calls it and the main process writes."""
         if self._pending is not None:
             raise RuntimeError(f"save_continual_state: call consolidate_task() for task {self._pending.task.name!r} first")
-        return write_checkpoint(Path(directory), self.model, self.method.name, self.method.state_dict(),
+        weights, state = model_weights(self.model), self.method.state_dict()
+        if not PartialState().is_main_process:
+            return Path(directory)
+        return write_checkpoint(Path(directory), weights, self.method.name, state,
                                 {"tasks": [task.to_record() for task in self.tasks], "run_step": self.context.run_step})
 
     def load_continual_state(self, directory: str | Path) -> None:
@@ -285,7 +295,7 @@ class ContinualTrainer(Trainer):
             logger.info("Task %d/%d %r: trained on %d examples; EM on it %.3f, mean so far %.3f", index + 1, len(stream),
                         task.name, len(self.train_dataset), row.em[index] or 0.0, mean(row.em[: index + 1]) or 0.0)
             if run_dir is not None:
-                run_dir.save_checkpoint(self.model, self.method.state_dict(), result, self.method.name)
+                run_dir.save_checkpoint(model_weights(self.model), self.method.state_dict(), result, self.method.name)
         if run_dir is not None:
             run_dir.write_results(result)
         return result

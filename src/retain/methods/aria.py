@@ -87,7 +87,7 @@ class ARIAConfig(MethodConfig):
 class ARIA(Method):
     name = "aria"
     config_class = ARIAConfig
-    per_parameter_state = True
+    sharded_by = frozenset()
 
     def __init__(self, config: ARIAConfig | None = None) -> None:
         super().__init__(config)

@@ -81,9 +81,9 @@ class Method:
     name: ClassVar[str]
     config_class: ClassVar[type]
     trains: ClassVar[bool] = True  # False: the method learns nothing by gradient (a retrieval baseline); no training loop
-    # True: the method keeps state per whole parameter (Fisher anchors, gradient masks on value rows), which FSDP and
-    # DeepSpeed would shard under it; such a method runs data parallel only.
-    per_parameter_state: ClassVar[bool] = False
+    # The parameter-sharding backends ("fsdp", "deepspeed") the method runs under. One whose state follows whole
+    # parameters (gradient masks on value rows, adapters added between tasks, versioned rows) runs data parallel only.
+    sharded_by: ClassVar[frozenset[str]] = frozenset({"fsdp", "deepspeed"})
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -213,13 +213,19 @@ def task_period(task: Task, previous: str | None, method: str) -> str:
 
 def check_sharding(method: Method, fsdp_asked: bool, fsdp: bool, deepspeed: bool) -> None:
     """Refuse what would run other than asked: FSDP that accelerate does not enable (it shards only on GPUs), and a
-    method whose state is per whole parameter under FSDP or DeepSpeed, which shard parameters and gradients."""
+    method under a sharding backend (FSDP, DeepSpeed: parameters and gradients split across processes) that its
+    state does not follow."""
     if fsdp_asked and not fsdp:
         raise MethodError("--fsdp: accelerate shards with FSDP only on GPUs; on CPUs several processes are data parallel "
                           "(torchrun or accelerate launch without --fsdp)")
-    if (fsdp or deepspeed) and method.per_parameter_state:
-        raise MethodError(f"{method.name} keeps its state per whole parameter (Fisher anchors, gradient masks), which "
-                          f"{'FSDP' if fsdp else 'DeepSpeed'} shards; run it data parallel (without --fsdp / --deepspeed)")
+    backend = "fsdp" if fsdp else "deepspeed" if deepspeed else None
+    if backend is not None and backend not in method.sharded_by:
+        under = " or ".join(_BACKENDS[b] for b in sorted(method.sharded_by)) or "no sharding backend"
+        raise MethodError(f"{method.name} keeps state per whole parameter that {_BACKENDS[backend]} would shard (it runs "
+                          f"under {under}); run it data parallel (without --fsdp / --deepspeed)")
+
+
+_BACKENDS = {"fsdp": "FSDP", "deepspeed": "DeepSpeed"}
 
 
 def check_periods(stream: Stream, periods: Sequence[str], method: str) -> None:

@@ -46,33 +46,15 @@ from retain.nn.versioned_table import VersionedTable
 from retain.stream import Stream, Task
 from retain.text import at_time, first_statement, normalize_answer, query_time, time_key
 
-# The scoped feed-forward memory's (learning rate, top_t, budget), unless the user sets them. Per example, so that an
-# epoch's one-example last batch does not retrain nearly every row it reads: on the temporal small stream 16384 slots
-# per batch turned two of a period's three changed facts into the third's object; 2048 per example at lr 5 learned
-# every fact there and met the targets on the 100-fact stream, where lr 10 overshot the numbers on small.
-CASM_FEED_FORWARD_DEFAULTS = (5.0, 2048, "example")
-
-
 @dataclass
 class CASMConfig(SMFConfig):
-    budget: Literal["batch", "example"] | None = field(default=None, metadata={
-        "help": "What top_t counts: slots per 'batch' or per 'example'; None = 'example' for the scoped feed-forward "
-                "memory, else 'batch'."})
     scope: Literal["facts", "all"] = field(default="facts", metadata={
         "help": "'facts': a query that names no time and no fact the registry knows reads no memory (the "
-                "pretrained model), so text about nothing learned is untouched, and the feed-forward memory defaults "
-                "to lr={0:g}, top_t={1} per example; 'all': it reads the latest memory (SMF's defaults)."
-                .format(*CASM_FEED_FORWARD_DEFAULTS)})
+                "pretrained model), so text about nothing learned is untouched; 'all': it reads the latest memory."})
 
     def writer_config(self) -> SMFConfig:
-        """The SMF options of the memory writer: these options, with CASM's defaults for the scoped feed-forward
-        memory where unset (with general text kept off the memory, more slots cost no general perplexity)."""
-        options = {f.name: getattr(self, f.name) for f in fields(SMFConfig)}
-        if self.memory == "feed_forward" and self.scope == "facts":
-            lr, top_t, budget = CASM_FEED_FORWARD_DEFAULTS
-            options |= {"lr": lr if self.lr is None else self.lr, "top_t": top_t if self.top_t is None else self.top_t,
-                        "budget": self.budget or budget}
-        return SMFConfig(**options | {"budget": options["budget"] or "batch"})
+        """The SMF options of the memory writer."""
+        return SMFConfig(**{f.name: getattr(self, f.name) for f in fields(SMFConfig)})
 
 
 class Read(NamedTuple):
@@ -87,7 +69,7 @@ class Read(NamedTuple):
 class CASM(Method):
     name = "casm"
     config_class = CASMConfig
-    per_parameter_state = True
+    sharded_by = frozenset()
 
     def __init__(self, config: CASMConfig | None = None) -> None:
         super().__init__(config)

@@ -28,7 +28,7 @@ class Composed(Method):
         self.parts = list(parts)
         self.name = "+".join(names)
         self.trains = any(part.trains for part in parts)
-        self.per_parameter_state = any(part.per_parameter_state for part in parts)
+        self.sharded_by = frozenset.intersection(*(part.sharded_by for part in parts))
         super().__init__({part.name: part.config for part in parts})
 
     def prepare(self, model: nn.Module) -> nn.Module:

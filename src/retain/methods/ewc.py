@@ -36,7 +36,9 @@ class EWC(Method):
 
     name = "ewc"
     config_class = EWCConfig
-    per_parameter_state = True
+    # The Fisher and anchors follow FSDP's shards. DeepSpeed keeps gradients in its own partitioned buffers, not in the
+    # p.grad the Fisher is read from.
+    sharded_by = frozenset({"fsdp"})
 
     def __init__(self, config: EWCConfig | None = None) -> None:
         super().__init__(config)

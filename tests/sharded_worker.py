@@ -1,0 +1,83 @@
+"""Run under torchrun (2 processes, gloo on CPU): a model sharded by FSDP2, as accelerate shards it on GPUs, against
+the same model unsharded. Prints one line per check that holds; any mismatch fails the process.
+
+argv: a directory for the checkpoint.
+- checkpoint: the sharded model is checkpointed whole, as one process would save it.
+- ewc: EWC's Fisher, anchors, penalty and penalty gradient on the shards are those of the unsharded model, also
+  after its state goes through a checkpoint's whole tensors.
+"""
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+
+from retain.methods.base import TaskData, TrainingContext
+from retain.methods.ewc import EWC, EWCConfig
+from retain.models import load_model
+from retain.runstate import model_weights, read_checkpoint, write_checkpoint
+from retain.stream import Probe, Task
+
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+reference, _ = load_model("tiny")
+model = copy.deepcopy(reference)
+for layer in model.model.layers:
+    fully_shard(layer)
+fully_shard(model)
+assert all(p.to_local().numel() < p.numel() for p in model.parameters() if p.dim() == 2), "not sharded"
+main = dist.get_rank() == 0
+
+# checkpoint
+weights = model_weights(model)  # every process: the gather is collective
+if main:
+    path = write_checkpoint(Path(sys.argv[1]), weights, "full_ft", {}, {"result": {}})
+    restored, _ = load_model("tiny")
+    read_checkpoint(path, restored)
+    expected, loaded = reference.state_dict(), restored.state_dict()
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[n], expected[n]) for n in expected)
+    print("checkpoint: weights equal")
+
+# ewc
+generator = torch.Generator().manual_seed(1)
+features = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 1000, (6, 1, 12), generator=generator)]
+data = TaskData(task=Task(name="t", train=[{"text": "unused"}], probes=[Probe("unused", "unused")]), features=features, collate=lambda batch: batch[0])
+methods = [EWC(EWCConfig(fisher_samples=6)) for _ in range(2)]
+for method, net in zip(methods, (reference, model)):
+    method.after_task(net, data, TrainingContext())
+    with torch.no_grad():  # off the anchor, by the same step everywhere
+        for p in net.parameters():
+            (p.to_local() if hasattr(p, "to_local") else p).sub_(1e-3)
+
+def whole(tensors: dict) -> dict:
+    return {n: t.full_tensor() if hasattr(t, "full_tensor") else t for n, t in tensors.items()}
+
+expected, got = methods[0].state_dict(), methods[1].state_dict()  # gathered: every process calls it
+for kind in ("fisher", "anchor"):
+    assert expected[kind].keys() == got[kind].keys()
+    assert all(torch.allclose(got[kind][n], expected[kind][n], rtol=1e-5, atol=1e-12) for n in expected[kind]), kind
+assert any(float(f.abs().max()) > 0 for f in expected["fisher"].values()), "an all-zero Fisher tests nothing"
+
+def penalty_and_gradients(method: EWC, net: torch.nn.Module) -> tuple[float, dict]:
+    net.zero_grad(set_to_none=True)
+    penalty = method.after_forward(net, {}, TrainingContext())
+    penalty.backward()
+    total = penalty.detach().clone()
+    if any(hasattr(p, "to_local") for p in net.parameters()):
+        dist.all_reduce(total)  # each process holds its shard's part
+    return float(total), whole({n: p.grad for n, p in net.named_parameters() if p.grad is not None})
+
+value, gradients = penalty_and_gradients(methods[0], reference)
+resumed = EWC(EWCConfig(fisher_samples=6))
+resumed.load_state_dict(got)  # whole tensors, as read back from a checkpoint
+for method in (methods[1], resumed):
+    sharded_value, sharded_gradients = penalty_and_gradients(method, model)
+    assert value > 0 and abs(sharded_value - value) <= 1e-5 * value, (sharded_value, value)
+    assert gradients.keys() == sharded_gradients.keys()
+    assert all(torch.allclose(sharded_gradients[n], gradients[n], rtol=1e-5, atol=1e-9) for n in gradients)
+if main:
+    print("ewc: fisher, anchors, penalty and gradients equal")
+dist.destroy_process_group()
