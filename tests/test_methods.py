@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
@@ -223,3 +225,24 @@ def test_replay_and_ewc_compose_into_one_method(make_model, tokenizer, training_
     resumed.load_continual_state(tmp_path / "state")
     assert fresh.parts[0].buffer == replay.buffer and fresh.parts[0].seen == replay.seen
     assert all(torch.equal(fresh.parts[1].anchor.fisher[n], ewc.anchor.fisher[n]) for n in ewc.anchor.fisher)
+
+
+SMALL_OPTIONS = {"smf": {"k": "8"}, "casm": {"k": "8"}, "aria": {"adapter_dim": "8"}, "ewc": {"fisher_samples": "4"}}
+
+
+@pytest.mark.parametrize("name", ["full_ft", "lora", "ewc", "replay", "aria", "smf", "casm"])
+def test_every_method_trains_under_bf16_mixed_precision(name, make_model, tokenizer, training_args, small_stream):
+    # bf16 is the default on GPUs; the CPU's bf16 autocast runs the same mixed-precision code paths.
+    method = build_method(name, SMALL_OPTIONS.get(name, {}))
+    trainer = ContinualTrainer(make_model(), training_args(bf16=True, num_train_epochs=1), method=method,
+                               processing_class=tokenizer)
+    # Periods for CASM, which versions its memory by time.
+    stream = dataclasses.replace(small_stream, tasks=[dataclasses.replace(t, period=str(2018 + 2 * i))
+                                                      for i, t in enumerate(small_stream.tasks)])
+    trainer.start_stream(stream)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.add_task(stream.tasks[0])
+    trainer.consolidate_task()
+    changed = [n for n, p in trainer.model.named_parameters() if n in before and not torch.equal(p, before[n])]
+    assert changed and all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert trainer.evaluate_all_tasks().em is not None

@@ -41,17 +41,18 @@ class MemoryProjection(nn.Module):
         flat = a.reshape(-1, shape[-1])
         units = flat.detach().abs().topk(self.memory.k, dim=-1).indices
         self.memory.reads[self.start] = (units + self.start).view(*shape[:-1], -1)
-        weights = flat.gather(-1, units)
+        weights = flat.gather(-1, units).to(self.delta.dtype)  # under autocast `a` is bf16, the rows stay fp32
         table_of = self.memory.token_tables(len(flat), a.device)
         if table_of is None:
             written = nn.functional.embedding_bag(units, self.delta, per_sample_weights=weights, mode="sum")
         else:
-            written = torch.empty(len(flat), self.delta.shape[1], dtype=a.dtype, device=a.device)
+            written = torch.empty(len(flat), self.delta.shape[1], dtype=self.delta.dtype, device=a.device)
             for table in table_of.unique().tolist():
                 rows = table_of == table
                 delta = self.memory.table_rows(table, self.start, self.delta)
                 written[rows] = nn.functional.embedding_bag(units[rows], delta, per_sample_weights=weights[rows], mode="sum")
-        return self.down(a) + written.view(*shape[:-1], -1)
+        down = self.down(a)
+        return down + written.view(*shape[:-1], -1).to(down.dtype)
 
 
 class FeedForwardMemory(SlotMemory):
