@@ -124,6 +124,13 @@ def test_fsdp_that_would_not_shard_is_refused(stream, tmp_path):
     assert not (tmp_path / "r" / "config.json").exists()  # refused before the run directory was opened
 
 
+def test_an_accelerate_fsdp_config_that_would_not_shard_is_refused(stream, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --config_file fsdp.yaml` sets
+    assert main(["run", "--method", "full_ft", "--stream", str(stream), *TRAINING, "--output", str(tmp_path / "r")]) == 2
+    assert "--fsdp: accelerate shards with FSDP only on GPUs" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
 def test_under_fsdp_checkpoints_are_whole_and_ewc_follows_the_shards(tmp_path):
     # FSDP2 shards on gloo too; accelerate applies it only on GPUs, so the worker drives torch's fully_shard directly.
     script = Path(__file__).parent / "sharded_worker.py"

@@ -64,7 +64,9 @@ class ContinualTrainer(Trainer):
             data_collator=self._collate_training,
             **kwargs,
         )
-        check_sharding(self.method, fsdp_asked=bool(args.fsdp), fsdp=self.is_fsdp_enabled, deepspeed=self.is_deepspeed_enabled)
+        # FSDP is asked for by --fsdp, or by an accelerate config (accelerate launch sets ACCELERATE_USE_FSDP).
+        fsdp_asked = bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        check_sharding(self.method, fsdp_asked=fsdp_asked, fsdp=self.is_fsdp_enabled, deepspeed=self.is_deepspeed_enabled)
         self.encoding = encoding_for(self.model, processing_class, getattr(args, "max_length", 256))
         self.evaluator = Evaluator(
             processing_class, args.per_device_eval_batch_size, getattr(args, "max_new_tokens", 24),

@@ -217,7 +217,7 @@ def check_sharding(method: Method, fsdp_asked: bool, fsdp: bool, deepspeed: bool
     state does not follow."""
     if fsdp_asked and not fsdp:
         raise MethodError("--fsdp: accelerate shards with FSDP only on GPUs; on CPUs several processes are data parallel "
-                          "(torchrun or accelerate launch without --fsdp)")
+                          "(torchrun, or accelerate launch without --fsdp or an FSDP config)")
     backend = "fsdp" if fsdp else "deepspeed" if deepspeed else None
     if backend is not None and backend not in method.sharded_by:
         under = " or ".join(_BACKENDS[b] for b in sorted(method.sharded_by)) or "no sharding backend"
