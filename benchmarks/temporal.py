@@ -15,6 +15,7 @@ tokens. Run directories are deleted once the JSON is written (--keep-runs keeps 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -34,7 +35,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, each its own generated stream")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")
     parser.add_argument("--keep-runs", action="store_true", help="keep the run directories (reports, checkpoints)")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="train nothing: one report from the JSON files of earlier runs of this script (one per "
+                             "seed and method, as --jobs writes them), with the settings they record")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args)
     seeds = [int(s) for s in args.seeds.split(",")]
     root = args.runs or ROOT / "runs" / f"bench-temporal-{preset_name(args)}"
     started = time.time()
@@ -76,6 +82,29 @@ def run_seeds(args: argparse.Namespace, seeds: list[int], root: Path) -> dict[st
             running.remove(child)
     return {str(seed): {name: condense(root / f"seed{seed}-{name}" / f"seed{seed}")[name]
                         for name in (m.split("=")[0] for m in methods)} for seed in seeds}
+
+
+def merge(args: argparse.Namespace) -> None:
+    """One report from several of this script's reports: each (seed, method) once, all on the same settings."""
+    reports = [json.loads(path.read_text()) for path in args.merge]
+    settings = {(r["preset"], r["model"], r["epochs"], r["batch_size"]) for r in reports}
+    if len(settings) > 1:
+        raise SystemExit(f"--merge: the reports were made with different settings {sorted(settings)}")
+    per_seed: dict[str, dict[str, Any]] = {}
+    for path, report in zip(args.merge, reports):
+        for seed, methods in report["per_seed"].items():
+            for method, run in methods.items():
+                if method in per_seed.setdefault(seed, {}):
+                    raise SystemExit(f"--merge: seed {seed} of {method} is in two reports (the second: {path})")
+                per_seed[seed][method] = run
+    first = reports[0]
+    report = {**{k: first.get(k) for k in ("benchmark", "preset", "model", "epochs", "batch_size", "same_data")},
+              "seeds": sorted(int(s) for s in per_seed),
+              "merged_from": [{"file": p.name, "machine": r.get("machine"), "methods": sorted(next(iter(r["per_seed"].values())))}
+                              for p, r in zip(args.merge, reports)],
+              "mean_sd": aggregate(per_seed), "per_seed": per_seed}
+    write(args.output or ROOT / "benchmarks" / "results" / f"temporal_{report['preset']}.json", report)
+    print_summary(report["mean_sd"])
 
 
 def mean_sd(values: list[float | None]) -> dict[str, float | int] | None:

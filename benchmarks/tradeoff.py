@@ -27,7 +27,7 @@ from retain.report import load_results, tradeoff_figure
 
 # Learning rates per method: full_ft and replay through --learning_rate (AdamW), smf and casm through their own
 # SGD step on memory values (`lr`), around each one's default.
-SWEEP = {"full_ft": ["5e-5", "2e-4", "8e-4"], "replay": ["5e-5", "2e-4", "8e-4"], "smf": ["3", "10", "30"],
+SWEEP = {"full_ft": ["5e-5", "2e-4", "8e-4"], "replay": ["5e-5", "2e-4", "8e-4"], "smf": ["2", "5", "10"],
          "casm": ["2", "5", "10"]}
 OWN_OPTIMIZER = {"smf", "casm"}
 
