@@ -78,7 +78,8 @@ def compare_on_temporal_facts(args: argparse.Namespace, edit_stream: Callable[[P
     options = ["--model", args.model, "--seed", str(args.seed), "--num_train_epochs", str(args.epochs),
                "--learning_rate", "2e-4", "--per_device_train_batch_size", str(args.batch_size),
                "--per_device_eval_batch_size", str(args.eval_batch_size), "--lr_scheduler_type", "constant", "--warmup_steps", "0",
-               "--disable_tqdm", "true", "--overwrite"]
+               "--disable_tqdm", "true", "--overwrite",
+               "--bf16", "false"]  # fp32 on every machine, so that CPU and GPU numbers compare (retain's GPU default is bf16)
     return runs, compare(stream, runs, args.methods.split(","), options, args.method_arg, method_lr)
 
 
