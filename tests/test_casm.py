@@ -80,7 +80,10 @@ def test_a_known_fact_is_read_where_its_version_was_written(make_model, tokenize
     mayor = "The mayor of Quessary is"
     assert method.read(f"[2022] {mayor}") == (2, 2, f"[2022] {mayor}")  # changed in 2022
     assert method.read(f"[2020] {mayor}") == (1, 0, f"[2018] {mayor}")  # unchanged since 2018 (2020 confirmed it)
-    assert method.read(f"As of 2021, {HARBOUR.lower()}") == (1, 1, f"As of 2020, {HARBOUR.lower()}")
+    # A time in words is rewritten too, with the period's tag in front, as the period's training texts were dated.
+    assert method.read(f"As of 2021, {HARBOUR.lower()}") == (1, 1, f"[2020] As of 2020, {HARBOUR.lower()}")
+    assert method.read("Q: Who was the mayor of Quessary in 2020?\nA:") == (1, 0, "[2018] Q: Who was the mayor of "
+                                                                              "Quessary in 2018?\nA:")
     assert method.read("[2020] The capital of Atlantis is") == (1, 1, "[2020] The capital of Atlantis is")
     assert method.read(mayor) == (2, 2, f"[2022] {mayor}")  # no time: the current version, dated as learned
     assert method.read("The capital of Atlantis is") == (2, None, "The capital of Atlantis is")  # no memory

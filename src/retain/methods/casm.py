@@ -169,11 +169,13 @@ class CASM(Method):
         """How `prompt` is read.
 
         When the registry knows the fact the prompt asks about, the version read is the one written in the
-        period that fact's version (valid at the prompt's time) was stated, and the prompt's time becomes
-        that period: "[2022] The mayor of Nozer is", about a mayor unchanged since 2018, reads the 2018
-        memory as "[2018] The mayor of Nozer is", as it was learned (a prompt naming no time gets the period in
-        front). A prompt naming neither a time nor a known fact reads no memory (None) under `scope="facts"`.
-        Otherwise the period named is read, and the text is the prompt.
+        period that fact's version (valid at the prompt's time) was stated, and the prompt is dated as that
+        period's text was: its time becomes the period, with the period's tag in front, as every training text
+        of the period had it. "[2022] The mayor of Nozer is", about a mayor unchanged since 2018, reads the 2018
+        memory as "[2018] The mayor of Nozer is"; "Q: Who was the mayor of Nozer in 2022?" as "[2018] Q: Who was
+        the mayor of Nozer in 2018?". Only the time is rewritten: the wording stays the asker's, and no object
+        enters the text. A prompt naming neither a time nor a known fact reads no memory (None) under
+        `scope="facts"`. Otherwise the period named is read, and the text is the prompt.
         """
         time = self.as_of or query_time(prompt)
         named = self.version_at(time)
@@ -182,7 +184,9 @@ class CASM(Method):
             general = time is None and self.config.scope == "facts"
             return Read(named, None if general else named, prompt)
         written = self.version_at(fact.valid_from)
-        return Read(named, written, at_time(prompt, self.periods[written]))
+        period = self.periods[written]
+        text = at_time(prompt, period)
+        return Read(named, written, text if text.startswith(f"[{period}]") else f"[{period}] {text}")
 
     def route(self, model: nn.Module, prompts: Sequence[str], encode: Encode) -> Routing | None:
         """Each prompt reads its memory version; its route is the period of that version ("pretrained" for none)."""
