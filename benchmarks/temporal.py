@@ -37,7 +37,8 @@ def main() -> None:
     parser.add_argument("--keep-runs", action="store_true", help="keep the run directories (reports, checkpoints)")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="train nothing: one report from the JSON files of earlier runs of this script (one per "
-                             "seed and method, as --jobs writes them), with the settings they record")
+                             "seed and method, as --jobs writes them), with the settings they record; with --methods, "
+                             "only those (NAME=OLD renames OLD)")
     args = parser.parse_args()
     if args.merge:
         return merge(args)
@@ -90,17 +91,22 @@ def merge(args: argparse.Namespace) -> None:
     settings = {(r["preset"], r["model"], r["epochs"], r["batch_size"]) for r in reports}
     if len(settings) > 1:
         raise SystemExit(f"--merge: the reports were made with different settings {sorted(settings)}")
+    chosen = dict(reversed(m.split("=")) if "=" in m else (m, m) for m in args.methods.split(","))  # old → new name
     per_seed: dict[str, dict[str, Any]] = {}
     for path, report in zip(args.merge, reports):
         for seed, methods in report["per_seed"].items():
-            for method, run in methods.items():
+            for old, run in methods.items():
+                if old not in chosen:
+                    continue
+                method = chosen[old]
                 if method in per_seed.setdefault(seed, {}):
                     raise SystemExit(f"--merge: seed {seed} of {method} is in two reports (the second: {path})")
                 per_seed[seed][method] = run
     first = reports[0]
     report = {**{k: first.get(k) for k in ("benchmark", "preset", "model", "epochs", "batch_size", "same_data")},
               "seeds": sorted(int(s) for s in per_seed),
-              "merged_from": [{"file": p.name, "machine": r.get("machine"), "methods": sorted(next(iter(r["per_seed"].values())))}
+              "merged_from": [{"file": p.name, "machine": r.get("machine"),
+                               "methods": sorted(chosen[m] for m in next(iter(r["per_seed"].values())) if m in chosen)}
                               for p, r in zip(args.merge, reports)],
               "mean_sd": aggregate(per_seed), "per_seed": per_seed}
     write(args.output or ROOT / "benchmarks" / "results" / f"temporal_{report['preset']}.json", report)
