@@ -5,6 +5,8 @@ argv: a directory for the checkpoint.
 - checkpoint: the sharded model is checkpointed whole, as one process would save it.
 - ewc: EWC's Fisher, anchors, penalty and penalty gradient on the shards are those of the unsharded model, also
   after its state goes through a checkpoint's whole tensors.
+- smf: the feed-forward memory's gradient on the shards is the unsharded model's, zero outside the selected slots,
+  and an SGD step moves the same rows by the same amounts.
 """
 
 import copy
@@ -13,15 +15,17 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from accelerate import PartialState
 from torch.distributed.fsdp import fully_shard
 
 from retain.methods.base import TaskData, TrainingContext
+from retain.methods import build_method
 from retain.methods.ewc import EWC, EWCConfig
 from retain.models import load_model
 from retain.runstate import model_weights, read_checkpoint, write_checkpoint
 from retain.stream import Probe, Task
 
-dist.init_process_group("gloo")
+PartialState(cpu=True)  # gloo, as the trainer's arguments set it up on CPUs (the sums across processes go through it)
 torch.manual_seed(0)
 reference, _ = load_model("tiny")
 model = copy.deepcopy(reference)
@@ -80,4 +84,39 @@ for method in (methods[1], resumed):
     assert all(torch.allclose(sharded_gradients[n], gradients[n], rtol=1e-5, atol=1e-9) for n in gradients)
 if main:
     print("ewc: fisher, anchors, penalty and gradients equal")
+
+# smf: two processes each run one example of the batch the unsharded model runs whole
+smf = [build_method("smf", {"k": "8", "top_t": "6", "budget": "batch"}) for _ in range(2)]
+nets = [smf[0].prepare(load_model("tiny")[0]), smf[1].prepare(load_model("tiny")[0])]
+for layer in nets[1].model.layers:
+    fully_shard(layer)
+fully_shard(nets[1])
+for method in smf:
+    method.document_frequency = torch.zeros(method.memory.slots, dtype=torch.long)
+    method.document_frequency[: method.memory.slots // 2] = 3  # half the slots are common in background text
+    method.background_batches = 4
+batch = torch.randint(0, 1000, (2, 10), generator=torch.Generator().manual_seed(2))
+mine = batch[dist.get_rank() : dist.get_rank() + 1]
+gradients, selected = [], []
+for method, net, ids in zip(smf, nets, (batch, mine)):
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    loss = net(**inputs).loss
+    method.after_forward(net, inputs, TrainingContext())  # selection from the reads of both examples
+    loss.backward()
+    selected.append(method.selected.sort().values)
+    gradients.append(whole({f"{start}": values.grad for start, values in method.memory.value_blocks()}))
+assert torch.equal(selected[0], selected[1]) and len(selected[0]) == 6, "not the same slots"
+for (start, values), name in zip(smf[0].memory.value_blocks(), gradients[0]):
+    assert torch.allclose(gradients[1][name], gradients[0][name], rtol=1e-4, atol=1e-7), name
+    rows = selected[0][(selected[0] >= start) & (selected[0] < start + len(values))] - start
+    unselected = torch.ones(len(values), dtype=torch.bool)
+    unselected[rows] = False
+    assert not gradients[1][name][unselected].any(), "an unselected row got gradient"
+assert any(g.any() for g in gradients[1].values()), "no row got gradient: the check tests nothing"
+for method, net in zip(smf, nets):
+    method.optimizer(net, TrainingContext()).step()
+after = [whole({f"{start}": values.detach() for start, values in m.memory.value_blocks()}) for m in smf]
+assert all(torch.allclose(after[1][n], after[0][n], rtol=1e-4, atol=1e-7) for n in after[0])
+if main:
+    print("smf: selected slots, gradients and step equal")
 dist.destroy_process_group()

@@ -109,7 +109,9 @@ class SMFConfig(MethodConfig):
 class SparseMemoryFinetuning(Method):
     name = "smf"
     config_class = SMFConfig
-    sharded_by = frozenset()
+    # Under FSDP the feed-forward memory's gradient is masked in the forward's graph, on the rows FSDP gathered, before
+    # it is scattered to the shards (SlotMemory.live); a retrofitted product-key memory is not run sharded.
+    sharded_by = frozenset({"fsdp"})
 
     def __init__(self, config: SMFConfig | None = None) -> None:
         super().__init__(config)
@@ -118,6 +120,8 @@ class SparseMemoryFinetuning(Method):
         self.background_reads: torch.Tensor | None = None  # all background reads of each slot
         self.background_batches = 0
         self.lr, self.top_t, self.budget, self.k = self.config.resolved()
+        if self.config.memory == "product_key":
+            self.sharded_by = frozenset()
         self.written: list[torch.Tensor] = []  # per finished task: the slots it wrote
         self.selected: torch.Tensor | None = None  # the slots the current batch trains (chosen after its forward)
         self._task_written: torch.Tensor | None = None
@@ -136,9 +140,9 @@ class SparseMemoryFinetuning(Method):
                 self.memory = insert_memory(model, layer, n_keys=config.n_keys, heads=config.heads, k=self.k,
                                             key_dim=config.key_dim)
         model.requires_grad_(False)
-        for start, values in self.memory.value_blocks():
+        for _, values in self.memory.value_blocks():
             values.requires_grad_(True)
-            values.register_hook(lambda grad, start=start: self._mask_gradient(grad, start))
+        self.memory.gradient_filter = self._mask_gradient
         return model
 
     @torch.no_grad()

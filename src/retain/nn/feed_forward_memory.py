@@ -43,13 +43,14 @@ class MemoryProjection(nn.Module):
         self.memory.reads[self.start] = (units + self.start).view(*shape[:-1], -1)
         weights = flat.gather(-1, units).to(self.delta.dtype)  # under autocast `a` is bf16, the rows stay fp32
         table_of = self.memory.token_tables(len(flat), a.device)
+        live = self.memory.live(self.delta, self.start)
         if table_of is None:
-            written = nn.functional.embedding_bag(units, self.delta, per_sample_weights=weights, mode="sum")
+            written = nn.functional.embedding_bag(units, live, per_sample_weights=weights, mode="sum")
         else:
             written = torch.empty(len(flat), self.delta.shape[1], dtype=self.delta.dtype, device=a.device)
             for table in table_of.unique().tolist():
                 rows = table_of == table
-                delta = self.memory.table_rows(table, self.start, self.delta)
+                delta = self.memory.table_rows(table, self.start, live)
                 written[rows] = nn.functional.embedding_bag(units[rows], delta, per_sample_weights=weights[rows], mode="sum")
         down = self.down(a)
         return down + written.view(*shape[:-1], -1).to(down.dtype)

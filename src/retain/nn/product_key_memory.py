@@ -50,12 +50,13 @@ class ProductKeyMemory(SlotMemory):
         self.last_indices = flat.detach().view(*shape[:-1], -1)
         weights = weights.reshape(len(slots), -1)
         table_of = self.token_tables(len(flat), x.device)
+        live = self.live(self.values.weight, 0)
         if table_of is None:
-            return self.values(flat, per_sample_weights=weights).view(shape)
+            return nn.functional.embedding_bag(flat, live, per_sample_weights=weights, mode="sum").view(shape)
         out = torch.empty(len(flat), shape[-1], dtype=x.dtype, device=x.device)
         for table in table_of.unique().tolist():
             rows = table_of == table
-            weight = self.table_rows(table, 0, self.values.weight)
+            weight = self.table_rows(table, 0, live)
             out[rows] = nn.functional.embedding_bag(flat[rows], weight, per_sample_weights=weights[rows], mode="sum")
         return out.view(shape)
 

@@ -2,10 +2,15 @@
 
 A subclass says which parameters hold the rows (`value_blocks`: consecutive slot ranges) and records
 the slots each forward read in `last_indices` (*batch, reads). Reads can be versioned per example: example i reads
-`tables[table_of[i]]` (a frozen full table) or, where table_of[i] is −1, the live rows.
+`tables[table_of[i]]` (a frozen full table) or, where table_of[i] is −1, the live rows. A subclass reads its live
+rows through `live(values, start)`, where `gradient_filter` (set by the method that trains them) sees their gradient:
+in the forward's own graph, so also when FSDP gathers the rows from shards for the forward and scatters the gradient
+back afterwards.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -16,6 +21,12 @@ class SlotMemory(nn.Module):
         super().__init__()
         self.tables: list[torch.Tensor] = []
         self.table_of: torch.Tensor | None = None
+        # (gradient of rows start…, start) → the gradient kept; None keeps all of it.
+        self.gradient_filter: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+
+    def live(self, values: torch.Tensor, start: int) -> torch.Tensor:
+        """`values` (the rows from slot `start` on), as a forward reads them: their gradient passes `gradient_filter`."""
+        return _FilterGradient.apply(values, self, start) if values.requires_grad else values
 
     def value_blocks(self) -> list[tuple[int, nn.Parameter]]:
         """(first slot, parameter whose rows are the next slots), in slot order."""
@@ -59,3 +70,15 @@ class SlotMemory(nn.Module):
     def table_rows(self, table: int, start: int, live: torch.Tensor) -> torch.Tensor:
         """Rows start … start+len(live)−1 of `table`, or `live` itself for −1."""
         return live if table < 0 else self.tables[table][start : start + len(live)].to(live.device, live.dtype)
+
+
+class _FilterGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, memory: SlotMemory, start: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.memory, ctx.start = memory, start
+        return values.view_as(values)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        keep = ctx.memory.gradient_filter
+        return (grad if keep is None else keep(grad, ctx.start)), None, None
