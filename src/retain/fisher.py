@@ -72,11 +72,11 @@ class FisherAnchor:
         """Merge one task's Fisher `fisher`, anchored at the current values of `params`."""
         for name, p in params.items():
             theta, f_new = p.detach().clone(), fisher[name]
-            if name in self.fisher:
-                self._laid_out(name, p)
             if name not in self.fisher:
                 self.fisher[name], self.anchor[name] = f_new, theta
-            elif self.mode == "online":
+                continue
+            self._laid_out(name, p)
+            if self.mode == "online":
                 self.fisher[name] = self.gamma * self.fisher[name] + f_new
                 self.anchor[name] = theta
             else:

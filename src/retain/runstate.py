@@ -267,7 +267,8 @@ class RunDirectory:
         pointer = self.checkpoints / "LATEST"
         return self.checkpoints / pointer.read_text().strip() if pointer.is_file() else None
 
-    def save_checkpoint(self, model: nn.Module | dict[str, torch.Tensor], method_state: Any, result: RunResult, method: str = "") -> Path | None:
+    def save_checkpoint(self, model: nn.Module | dict[str, torch.Tensor], method_state: Any, result: RunResult,
+                        method: str = "") -> Path | None:
         if not self.write:
             return None
         name = f"task-{result.completed_tasks:03d}"
