@@ -131,7 +131,7 @@ def test_an_accelerate_fsdp_config_that_would_not_shard_is_refused(stream, tmp_p
     assert not (tmp_path / "r" / "config.json").exists()
 
 
-def test_under_fsdp_checkpoints_are_whole_and_ewc_and_smf_follow_the_shards(tmp_path):
+def test_under_fsdp_checkpoints_are_whole_and_ewc_smf_and_casm_follow_the_shards(tmp_path):
     # FSDP2 shards on gloo too; accelerate applies it only on GPUs, so the worker drives torch's fully_shard directly.
     script = Path(__file__).parent / "sharded_worker.py"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
@@ -140,14 +140,14 @@ def test_under_fsdp_checkpoints_are_whole_and_ewc_and_smf_follow_the_shards(tmp_
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     for check in ("checkpoint: weights equal", "ewc: fisher, anchors, penalty and gradients equal",
-                  "smf: selected slots, gradients and step equal"):
+                  "smf: selected slots, gradients and step equal", "casm: versions, routed logits and rollback equal"):
         assert check in done.stdout, done.stdout
 
 
 # (method, runs under FSDP, runs under DeepSpeed)
 SHARDING = [("full_ft", True, True), ("lora", True, True), ("replay", True, True), ("ewc", True, False),
-            ("replay+ewc", True, False), ("smf", True, False), ("smf+replay", True, False), ("aria", False, False),
-            ("casm", False, False)]
+            ("replay+ewc", True, False), ("smf", True, False), ("smf+replay", True, False), ("casm", True, False),
+            ("aria", False, False), ("aria+replay", False, False)]
 
 
 @pytest.mark.parametrize("method, fsdp, deepspeed", SHARDING)
@@ -170,8 +170,9 @@ def test_a_retrofitted_product_key_memory_is_not_run_sharded():
     from retain.methods import MethodError, build_method
     from retain.methods.base import check_sharding
 
-    with pytest.raises(MethodError, match="smf keeps state per whole parameter that FSDP would shard"):
-        check_sharding(build_method("smf", {"memory": "product_key"}), fsdp_asked=True, fsdp=True, deepspeed=False)
+    for method in ("smf", "casm"):
+        with pytest.raises(MethodError, match=f"{method} keeps state per whole parameter that FSDP would shard"):
+            check_sharding(build_method(method, {"memory": "product_key"}), fsdp_asked=True, fsdp=True, deepspeed=False)
 
 
 SBATCH = Path(__file__).parent.parent / "examples" / "slurm" / "retain.sbatch"

@@ -69,11 +69,13 @@ class Read(NamedTuple):
 class CASM(Method):
     name = "casm"
     config_class = CASMConfig
-    sharded_by = frozenset()
+    # Under FSDP its writer follows the shards as SMF's does, and the versioned table reads and writes whole rows.
+    sharded_by = frozenset({"fsdp"})
 
     def __init__(self, config: CASMConfig | None = None) -> None:
         super().__init__(config)
         self.writer = SparseMemoryFinetuning(self.config.writer_config())
+        self.sharded_by = self.writer.sharded_by  # none for a product-key memory
         self.table: VersionedTable | None = None  # over the writer's memory, once the model has one
         self.periods: list[str] = []  # one memory version per period, oldest first
         self.registry = FactRegistry()

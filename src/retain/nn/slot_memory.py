@@ -5,7 +5,8 @@ the slots each forward read in `last_indices` (*batch, reads). Reads can be vers
 `tables[table_of[i]]` (a frozen full table) or, where table_of[i] is −1, the live rows. A subclass reads its live
 rows through `live(values, start)`, where `gradient_filter` (set by the method that trains them) sees their gradient:
 in the forward's own graph, so also when FSDP gathers the rows from shards for the forward and scatters the gradient
-back afterwards.
+back afterwards. Outside the forward, rows of parameters FSDP shards are read and written whole (gathered from every
+process: all must call).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 class SlotMemory(nn.Module):
@@ -42,21 +44,28 @@ class SlotMemory(nn.Module):
 
     def value_table(self) -> torch.Tensor:
         """A detached copy of every slot's live value row."""
-        return torch.cat([values.detach() for _, values in self.value_blocks()])
+        return torch.cat([_whole(values) for _, values in self.value_blocks()])
 
     def read_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """A detached copy of the live value rows `rows`."""
         out = torch.empty(len(rows), self.dim)
         for start, values in self.value_blocks():
             mine = (rows >= start) & (rows < start + len(values))
-            out[mine] = values.detach()[(rows[mine] - start).to(values.device)].to(out.device, out.dtype)
+            out[mine] = _whole(values)[(rows[mine] - start).to(values.device)].to(out.device, out.dtype)
         return out
 
     @torch.no_grad()
     def write_rows(self, rows: torch.Tensor, rows_values: torch.Tensor) -> None:
         for start, values in self.value_blocks():
             mine = (rows >= start) & (rows < start + len(values))
-            values[(rows[mine] - start).to(values.device)] = rows_values[mine].to(values.device, values.dtype)
+            index, new = (rows[mine] - start).to(values.device), rows_values[mine].to(values.device, values.dtype)
+            if not isinstance(values, DTensor):
+                values[index] = new
+                continue
+            whole = values.full_tensor()  # sharded: write the whole rows, keep this process's shard of them
+            whole[index] = new
+            values.to_local().copy_(distribute_tensor(whole, values.device_mesh, values.placements,
+                                                      src_data_rank=None).to_local())
 
     def token_tables(self, tokens: int, device: torch.device) -> torch.Tensor | None:
         """Per flattened token, the table it reads (−1: live), or None when reads are not versioned."""
@@ -70,6 +79,12 @@ class SlotMemory(nn.Module):
     def table_rows(self, table: int, start: int, live: torch.Tensor) -> torch.Tensor:
         """Rows start … start+len(live)−1 of `table`, or `live` itself for −1."""
         return live if table < 0 else self.tables[table][start : start + len(live)].to(live.device, live.dtype)
+
+
+def _whole(values: torch.Tensor) -> torch.Tensor:
+    """`values` detached, gathered whole when FSDP shards them."""
+    values = values.detach()
+    return values.full_tensor() if isinstance(values, DTensor) else values
 
 
 class _FilterGradient(torch.autograd.Function):
