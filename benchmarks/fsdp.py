@@ -68,13 +68,14 @@ def main() -> None:
     done = {}
     for name, (start, job) in started.items():
         output, _ = job.communicate()
-        done[name] = {"returncode": job.returncode, "seconds": time.time() - start, "output_tail": output[-2000:],
-                      "refused": "keeps state per whole parameter" in output}
+        done[name] = {"returncode": job.returncode, "seconds": time.time() - start, "output": output}
         print(f"{name}: exit {job.returncode} after {done[name]['seconds']:.0f} s")
     report = {"benchmark": "fsdp", "model": args.model, "processes": args.processes, "global_batch": global_batch,
-              "machine": machine(), "jobs": {n: {k: v for k, v in d.items() if k != "output_tail" or d["returncode"]}
-                                             for n, d in done.items()},
-              "refused_before_training": done["refused"]["returncode"] != 0 and done["refused"]["refused"]
+              "machine": machine(),
+              "jobs": {n: {"returncode": d["returncode"], "seconds": d["seconds"]}
+                       | ({"output_tail": d["output"][-2000:]} if d["returncode"] else {}) for n, d in done.items()},
+              "refused_before_training": done["refused"]["returncode"] != 0
+              and "keeps state per whole parameter" in done["refused"]["output"]
               and not (args.runs / "aria" / "config.json").exists(),
               "methods": {m: compared(args.runs / "unsharded" / m, args.runs / "fsdp" / m) for m in args.methods.split(",")}
               if done["fsdp"]["returncode"] == 0 and done["unsharded"]["returncode"] == 0 else {}}

@@ -91,7 +91,8 @@ def merge(args: argparse.Namespace) -> None:
     settings = {(r["preset"], r["model"], r["epochs"], r["batch_size"]) for r in reports}
     if len(settings) > 1:
         raise SystemExit(f"--merge: the reports were made with different settings {sorted(settings)}")
-    chosen = dict(reversed(m.split("=")) if "=" in m else (m, m) for m in args.methods.split(","))  # old → new name
+    # --methods NAME or NAME=OLD: a method of the reports, by its name there (OLD, else NAME) → the name reported
+    chosen = {parts[-1]: parts[0] for parts in (m.split("=") for m in args.methods.split(","))}
     per_seed: dict[str, dict[str, Any]] = {}
     for path, report in zip(args.merge, reports):
         for seed, methods in report["per_seed"].items():

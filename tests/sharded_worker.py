@@ -20,20 +20,35 @@ import torch.distributed as dist
 from accelerate import PartialState
 from torch.distributed.fsdp import fully_shard
 
-from retain.methods.base import TaskData, TrainingContext
 from retain.methods import build_method
+from retain.methods.base import TaskData, TrainingContext
 from retain.methods.ewc import EWC, EWCConfig
 from retain.models import load_model
 from retain.runstate import model_weights, read_checkpoint, write_checkpoint
 from retain.stream import Probe, Task
 
+
+
+def shard(net: torch.nn.Module) -> torch.nn.Module:
+    """`net` sharded as accelerate's FSDP2 shards a decoder: each layer, then the whole model."""
+    for layer in net.model.layers:
+        fully_shard(layer)
+    fully_shard(net)
+    return net
+
+
+def unsharded_and_sharded(name: str) -> tuple[list, list[torch.nn.Module]]:
+    """Method `name` twice (a small memory), each preparing its own tiny model: the first unsharded, the second sharded."""
+    methods = [build_method(name, {"k": "8", "top_t": "6", "budget": "batch"}) for _ in range(2)]
+    nets = [method.prepare(load_model("tiny")[0]) for method in methods]
+    shard(nets[1])
+    return methods, nets
+
+
 PartialState(cpu=True)  # gloo, as the trainer's arguments set it up on CPUs (the sums across processes go through it)
 torch.manual_seed(0)
 reference, _ = load_model("tiny")
-model = copy.deepcopy(reference)
-for layer in model.model.layers:
-    fully_shard(layer)
-fully_shard(model)
+model = shard(copy.deepcopy(reference))
 assert all(p.to_local().numel() < p.numel() for p in model.parameters() if p.dim() == 2), "not sharded"
 main = dist.get_rank() == 0
 
@@ -88,11 +103,7 @@ if main:
     print("ewc: fisher, anchors, penalty and gradients equal")
 
 # smf: two processes each run one example of the batch the unsharded model runs whole
-smf = [build_method("smf", {"k": "8", "top_t": "6", "budget": "batch"}) for _ in range(2)]
-nets = [smf[0].prepare(load_model("tiny")[0]), smf[1].prepare(load_model("tiny")[0])]
-for layer in nets[1].model.layers:
-    fully_shard(layer)
-fully_shard(nets[1])
+smf, nets = unsharded_and_sharded("smf")
 for method in smf:
     method.document_frequency = torch.zeros(method.memory.slots, dtype=torch.long)
     method.document_frequency[: method.memory.slots // 2] = 3  # half the slots are common in background text
@@ -123,11 +134,7 @@ if main:
     print("smf: selected slots, gradients and step equal")
 
 # casm: two periods, each one step on its own batch; the second copies on write the rows the first wrote
-casm = [build_method("casm", {"k": "8", "top_t": "6", "budget": "batch"}) for _ in range(2)]
-nets = [casm[0].prepare(load_model("tiny")[0]), casm[1].prepare(load_model("tiny")[0])]
-for layer in nets[1].model.layers:
-    fully_shard(layer)
-fully_shard(nets[1])
+casm, nets = unsharded_and_sharded("casm")
 for method in casm:
     method.writer.document_frequency = torch.zeros(method.writer.memory.slots, dtype=torch.long)
     method.writer.background_batches = 4
