@@ -131,7 +131,7 @@ def test_an_accelerate_fsdp_config_that_would_not_shard_is_refused(stream, tmp_p
     assert not (tmp_path / "r" / "config.json").exists()
 
 
-def test_under_fsdp_checkpoints_are_whole_and_ewc_smf_and_casm_follow_the_shards(tmp_path):
+def test_under_fsdp_checkpoints_are_whole_and_ewc_smf_casm_and_aria_follow_the_shards(tmp_path):
     # FSDP2 shards on gloo too; accelerate applies it only on GPUs, so the worker drives torch's fully_shard directly.
     script = Path(__file__).parent / "sharded_worker.py"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
@@ -140,14 +140,15 @@ def test_under_fsdp_checkpoints_are_whole_and_ewc_smf_and_casm_follow_the_shards
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     for check in ("checkpoint: weights equal", "ewc: fisher, anchors, penalty and gradients equal",
-                  "smf: selected slots, gradients and step equal", "casm: versions, routed logits and rollback equal"):
+                  "smf: selected slots, gradients and step equal", "casm: versions, routed logits and rollback equal",
+                  "aria: gradients, fisher, prototypes, routes and routed logits equal; adapters not added after sharding"):
         assert check in done.stdout, done.stdout
 
 
 # (method, runs under FSDP, runs under DeepSpeed)
 SHARDING = [("full_ft", True, True), ("lora", True, True), ("replay", True, True), ("ewc", True, False),
             ("replay+ewc", True, False), ("smf", True, False), ("smf+replay", True, False), ("casm", True, False),
-            ("aria", False, False), ("aria+replay", False, False)]
+            ("aria", True, False), ("aria+replay", True, False)]
 
 
 @pytest.mark.parametrize("method, fsdp, deepspeed", SHARDING)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from accelerate import PartialState
 from accelerate.utils import reduce
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor
+
+from retain.nn.sharding import laid_out_like, local, whole
 
 
 def diagonal_fisher(
@@ -85,37 +87,33 @@ class FisherAnchor:
                 self.anchor[name] = torch.where(merged > 0, weighted / merged.clamp_min(1e-30), theta)
                 self.fisher[name] = merged
 
-    def penalty(self, model: nn.Module) -> torch.Tensor | None:
-        """Σ F(θ−θ*)² at the model's current weights; None before the first task was added. Sharded by FSDP, the
-        sum over this process's shard: its gradient is exactly the whole penalty's on that shard."""
+    def penalty(self, model: nn.Module, scale: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor | None:
+        """Σ F(θ−θ*)² at the model's current weights, each parameter's term times its `scale` (a constant: its
+        gradient is scaled alike) when given; None before the first task was added. Sharded by FSDP, the sum over
+        this process's shard: its gradient is exactly the whole penalty's on that shard."""
         if not self.fisher:
             return None
-        params = dict(model.named_parameters())
+        scale = scale or {}
         terms = []
-        for name, p in params.items():
+        for name, p in model.named_parameters():
             if name in self.fisher:
                 f, anchor = self._laid_out(name, p)
-                terms.append((f * (_local(p) - anchor) ** 2).sum())
+                term = (f * (local(p) - anchor) ** 2).sum()
+                terms.append(term * scale[name] if name in scale else term)
         return sum(terms)
 
     def _laid_out(self, name: str, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(F, θ*) of `name` as `p` is laid out: whole tensors read from a checkpoint are cut to `p`'s shard once."""
         if isinstance(p, DTensor) and not isinstance(self.fisher[name], DTensor):
             for store in (self.fisher, self.anchor):
-                store[name] = distribute_tensor(store[name].to(p.device), p.device_mesh, p.placements, src_data_rank=None)
-        return _local(self.fisher[name]), _local(self.anchor[name])
+                store[name] = laid_out_like(store[name], p)
+        return local(self.fisher[name]), local(self.anchor[name])
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """Whole tensors, also when sharded (gathered: every process must call it)."""
-        def whole(store: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {n: t.full_tensor().cpu() if isinstance(t, DTensor) else t for n, t in store.items()}
-
-        return {"fisher": whole(self.fisher), "anchor": whole(self.anchor)}
+        return {kind: {n: whole(t).cpu() if isinstance(t, DTensor) else t for n, t in store.items()}
+                for kind, store in (("fisher", self.fisher), ("anchor", self.anchor))}
 
     def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
         self.fisher, self.anchor = dict(state["fisher"]), dict(state["anchor"])
 
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """This process's shard of an FSDP-sharded tensor (the tensor itself when unsharded)."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor

@@ -6,12 +6,14 @@
 - Asymmetric learning rates: the slow pathway trains at `slow_lr_ratio`× the learning rate, the
   other pretrained weights (attention, norms, embeddings) at `shared_lr_ratio`× (0: frozen).
 - Gradient dampening: each micro-batch's gradient of a layer's slow pathway is scaled by (1 − π̄),
-  π̄ that layer's mean gate over the micro-batch's tokens; applied as the gradient arrives, so it is
-  exact under gradient accumulation.
+  π̄ that layer's mean gate over the micro-batch's tokens; applied in the backward of that micro-batch,
+  so it is exact under gradient accumulation.
 - SPC: after each task, the diagonal Fisher of the slow pathway anchors it with λ·Σ F(θ−θ*)²,
   all tasks merged into one (F, θ*) pair.
 - Task adapters: a zero-initialised bottleneck adapter per task after each chosen feed-forward
-  block, trained in its task and frozen after. At inference (the model in eval mode) each input
+  block, trained in its task and frozen after. Given the whole stream, the model holds every task's
+  adapter before training starts (so FSDP shards them with the rest); each is drawn afresh when its
+  task begins. At inference (the model in eval mode) each input
   goes to the adapter of the task whose prototype (mean input embedding of its training prompts)
   is nearest by cosine; the model routes itself on the first forward of a sequence, so plain
   `model(...)` and `model.generate(...)` use the right adapter too.
@@ -29,14 +31,17 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import reduce
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from retain.fisher import FisherAnchor, diagonal_fisher
 from retain.methods.base import (
-    IGNORE_INDEX, Encode, Method, MethodConfig, Routing, TaskData, TrainingContext, layer_list, register,
+    IGNORE_INDEX, Encode, Method, MethodConfig, MethodError, Routing, StreamData, TaskData, TrainingContext, layer_list,
+    register,
 )
 from retain.nn.adapters import TaskAdapters
 from retain.nn.gated_mlp import PlasticityGatedMLP, feed_forward_layout, gate_feed_forwards
 from retain.nn.product_key_memory import decoder_layers
+from retain.nn.sharding import embed
 
 
 @dataclass
@@ -87,7 +92,9 @@ class ARIAConfig(MethodConfig):
 class ARIA(Method):
     name = "aria"
     config_class = ARIAConfig
-    sharded_by = frozenset()
+    # Under FSDP: adapters exist before the model is wrapped, dampening acts on the gathered weights in the graph,
+    # SPC's Fisher follows the shards (as EWC's), and prototypes look up sharded embedding rows.
+    sharded_by = frozenset({"fsdp"})
 
     def __init__(self, config: ARIAConfig | None = None) -> None:
         super().__init__(config)
@@ -100,6 +107,8 @@ class ARIA(Method):
         self.task_names: list[str] = []
         self.prototypes: torch.Tensor | None = None  # (tasks, hidden), unit rows
         self._dampening: list[torch.Tensor | None] = []
+        self._current = 0  # the adapter of the task being trained: its index in the stream
+        self._slow_layer: dict[str, int] = {}  # each slow-pathway parameter's name: the index of its gated block
         self._routing = True
         self._routed_explicitly = False  # route() was called for the next forward: keep its choice
 
@@ -130,13 +139,10 @@ class ARIA(Method):
         self._dampening = [None] * len(self.gated)
         if config.gate and config.dampening:
             for index, gated in enumerate(self.gated):
-                for param in gated.slow.parameters():
-                    param.register_hook(lambda grad, index=index: self._dampen(grad, index))
+                gated.slow_gradient_scale = lambda index=index: self._dampening[index]
+        slow = {id(p): index for index, gated in enumerate(self.gated) for p in gated.slow.parameters()}
+        self._slow_layer = {name: slow[id(p)] for name, p in model.named_parameters() if id(p) in slow}
         return model
-
-    def _dampen(self, grad: torch.Tensor, index: int) -> torch.Tensor:
-        factor = self._dampening[index]
-        return grad if factor is None else grad * factor
 
     def _ids(self, modules: list[nn.Module]) -> set[int]:
         return {id(p) for module in modules for p in module.parameters()}
@@ -144,19 +150,34 @@ class ARIA(Method):
     def _fast_ids(self) -> set[int]:
         return self._ids([m for g in self.gated for m in (g.fast, g.fast_delta, g.gate) if m is not None] + self.heads)
 
+    def _current_ids(self) -> set[int]:
+        return self._ids([block.adapters[self._current] for block in self.adapter_blocks])
+
     def slow_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         slow = self._ids(self.feed_forwards)
         return {name: p for name, p in model.named_parameters() if id(p) in slow}
 
     # -- training -------------------------------------------------------------------------------
 
-    def before_task(self, model: nn.Module, context: TrainingContext) -> None:
+    def before_stream(self, model: nn.Module, data: StreamData) -> None:
         for block in self.adapter_blocks:
-            block.add_adapter()
-            block.active = len(block.adapters) - 1
+            while len(block.adapters) < len(data.stream.tasks):
+                block.add_adapter().requires_grad_(False)
+
+    def before_task(self, model: nn.Module, context: TrainingContext) -> None:
+        self._current = len(self.task_names)
+        for block in self.adapter_blocks:
+            if self._current < len(block.adapters):
+                block.reset_adapter(self._current)
+            elif any(isinstance(p, DTensor) for p in model.parameters()):
+                raise MethodError("aria: under FSDP, the model must hold every task's adapter before it is sharded: "
+                                  "give ContinualTrainer the whole stream first (fit, or start_stream)")
+            else:
+                block.add_adapter()
+            block.active = self._current
         fast = self._fast_ids()
         slow = self._ids(self.feed_forwards)
-        current = self._ids([block.adapters[-1] for block in self.adapter_blocks])
+        current = self._current_ids()
         adapters = self._ids(self.adapter_blocks) - self._ids([b.block for b in self.adapter_blocks])
         for p in model.parameters():
             if id(p) in fast or id(p) in current:
@@ -170,7 +191,7 @@ class ARIA(Method):
 
     def optimizer(self, model: nn.Module, context: TrainingContext) -> list[dict[str, Any]]:
         slow = self._ids(self.feed_forwards)
-        current = self._ids([block.adapters[-1] for block in self.adapter_blocks]) if self.adapter_blocks else set()
+        current = self._current_ids()
         gates = self._ids([g.gate for g in self.gated])
         fast = self._fast_ids() - gates
         groups: dict[str, list[nn.Parameter]] = {"fast": [], "gate": [], "adapter": [], "slow": [], "shared": []}
@@ -199,7 +220,10 @@ class ARIA(Method):
                 spread = torch.stack([(g.plasticity * (1 - g.plasticity) * weights).sum() / tokens for g in self.gated])
                 terms.append(self.config.plasticity_lambda * spread.mean() * PartialState().num_processes)
         if self.config.spc_lambda > 0:
-            anchored = self.anchor.penalty(model)
+            # Dampening scales the whole gradient of a slow weight, its anchor's pull included.
+            dampened = {name: self._dampening[index] for name, index in self._slow_layer.items()
+                        if self._dampening[index] is not None}
+            anchored = self.anchor.penalty(model, dampened)
             if anchored is not None:
                 terms.append(self.config.spc_lambda * anchored)
         return sum(terms) if terms else None
@@ -215,7 +239,7 @@ class ARIA(Method):
         sample = rng.sample(data.features, min(count, len(data.features)))
         self._routing = False  # the task's own data goes through the task's own adapter
         for block in self.adapter_blocks:
-            block.active = len(block.adapters) - 1
+            block.active = self._current
         try:
             self._consolidate(model, data, rng, context.learning_rate * self.config.slow_lr_ratio)
             report = self._gate_statistics(model, data, sample)
@@ -230,7 +254,7 @@ class ARIA(Method):
         finally:
             self._routing = True
         for block in self.adapter_blocks:
-            block.adapters[-1].requires_grad_(False)
+            block.adapters[self._current].requires_grad_(False)
         self._add_prototype(data)
         return report
 
@@ -285,7 +309,7 @@ class ARIA(Method):
         weight = self.embeddings.weight
         ids = torch.as_tensor(ids, device=weight.device)
         mask = torch.as_tensor(mask, device=weight.device, dtype=weight.dtype)
-        summed = (self.embeddings(ids) * mask[..., None]).sum(1)
+        summed = (embed(weight.detach(), ids) * mask[..., None]).sum(1)
         return nn.functional.normalize(summed / mask.sum(1, keepdim=True).clamp_min(1), dim=-1).float()
 
     # -- inference ------------------------------------------------------------------------------

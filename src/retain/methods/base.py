@@ -82,7 +82,8 @@ class Method:
     config_class: ClassVar[type]
     trains: ClassVar[bool] = True  # False: the method learns nothing by gradient (a retrieval baseline); no training loop
     # The parameter-sharding backends ("fsdp", "deepspeed") the method runs under. One whose state follows whole
-    # parameters (gradient masks on value rows, adapters added between tasks, versioned rows) runs data parallel only.
+    # parameters (gradient masks or scales on them, Fisher anchors, versioned rows) runs under neither unless it
+    # follows the shards of each backend it names.
     sharded_by: ClassVar[frozenset[str]] = frozenset({"fsdp", "deepspeed"})
 
     def __init__(self, config: Any = None) -> None:

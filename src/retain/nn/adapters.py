@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from retain.nn.sharding import assign
+
 
 class BottleneckAdapter(nn.Module):
     """y + up(act(down(y))), the residual written here as just the bottleneck's output; `up` starts at zero."""
@@ -39,6 +41,13 @@ class TaskAdapters(nn.Module):
         reference = next(self.block.parameters())
         adapter = BottleneckAdapter(self.hidden_size, self.dim).to(device=reference.device, dtype=reference.dtype)
         self.adapters.append(adapter)
+        return adapter
+
+    def reset_adapter(self, index: int) -> BottleneckAdapter:
+        """Adapter `index` drawn afresh, in place, as `add_adapter` draws a new one (its parameters may be shards)."""
+        adapter, fresh = self.adapters[index], BottleneckAdapter(self.hidden_size, self.dim)
+        for param, value in zip(adapter.parameters(), fresh.parameters()):
+            assign(param, value.detach())
         return adapter
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from retain.nn.product_key_memory import decoder_layers
 
@@ -47,7 +49,10 @@ class PlasticityGatedMLP(nn.Module):
     `slow` is the pretrained block itself. `fast` starts as an exact copy of it (`fast_rank=0`) or as
     slow(x) plus a zero-initialised low-rank bottleneck (`fast_rank>0`), so before training the block
     computes exactly what it computed before. π of the last forward stays in `plasticity` for the
-    gate regulariser and gradient dampening; `force_slow` pins π to 0.
+    gate regulariser and gradient dampening; `force_slow` pins π to 0. `slow_gradient_scale`, when set, is
+    asked in the backward for a factor on the slow pathway's parameter gradients (None: unscaled). The
+    scale sits in the forward's graph, on the weights the forward used, so it also holds when FSDP swaps
+    in gathered copies of sharded parameters (a hook on the parameter itself would never see them).
     """
 
     def __init__(self, slow: nn.Module, hidden_size: int, fast_rank: int = 0, gate_std: float = 0.02) -> None:
@@ -65,9 +70,10 @@ class PlasticityGatedMLP(nn.Module):
             self.fast_delta.to(device=reference.device, dtype=reference.dtype)
         self.plasticity: torch.Tensor | None = None
         self.force_slow = False
+        self.slow_gradient_scale: Callable[[], torch.Tensor | None] | None = None
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        slow = self.slow(x, *args, **kwargs)
+        slow = self._slow(x, *args, **kwargs)
         if self.force_slow:
             self.plasticity = None
             return slow
@@ -75,6 +81,27 @@ class PlasticityGatedMLP(nn.Module):
         self.plasticity = pi.squeeze(-1)
         delta = self.fast(x, *args, **kwargs) - slow if self.fast is not None else self.fast_delta(x)
         return slow + pi * delta
+
+    def _slow(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        scale = self.slow_gradient_scale
+        if scale is None or not torch.is_grad_enabled():
+            return self.slow(x, *args, **kwargs)
+        scaled = {name: _ScaleGradient.apply(p, scale) for name, p in self.slow.named_parameters() if p.requires_grad}
+        return functional_call(self.slow, scaled, (x, *args), kwargs, strict=False)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """The identity; its backward multiplies the gradient by `scale()`, read then (None: unchanged)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, scale: Callable[[], torch.Tensor | None]) -> torch.Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        factor = ctx.scale()
+        return (grad if factor is None else grad * factor.to(grad.dtype)), None
 
 
 def gate_feed_forwards(model: nn.Module, layers: list[int] | None = None, fast_rank: int = 0) -> list[PlasticityGatedMLP]:

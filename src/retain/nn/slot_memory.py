@@ -15,7 +15,9 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor
+
+from retain.nn.sharding import assign, whole
 
 
 class SlotMemory(nn.Module):
@@ -44,14 +46,14 @@ class SlotMemory(nn.Module):
 
     def value_table(self) -> torch.Tensor:
         """A detached copy of every slot's live value row."""
-        return torch.cat([_whole(values) for _, values in self.value_blocks()])
+        return torch.cat([whole(values) for _, values in self.value_blocks()])
 
     def read_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """A detached copy of the live value rows `rows`."""
         out = torch.empty(len(rows), self.dim)
         for start, values in self.value_blocks():
             mine = (rows >= start) & (rows < start + len(values))
-            out[mine] = _whole(values)[(rows[mine] - start).to(values.device)].to(out.device, out.dtype)
+            out[mine] = whole(values)[(rows[mine] - start).to(values.device)].to(out.device, out.dtype)
         return out
 
     @torch.no_grad()
@@ -62,10 +64,9 @@ class SlotMemory(nn.Module):
             if not isinstance(values, DTensor):
                 values[index] = new
                 continue
-            whole = values.full_tensor()  # sharded: write the whole rows, keep this process's shard of them
-            whole[index] = new
-            values.to_local().copy_(distribute_tensor(whole, values.device_mesh, values.placements,
-                                                      src_data_rank=None).to_local())
+            rows_of_all = whole(values)  # sharded: write the whole rows, keep this process's shard of them
+            rows_of_all[index] = new
+            assign(values, rows_of_all)
 
     def token_tables(self, tokens: int, device: torch.device) -> torch.Tensor | None:
         """Per flattened token, the table it reads (−1: live), or None when reads are not versioned."""
@@ -79,12 +80,6 @@ class SlotMemory(nn.Module):
     def table_rows(self, table: int, start: int, live: torch.Tensor) -> torch.Tensor:
         """Rows start … start+len(live)−1 of `table`, or `live` itself for −1."""
         return live if table < 0 else self.tables[table][start : start + len(live)].to(live.device, live.dtype)
-
-
-def _whole(values: torch.Tensor) -> torch.Tensor:
-    """`values` detached, gathered whole when FSDP shards them."""
-    values = values.detach()
-    return values.full_tensor() if isinstance(values, DTensor) else values
 
 
 class _FilterGradient(torch.autograd.Function):
