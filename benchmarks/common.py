@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -125,6 +126,14 @@ def condense(output: Path) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     return {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__}
+
+
+def mean_sd(values: list[float | None]) -> dict[str, float | int] | None:
+    """Mean, sample sd and count of the values that are not None (None when all are)."""
+    kept = [v for v in values if v is not None]
+    if not kept:
+        return None
+    return {"mean": statistics.fmean(kept), "sd": statistics.stdev(kept) if len(kept) > 1 else 0.0, "n": len(kept)}
 
 
 def write(path: Path, report: dict[str, Any]) -> None:

@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, compare_on_temporal_facts, condense, machine, preset_name, strip, temporal_parser, write
+from common import ROOT, compare_on_temporal_facts, condense, machine, mean_sd, preset_name, strip, temporal_parser, write
 
 KEYS = ("plasticity", "stability", "historical")
 
@@ -112,13 +111,6 @@ def merge(args: argparse.Namespace) -> None:
               "mean_sd": aggregate(per_seed), "per_seed": per_seed}
     write(args.output or ROOT / "benchmarks" / "results" / f"temporal_{report['preset']}.json", report)
     print_summary(report["mean_sd"])
-
-
-def mean_sd(values: list[float | None]) -> dict[str, float | int] | None:
-    kept = [v for v in values if v is not None]
-    if not kept:
-        return None
-    return {"mean": statistics.fmean(kept), "sd": statistics.stdev(kept) if len(kept) > 1 else 0.0, "n": len(kept)}
 
 
 def aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:

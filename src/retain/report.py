@@ -181,25 +181,42 @@ def method_groups(directory: Path, results: dict[str, dict[str, Any]]) -> dict[s
     return groups
 
 
-def tradeoff_figure(results: dict[str, dict[str, Any]], groups: dict[str, list[str]], path: Path) -> bool:
-    """What was learned (plasticity) against what was kept, one curve per method over its runs (e.g. a learning-rate
-    sweep), as the SMF paper compares methods at matched learning. Drawn when some method has several runs."""
-    if not any(len(runs) > 1 for runs in groups.values()):
+TRADEOFF_KEPT = ("stability", "historical", "general_ppl_change")
+
+
+def tradeoff_points(results: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
+    """Per method, one point per run: its name, plasticity and what it kept (`TRADEOFF_KEPT`)."""
+    return {method: [{"run": r, **{k: results[r]["summary"].get(k) for k in ("plasticity", *TRADEOFF_KEPT)}} for r in runs]
+            for method, runs in groups.items()}
+
+
+def tradeoff_figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> bool:
+    """What was learned (plasticity) against what was kept, one curve per method over its points (e.g. a learning-rate
+    sweep), as the SMF paper compares methods at matched learning. A value is a number or, over seeds, a
+    {"mean", "sd"} pair, drawn with error bars. Drawn when some method has several points."""
+    if not any(len(points) > 1 for points in curves.values()):
         return False
-    panels = [("stability", "stability"), ("historical", "historical"), ("general_ppl_change", "general ppl change (%)")]
+
+    def value(point: dict[str, Any], key: str) -> tuple[float, float] | None:
+        v = point.get(key)
+        return None if v is None else (v["mean"], v["sd"]) if isinstance(v, dict) else (v, 0.0)
+
+    labels = {"stability": "stability", "historical": "historical", "general_ppl_change": "general ppl change (%)"}
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
-    for color, (method, runs) in enumerate(groups.items()):
-        points = sorted((results[r]["summary"].get("plasticity"), r) for r in runs
-                        if results[r]["summary"].get("plasticity") is not None)
-        for ax, (key, label) in zip(axes, panels):
+    for color, (method, points) in enumerate(curves.items()):
+        for ax, key in zip(axes, TRADEOFF_KEPT):
             scale = 100 if key == "general_ppl_change" else 1
-            xs = [p for p, r in points if results[r]["summary"].get(key) is not None]
-            ys = [scale * results[r]["summary"][key] for p, r in points if results[r]["summary"].get(key) is not None]
-            ax.plot(xs, ys, marker="o", color=f"C{color}", label=method)
-            for x, y, (_, name) in zip(xs, ys, points):
+            drawn = sorted((value(p, "plasticity"), value(p, key), p["run"]) for p in points
+                           if value(p, "plasticity") is not None and value(p, key) is not None)
+            if not drawn:
+                continue
+            xs, xerr = zip(*[x for x, _, _ in drawn])
+            ys, yerr = zip(*[(scale * y[0], scale * y[1]) for _, y, _ in drawn])
+            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", color=f"C{color}", label=method, capsize=2)
+            for x, y, (_, _, name) in zip(xs, ys, drawn):
                 ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
             ax.set_xlabel("plasticity (learned)")
-            ax.set_ylabel(label)
+            ax.set_ylabel(labels[key])
             ax.grid(alpha=0.3)
     axes[2].set_yscale("symlog")
     axes[0].legend(fontsize=8)
@@ -241,7 +258,7 @@ def write_report(directory: str | Path, baseline: str | None = None) -> dict[str
     figures.append(("Forgetting curves", directory / "forgetting.png"))
     if _speed(results, directory / "speed.png", baseline):
         figures.append(("Training time per token", directory / "speed.png"))
-    if tradeoff_figure(results, method_groups(directory, results), directory / "tradeoff.png"):
+    if tradeoff_figure(tradeoff_points(results, method_groups(directory, results)), directory / "tradeoff.png"):
         figures.append(("Trade-off: learned against kept", directory / "tradeoff.png"))
     for method, result in results.items():
         _heatmap(result, method, directory / f"heatmap_{method}.png")
