@@ -4,7 +4,7 @@ against the same comparison unsharded on one process.
 Both comparisons run on the same generated stream, seed and global batch. Per method, the JSON holds the result
 matrix and summary of each, how many generated answers agree, and the largest difference of the final weights
 (FSDP computes in bf16 from fp32 shards, one process in bf16 autocast: close, not bit-equal). It also records that a
-method whose state does not follow the shards (ARIA) is refused before training. Needs GPUs (accelerate shards only
+method whose state does not follow the shards (SMF with a product-key memory) is refused before training. Needs GPUs (accelerate shards only
 there); a CPU has its own check in tests/test_scale.py (torch's fully_shard on gloo).
 
     python benchmarks/fsdp.py                    # every GPU of the machine
@@ -32,7 +32,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from retain.cli import main as retain  # noqa: E402
 
-SHARDED = "full_ft,lora,replay,ewc,smf,casm"  # every method whose state follows FSDP's shards (rag trains nothing)
+SHARDED = "full_ft,lora,replay,ewc,aria,smf,casm"  # every method whose state follows FSDP's shards (rag trains nothing)
 
 
 def main() -> None:
@@ -53,7 +53,8 @@ def main() -> None:
         raise SystemExit("could not generate the stream")
     common = ["--stream", str(stream), "--model", args.model, "--num_train_epochs", str(args.epochs), "--seed", "0",
               "--learning_rate", "1e-3", "--lr_scheduler_type", "constant", "--disable_tqdm", "true", "--overwrite"]
-    compare = ["compare", "--methods", args.methods, *common, "--method-arg", "ewc.fisher_samples=8", "smf.k=8", "casm.k=8"]
+    compare = ["compare", "--methods", args.methods, *common, "--method-arg", "ewc.fisher_samples=8", "aria.fisher_samples=8",
+               "smf.k=8", "casm.k=8"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(ROOT / "examples" / "accelerate" / "fsdp.yaml"), "--num_processes", str(args.processes), "-m", "retain.cli"]
     global_batch = 2 * args.processes
@@ -61,7 +62,8 @@ def main() -> None:
         "unsharded": [sys.executable, "-m", "retain.cli", *compare, "--per_device_train_batch_size", str(global_batch),
                       "--output", str(args.runs / "unsharded")],
         "fsdp": [*launch, *compare, "--per_device_train_batch_size", "2", "--output", str(args.runs / "fsdp")],
-        "refused": [*launch, "run", "--method", "aria", *common, "--output", str(args.runs / "aria")],
+        "refused": [*launch, "run", "--method", "smf", "--method_arg", "memory=product_key", *common,
+                    "--output", str(args.runs / "refused")],
     }
     started = {name: (time.time(), subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
                for name, command in jobs.items()}
@@ -76,7 +78,7 @@ def main() -> None:
                        | ({"output_tail": d["output"][-2000:]} if d["returncode"] else {}) for n, d in done.items()},
               "refused_before_training": done["refused"]["returncode"] != 0
               and "keeps state per whole parameter" in done["refused"]["output"]
-              and not (args.runs / "aria" / "config.json").exists(),
+              and not (args.runs / "refused" / "config.json").exists(),
               "methods": {m: compared(args.runs / "unsharded" / m, args.runs / "fsdp" / m) for m in args.methods.split(",")}
               if done["fsdp"]["returncode"] == 0 and done["unsharded"]["returncode"] == 0 else {}}
     write(args.output or ROOT / "benchmarks" / "results" / f"fsdp_{Path(args.model).name}_{args.processes}gpu.json", report)
