@@ -166,7 +166,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("retain.runstate.save_model", disk_full)
+    monkeypatch.setattr("retain.runstate.save_file", disk_full)
     with pytest.raises(RunDirectoryError, match=r"could not write checkpoint task-002 \(No space left on device\); "
                                                 r"the previous checkpoint task-001 is intact"):
         run.save_checkpoint(model, {"step": 2}, result_with_rows(3))
@@ -188,3 +188,20 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
         atomic_write(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_weights_that_are_views_of_one_flat_buffer_are_checkpointed_alone(tmp_path, make_model):
+    # DeepSpeed ZeRO-1/2 keeps every parameter as a view of a flat buffer, and tied weights are views of the same.
+    model = make_model(seed=3)
+    params = list(dict(model.named_parameters()).values())  # tied weights once
+    flat = torch.cat([p.detach().flatten() for p in params])
+    offset = 0
+    for p in params:
+        p.data = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    run = RunDirectory(tmp_path / "run", {})
+    run.save_checkpoint(model, {}, result_with_rows(2))
+    restored = make_model(seed=4)
+    RunDirectory(tmp_path / "run", {}, resume=True).load_checkpoint(restored)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), restored.state_dict().values()))
+    assert (tmp_path / "run" / "checkpoints" / "task-001" / "model.safetensors").stat().st_size < 1.1 * flat.nbytes

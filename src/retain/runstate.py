@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_file, save_model
+from accelerate import PartialState
+from safetensors.torch import load_model, save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
@@ -83,27 +84,39 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_weights(model: nn.Module) -> nn.Module | dict[str, torch.Tensor]:
-    """What a checkpoint saves of `model`: the model itself, or, when FSDP shards its parameters across processes,
-    its whole weights gathered onto the main process's CPU, tied weights once. Every process must call it (the gather
-    is collective); the others get an empty dict."""
-    if not any(isinstance(p, DTensor) for p in model.parameters()):
-        return model
-    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+def model_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint saves of `model`: its weights, tied weights once, each tensor holding only its own bytes
+    (DeepSpeed keeps parameters as views of flat buffers: those are copied). When FSDP or DeepSpeed ZeRO-3 shards the
+    parameters across processes, the whole weights are gathered onto the main process's CPU and the others get an
+    empty dict: every process must call it then (the gather is collective)."""
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    elif any(hasattr(p, "ds_id") for p in model.parameters()):  # DeepSpeed ZeRO-3: each process holds a partition
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            weights = {name: tensor.cpu().clone() for name, tensor in model.state_dict().items()}
+        if not PartialState().is_main_process:
+            weights = {}
+    else:
+        weights = model.state_dict()
     once = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
-    return {name: tensor for name, tensor in weights.items() if name in once}
+    return {name: _alone(tensor) for name, tensor in weights.items() if name in once}
+
+
+def _alone(tensor: torch.Tensor) -> torch.Tensor:
+    tensor = tensor.detach()
+    return tensor if tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size() else tensor.clone()
 
 
 def write_checkpoint(path: Path, model: nn.Module | dict[str, torch.Tensor], method: str, method_state: Any,
                      progress: dict[str, Any]) -> Path:
     """Write a checkpoint into a staging directory beside `path`, then rename it into place (replacing `path`).
-    `model` is a model or its whole weights (`model_weights`). On any error the staging directory is removed and
+    `model` is a model or its weights (`model_weights`). On any error the staging directory is removed and
     whatever was at `path` is untouched."""
-    def write_model(staging: Path) -> None:
-        file = str(staging / "model.safetensors")
-        save_model(model, file) if isinstance(model, nn.Module) else save_file(model, file)  # save_model: tied once
-
-    return _staged(path, write_model, method, method_state, progress)
+    weights = model_weights(model) if isinstance(model, nn.Module) else model
+    return _staged(path, lambda staging: save_file(weights, str(staging / "model.safetensors")), method, method_state,
+                   progress)
 
 
 def upgrade_checkpoint(path: Path, method: str) -> None:

@@ -17,6 +17,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object, reduce
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.integrations.integration_utils import TensorBoardCallback, default_logdir
 from transformers.trainer_utils import TrainOutput
 
@@ -216,9 +217,9 @@ class ContinualTrainer(Trainer):
         tasks = list(tasks) if tasks is not None else self.tasks
         start = time.perf_counter()
         # Data parallel, each process scores its share of the probes and of the general text, and every process gets
-        # the whole row. Sharded (FSDP), every forward is collective: every process scores everything, so the same
-        # prompts take the same number of forwards everywhere.
-        state, sharded = PartialState(), self.is_fsdp_enabled
+        # the whole row. Sharded (FSDP, DeepSpeed ZeRO-3), every forward is collective: every process scores
+        # everything, so the same prompts take the same number of forwards everywhere.
+        state, sharded = PartialState(), self.is_fsdp_enabled or is_deepspeed_zero3_enabled()
         split = nullcontext if sharded else state.split_between_processes
         with split([p for t in tasks for p in t.probes]) as mine:
             scores = self.evaluator.score(self.model, mine)
