@@ -13,10 +13,10 @@
 - Task adapters: a zero-initialised bottleneck adapter per task after each chosen feed-forward
   block, trained in its task and frozen after. Given the whole stream, the model holds every task's
   adapter before training starts (so FSDP shards them with the rest); each is drawn afresh when its
-  task begins. At inference (the model in eval mode) each input
-  goes to the adapter of the task whose prototype (mean input embedding of its training prompts)
-  is nearest by cosine; the model routes itself on the first forward of a sequence, so plain
-  `model(...)` and `model.generate(...)` use the right adapter too.
+  task begins. At inference (the model in eval mode) each input goes to the adapter of the task
+  whose prototype (mean input embedding of its training prompts) is nearest by cosine; the model
+  routes itself on the first forward of a sequence, so plain `model(...)` and `model.generate(...)`
+  use the right adapter too.
 """
 
 from __future__ import annotations
