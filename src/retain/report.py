@@ -206,8 +206,8 @@ def tradeoff_figure(curves: dict[str, list[dict[str, Any]]], path: Path) -> bool
     for color, (method, points) in enumerate(curves.items()):
         for ax, key in zip(axes, TRADEOFF_KEPT):
             scale = 100 if key == "general_ppl_change" else 1
-            drawn = sorted((value(p, "plasticity"), value(p, key), p["run"]) for p in points
-                           if value(p, "plasticity") is not None and value(p, key) is not None)
+            drawn = sorted((x, y, p["run"]) for p in points
+                           if (x := value(p, "plasticity")) is not None and (y := value(p, key)) is not None)
             if not drawn:
                 continue
             xs, xerr = zip(*[x for x, _, _ in drawn])

@@ -94,10 +94,9 @@ def model_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     elif any(hasattr(p, "ds_id") for p in model.parameters()):  # DeepSpeed ZeRO-3: each process holds a partition
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(model.parameters())):
-            weights = {name: tensor.cpu().clone() for name, tensor in model.state_dict().items()}
-        if not PartialState().is_main_process:
-            weights = {}
+        main = PartialState().is_main_process
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):  # collective; only the main process copies
+            weights = {name: t.to("cpu", copy=True) for name, t in model.state_dict().items()} if main else {}
     else:
         weights = model.state_dict()
     once = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
