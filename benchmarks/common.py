@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from retain.cli import main as retain  # noqa: E402
+from retain.fact_questions import DEFAULT_WORDINGS, WORDINGS  # noqa: E402
 from retain.report import load_results, seconds_per_token  # noqa: E402
 from retain.runstate import atomic_write  # noqa: E402
 
@@ -55,6 +56,8 @@ def temporal_parser(description: str, name: str, methods: str) -> argparse.Argum
     parser.add_argument("--methods", default=methods)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--fact-questions", type=int, default=DEFAULT_WORDINGS, choices=range(len(WORDINGS) + 1),
+                        help="training wordings of each new or changed fact, for every method alike (retain's --fact_questions)")
     parser.add_argument("--eval-batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method-arg", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
@@ -79,6 +82,7 @@ def compare_on_temporal_facts(args: argparse.Namespace, edit_stream: Callable[[P
     options = ["--model", args.model, "--seed", str(args.seed), "--num_train_epochs", str(args.epochs),
                "--learning_rate", "2e-4", "--per_device_train_batch_size", str(args.batch_size),
                "--per_device_eval_batch_size", str(args.eval_batch_size), "--lr_scheduler_type", "constant", "--warmup_steps", "0",
+               "--fact_questions", str(args.fact_questions),
                "--disable_tqdm", "true", "--overwrite",
                "--bf16", "false"]  # fp32 on every machine, so that CPU and GPU numbers compare (retain's GPU default is bf16)
     return runs, compare(stream, runs, args.methods.split(","), options, args.method_arg, method_lr)

@@ -9,6 +9,7 @@ tokens. Run directories are deleted once the JSON is written (--keep-runs keeps 
 
     python benchmarks/temporal.py                                   # medium preset, seeds 0,1,2
     python benchmarks/temporal.py --preset full --facts 100 --methods full_ft,casm
+    python benchmarks/temporal.py --fact-questions 6                # all six training wordings of each fact
     python benchmarks/temporal.py --jobs 12                         # every seed and method at once (a GPU has room)
 """
 
@@ -46,7 +47,8 @@ def main() -> None:
     started = time.time()
     per_seed = run_seeds(args, seeds, root)
     report = {"benchmark": "temporal", "preset": preset_name(args), "model": args.model, "seeds": seeds,
-              "epochs": args.epochs, "batch_size": args.batch_size, "machine": machine(), "wall_seconds": time.time() - started,
+              "epochs": args.epochs, "batch_size": args.batch_size, "fact_questions": args.fact_questions,
+              "machine": machine(), "wall_seconds": time.time() - started,
               "same_data": "every method trains on the same passages and fact questions; no probe wording is trained on",
               "mean_sd": aggregate(per_seed), "per_seed": per_seed}
     write(ROOT / "benchmarks" / "results" / f"temporal_{preset_name(args)}.json" if args.output is None else args.output, report)
@@ -87,7 +89,8 @@ def run_seeds(args: argparse.Namespace, seeds: list[int], root: Path) -> dict[st
 def merge(args: argparse.Namespace) -> None:
     """One report from several of this script's reports: each (seed, method) once, all on the same settings."""
     reports = [json.loads(path.read_text()) for path in args.merge]
-    settings = {(r["preset"], r["model"], r["epochs"], r["batch_size"]) for r in reports}
+    # Reports from before the wordings were recorded trained on four, the only ones there were.
+    settings = {(r["preset"], r["model"], r["epochs"], r["batch_size"], r.get("fact_questions", 4)) for r in reports}
     if len(settings) > 1:
         raise SystemExit(f"--merge: the reports were made with different settings {sorted(settings)}")
     # --methods NAME or NAME=OLD: a method of the reports, by its name there (OLD, else NAME) → the name reported
@@ -104,6 +107,7 @@ def merge(args: argparse.Namespace) -> None:
                 per_seed[seed][method] = run
     first = reports[0]
     report = {**{k: first.get(k) for k in ("benchmark", "preset", "model", "epochs", "batch_size", "same_data")},
+              "fact_questions": first.get("fact_questions", 4),
               "seeds": sorted(int(s) for s in per_seed),
               "merged_from": [{"file": p.name, "machine": r.get("machine"),
                                "methods": sorted(chosen[m] for m in next(iter(r["per_seed"].values())) if m in chosen)}

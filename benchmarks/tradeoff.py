@@ -68,7 +68,8 @@ def main() -> None:
     points = [point(method, step, [per_seed[seed, method][f"{method}_lr{step}"] for seed in seeds])
               for method in methods for step in range(1, len(SWEEP[method]) + 1)]
     write(output, {"benchmark": "tradeoff", "preset": preset_name(args), "model": args.model, "seeds": seeds,
-                   "epochs": args.epochs, "machine": machine(), "wall_seconds": time.time() - started, "points": points})
+                   "epochs": args.epochs, "fact_questions": args.fact_questions, "machine": machine(),
+                   "wall_seconds": time.time() - started, "points": points})
     tradeoff_figure({m: [p for p in points if p["method"] == m] for m in methods}, output.with_suffix(".png"))
     for p in points:
         print(f"{p['run']:12} lr {p['lr']:>5}  " + "  ".join(

@@ -40,7 +40,7 @@ def edit(path, old, new):
 
 
 @pytest.mark.parametrize("case", ["jsonl byte", "yaml byte", "train not a path", "output under a file",
-                                  "lora rank 0", "unknown option", "casm untimed", "casm out of order"])
+                                  "lora rank 0", "unknown option", "fact questions", "casm untimed", "casm out of order"])
 def test_bad_input_before_training(tmp_path, stream, capsys, case):
     out, argv = tmp_path / "run", ["run", "--stream", str(stream), *FAST]
     if case == "jsonl byte":
@@ -66,6 +66,9 @@ def test_bad_input_before_training(tmp_path, stream, capsys, case):
         assert main([*argv, "--output", str(out), "--method", "lora", "--method-arg", "r=2"]) == 0
     elif case == "unknown option":
         fails(capsys, [*argv, "--output", str(out), "--logging_dir", "logs"], r"unknown option\(s\): --logging_dir logs")
+    elif case == "fact questions":
+        fails(capsys, [*argv, "--output", str(out), "--fact_questions", "7"], r"--fact_questions 7: expected 0 to 6 training")
+        assert not out.exists()
     elif case == "casm untimed":
         fails(capsys, ["run", "--stream", "examples/demo-stream", *FAST, "--output", str(out), "--method", "casm"],
               r"casm: task 'atlas' needs a period that is a time")

@@ -7,7 +7,7 @@ import pytest
 
 from retain import ContinualTrainer, build_method
 from retain.bench.temporal_facts import TemporalFactsConfig, generate
-from retain.fact_questions import WORDINGS, fact_questions, new_or_changed
+from retain.fact_questions import DEFAULT_WORDINGS, WORDINGS, fact_questions, new_or_changed
 
 CASM = {"memory": "feed_forward", "k": "8", "top_t": "8", "lr": "10"}
 METHODS = {"full_ft": {}, "replay": {"buffer_size": "8", "ratio": "0.25"}, "smf": {"memory": "feed_forward", "k": "8"},
@@ -16,8 +16,10 @@ STREAM = TemporalFactsConfig(facts=6, periods=("2018", "2020", "2022"), change_r
 
 
 def recording_trainer(name, make_model, tokenizer, training_args):
-    """A trainer whose tokenize() keeps every example it is given (what each task trains on)."""
-    trainer = ContinualTrainer(make_model(), training_args(num_train_epochs=1), method=build_method(name, METHODS[name]),
+    """A trainer whose tokenize() keeps every example it is given (what each task trains on), with fact questions in
+    every training wording."""
+    trainer = ContinualTrainer(make_model(), training_args(num_train_epochs=1, fact_questions=len(WORDINGS)),
+                               method=build_method(name, METHODS[name]),
                                processing_class=tokenizer)
     seen, tokenize = [], trainer.tokenize
     trainer.tokenize = lambda examples: seen.append(list(examples)) or tokenize(examples)
@@ -38,6 +40,8 @@ def test_every_method_trains_on_the_same_examples_with_fact_questions(make_model
     # The questions are the same examples for every method, and none without the trainer asking for them.
     trainer = ContinualTrainer(make_model(), training_args(fact_questions=0), processing_class=tokenizer)
     assert trainer.fact_questions(stream.tasks[0]) == []
+    trainer = ContinualTrainer(make_model(), training_args(), processing_class=tokenizer)
+    assert len(trainer.fact_questions(stream.tasks[0])) == 6 * DEFAULT_WORDINGS
 
 
 def test_only_new_or_changed_facts_become_questions():
@@ -50,8 +54,8 @@ def test_only_new_or_changed_facts_become_questions():
     questions = fact_questions(facts[1:2], "2020", wordings=2)
     assert questions == [{"prompt": "[2020] Nozer — population:", "completion": " 950 residents."},
                          {"prompt": "[2020] Records list the population of Nozer as", "completion": " 950 residents."}]
-    with pytest.raises(ValueError, match="0 to 4 wordings"):
-        fact_questions(facts, "2020", wordings=5)
+    with pytest.raises(ValueError, match=f"0 to {len(WORDINGS)} wordings"):
+        fact_questions(facts, "2020", wordings=len(WORDINGS) + 1)
 
 
 def _time_free(prompt: str) -> str:

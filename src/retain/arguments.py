@@ -8,7 +8,7 @@ import torch
 from transformers import TrainingArguments
 from trl import SFTConfig
 
-from retain.fact_questions import WORDINGS as FACT_WORDINGS
+from retain.fact_questions import DEFAULT_WORDINGS, WORDINGS as FACT_WORDINGS
 
 _GPU = torch.cuda.is_available()
 
@@ -25,15 +25,21 @@ class _ContinualDefaults:
     )
     max_length: int = field(default=256, metadata={"help": "Training examples are truncated to this many tokens."})
     max_new_tokens: int = field(default=24, metadata={"help": "Generation budget per probe (capped near the answer's length)."})
-    fact_questions: int = field(default=len(FACT_WORDINGS), metadata={
-        "help": "Each new or changed fact of a task's facts.jsonl is also trained as a question in this many training "
-                f"wordings (0 to {len(FACT_WORDINGS)}; 0: passages only), for every method alike."})
+    fact_questions: int = field(default=DEFAULT_WORDINGS, metadata={
+        "help": "Each new or changed fact of a task's facts.jsonl is also trained as a question in the first this many "
+                f"training wordings (0 to {len(FACT_WORDINGS)}; 0: passages only; the fifth and sixth end in an answer slot "
+                "after a line break), for every method alike."})
     # fp32 on CPUs, where bf16 is many times slower; bf16 where a GPU supports it.
     bf16: bool | None = field(default=_GPU and torch.cuda.is_bf16_supported(),
                               metadata={"help": "bf16 mixed precision (default: on GPUs that support it)."})
     # Without a GPU, several processes (torchrun, accelerate launch) are data parallel on CPU only when told so.
     use_cpu: bool = field(default=not (_GPU or torch.backends.mps.is_available()),
                           metadata={"help": "Train on CPU (default when there is no GPU)."})
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fact_questions <= len(FACT_WORDINGS):
+            raise ValueError(f"--fact_questions {self.fact_questions}: expected 0 to {len(FACT_WORDINGS)} training wordings")
+        super().__post_init__()
 
 
 @dataclass

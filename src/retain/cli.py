@@ -226,7 +226,10 @@ def _parse_arguments(argv: list[str], options: type, prog: str, description: str
     config_file = config_path.parse_known_args(argv)[0].config
     if config_file:
         parser.set_defaults(**_read_config(Path(config_file), parser))
-    *parsed, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    try:
+        *parsed, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    except ValueError as error:  # an option's value the arguments' own checks refuse, e.g. --fact_questions 9
+        raise OptionError(str(error)) from None
     if unknown:
         raise OptionError(f"unknown option(s): {' '.join(unknown)} (see `{prog} --help`)")
     run_args, train_args = parsed

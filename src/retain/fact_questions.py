@@ -21,7 +21,14 @@ WORDINGS: tuple[str, ...] = (
     "Records list the {relation} of {subject} as",
     "Fact card. Subject: {subject}. Attribute: {relation}. Value:",
     "Asked for the {relation} of {subject}, the archive answers:",
+    # Answer slots after a line break. Trained only on the four above, which end mid-line, a model answers a
+    # question put to it ("Q: …?\nA:") with its pretrained reply ("No.") or another fact of the subject.
+    "Question: Tell me the {relation} of {subject}.\nAnswer:",
+    "Entry: {subject}, {relation}.\nValue:",
 )
+# The first four by default: every comparison published in docs/benchmarks.md was trained on them, and all six
+# cost about 40% more fact-question tokens.
+DEFAULT_WORDINGS = 4
 
 
 def question(subject: str, relation: str, period: str | None = None, wording: int = 0) -> str:
@@ -31,7 +38,7 @@ def question(subject: str, relation: str, period: str | None = None, wording: in
     return f"[{period}] {text}" if period else text
 
 
-def fact_questions(facts: Iterable[dict[str, str]], period: str | None, wordings: int = len(WORDINGS)) -> list[dict[str, str]]:
+def fact_questions(facts: Iterable[dict[str, str]], period: str | None, wordings: int = DEFAULT_WORDINGS) -> list[dict[str, str]]:
     """Each fact as a prompt/completion example in the first `wordings` training wordings."""
     if not 0 <= wordings <= len(WORDINGS):
         raise ValueError(f"fact_questions: expected 0 to {len(WORDINGS)} wordings, got {wordings}")

@@ -24,8 +24,7 @@ from transformers.trainer_utils import TrainOutput
 from retain.arguments import ContinualTrainingArguments
 from retain.encoding import encoding_for
 from retain.evaluation import Evaluator, perplexity
-from retain.fact_questions import WORDINGS as FACT_WORDINGS
-from retain.fact_questions import fact_questions, new_or_changed
+from retain.fact_questions import DEFAULT_WORDINGS, fact_questions, new_or_changed
 from retain.methods.base import Features, Method, StreamData, TaskData, TrainingContext, check_sharding
 from retain.methods.full_ft import FullFineTuning
 from retain.metrics import mean
@@ -103,7 +102,7 @@ class ContinualTrainer(Trainer):
         if not self.encoding.generative or not task.facts:
             return []
         earlier = [t.facts for t in self.tasks if t is not task]
-        wordings = getattr(self.args, "fact_questions", len(FACT_WORDINGS))  # plain TrainingArguments: the default
+        wordings = getattr(self.args, "fact_questions", DEFAULT_WORDINGS)  # plain TrainingArguments: the default
         return fact_questions(new_or_changed(task.facts, earlier), task.period, wordings)
 
     # -- training hooks ---------------------------------------------------------------------------
