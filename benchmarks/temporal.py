@@ -89,8 +89,7 @@ def run_seeds(args: argparse.Namespace, seeds: list[int], root: Path) -> dict[st
 def merge(args: argparse.Namespace) -> None:
     """One report from several of this script's reports: each (seed, method) once, all on the same settings."""
     reports = [json.loads(path.read_text()) for path in args.merge]
-    # Reports from before the wordings were recorded trained on four, the only ones there were.
-    settings = {(r["preset"], r["model"], r["epochs"], r["batch_size"], r.get("fact_questions", 4)) for r in reports}
+    settings = {(r["preset"], r["model"], r["epochs"], r["batch_size"], wordings(r)) for r in reports}
     if len(settings) > 1:
         raise SystemExit(f"--merge: the reports were made with different settings {sorted(settings)}")
     # --methods NAME or NAME=OLD: a method of the reports, by its name there (OLD, else NAME) → the name reported
@@ -107,7 +106,7 @@ def merge(args: argparse.Namespace) -> None:
                 per_seed[seed][method] = run
     first = reports[0]
     report = {**{k: first.get(k) for k in ("benchmark", "preset", "model", "epochs", "batch_size", "same_data")},
-              "fact_questions": first.get("fact_questions", 4),
+              "fact_questions": wordings(first),
               "seeds": sorted(int(s) for s in per_seed),
               "merged_from": [{"file": p.name, "machine": r.get("machine"),
                                "methods": sorted(chosen[m] for m in next(iter(r["per_seed"].values())) if m in chosen)}
@@ -115,6 +114,12 @@ def merge(args: argparse.Namespace) -> None:
               "mean_sd": aggregate(per_seed), "per_seed": per_seed}
     write(args.output or ROOT / "benchmarks" / "results" / f"temporal_{report['preset']}.json", report)
     print_summary(report["mean_sd"])
+
+
+def wordings(report: dict[str, Any]) -> int:
+    """The fact-question wordings a report's runs trained on: reports from before they were recorded used four, the
+    only ones there were."""
+    return report.get("fact_questions", 4)
 
 
 def aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -26,8 +26,8 @@ WORDINGS: tuple[str, ...] = (
     "Question: Tell me the {relation} of {subject}.\nAnswer:",
     "Entry: {subject}, {relation}.\nValue:",
 )
-# The first four by default: every comparison published in docs/benchmarks.md was trained on them, and all six
-# cost about 40% more fact-question tokens.
+# The first four by default: the comparison of every method over 3 seeds in docs/benchmarks.md was trained on them
+# (with all six, replay has one seed so far), and all six cost about 40% more fact-question tokens.
 DEFAULT_WORDINGS = 4
 
 
