@@ -108,12 +108,20 @@ def merge(args: argparse.Namespace) -> None:
     report = {**{k: first.get(k) for k in ("benchmark", "preset", "model", "epochs", "batch_size", "same_data")},
               "fact_questions": wordings(first),
               "seeds": sorted(int(s) for s in per_seed),
-              "merged_from": [{"file": p.name, "machine": r.get("machine"),
-                               "methods": sorted(chosen[m] for m in next(iter(r["per_seed"].values())) if m in chosen)}
-                              for p, r in zip(args.merge, reports)],
+              "merged_from": [source for p, r in zip(args.merge, reports) for source in sources(p, r, chosen)],
               "mean_sd": aggregate(per_seed), "per_seed": per_seed}
     write(args.output or ROOT / "benchmarks" / "results" / f"temporal_{report['preset']}.json", report)
     print_summary(report["mean_sd"])
+
+
+def sources(path: Path, report: dict[str, Any], chosen: dict[str, str]) -> list[dict[str, Any]]:
+    """Where a merged report's runs came from: the report itself, or, for a report merged before, its own sources
+    (so merging into a merged report keeps every run's machine)."""
+    if "merged_from" in report:
+        return [s | {"methods": [chosen[m] for m in s["methods"] if m in chosen]} for s in report["merged_from"]
+                if any(m in chosen for m in s["methods"])]
+    methods = {m for runs in report["per_seed"].values() for m in runs}
+    return [{"file": path.name, "machine": report.get("machine"), "methods": sorted(chosen[m] for m in methods if m in chosen)}]
 
 
 def wordings(report: dict[str, Any]) -> int:

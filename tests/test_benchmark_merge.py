@@ -1,0 +1,59 @@
+"""benchmarks/temporal.py --merge: one report from runs made apart, only when they were made alike, with every run's
+machine kept through merges of merges."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "temporal.py"
+
+
+def run(plasticity):
+    scores = {"plasticity": plasticity, "stability": 0.5, "historical": 0.25}
+    return {"summary": {**scores, "acc": 0.5, "routing_accuracy": None, "by_form": {"cloze": scores},
+                        "general_ppl_change": 1.0},
+            "speed": {"train_seconds": 10.0, "seconds_per_step": 0.1}, "timings": [{"train_tokens": 100}]}
+
+
+def report(path, runs, machine, **settings):
+    """A report as the script writes it for one (seed, method) run or several."""
+    body = {"benchmark": "temporal", "preset": "medium", "model": "m", "epochs": 8, "batch_size": 8, "same_data": "-",
+            "machine": machine, "per_seed": runs} | settings
+    path.write_text(json.dumps(body))
+    return path
+
+
+def merge(tmp_path, *paths, methods="full_ft,casm"):
+    out = tmp_path / "merged.json"
+    done = subprocess.run([sys.executable, SCRIPT, "--merge", *map(str, paths), "--methods", methods, "--output", str(out)],
+                          capture_output=True, text=True)
+    return done, (json.loads(out.read_text()) if done.returncode == 0 else None)
+
+
+def test_merging_into_a_merged_report_keeps_every_runs_machine(tmp_path):
+    a = report(tmp_path / "a.json", {"0": {"full_ft": run(1.0)}}, "gpu", fact_questions=6)
+    b = report(tmp_path / "b.json", {"0": {"casm": run(0.5)}}, "cpu", fact_questions=6)
+    done, first = merge(tmp_path, a, b)
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "first.json").write_text(json.dumps(first))
+    c = report(tmp_path / "c.json", {"1": {"casm": run(0.7)}}, "cpu2", fact_questions=6)
+    done, second = merge(tmp_path, tmp_path / "first.json", c)
+    assert done.returncode == 0, done.stderr
+    assert [(s["file"], s["machine"], s["methods"]) for s in second["merged_from"]] == [
+        ("a.json", "gpu", ["full_ft"]), ("b.json", "cpu", ["casm"]), ("c.json", "cpu2", ["casm"])]
+    assert second["seeds"] == [0, 1] and second["fact_questions"] == 6
+    casm = second["mean_sd"]["casm"]["plasticity"]
+    assert casm["n"] == 2 and abs(casm["mean"] - 0.6) < 1e-9 and abs(casm["sd"] - 0.2 ** 0.5 / 10 ** 0.5) < 1e-9
+    done, only = merge(tmp_path, tmp_path / "first.json", c, methods="casm")
+    assert [s["file"] for s in only["merged_from"]] == ["b.json", "c.json"]
+
+
+def test_runs_made_differently_or_twice_are_refused(tmp_path):
+    four = report(tmp_path / "four.json", {"0": {"casm": run(0.5)}}, "cpu")  # made before wordings were recorded: 4
+    six = report(tmp_path / "six.json", {"1": {"casm": run(0.5)}}, "cpu", fact_questions=6)
+    done, _ = merge(tmp_path, four, six)
+    assert done.returncode != 0 and "different settings" in done.stderr
+    again = report(tmp_path / "again.json", {"1": {"casm": run(0.9)}}, "cpu", fact_questions=6)
+    done, _ = merge(tmp_path, six, again)
+    assert done.returncode != 0 and "seed 1 of casm is in two reports" in done.stderr
