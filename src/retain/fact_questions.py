@@ -26,9 +26,9 @@ WORDINGS: tuple[str, ...] = (
     "Question: Tell me the {relation} of {subject}.\nAnswer:",
     "Entry: {subject}, {relation}.\nValue:",
 )
-# The first four by default: the comparison of every method over 3 seeds in docs/benchmarks.md was trained on them
-# (with all six, replay has one seed so far), and all six cost about 40% more fact-question tokens.
-DEFAULT_WORDINGS = 4
+# All six by default: the README's comparison of every method (3 seeds) trained on them. The first four alone cost
+# about 27% fewer training tokens, and CASM then answers the question form 0.80-0.85 (docs/benchmarks.md).
+DEFAULT_WORDINGS = 6
 
 
 def question(subject: str, relation: str, period: str | None = None, wording: int = 0) -> str:
