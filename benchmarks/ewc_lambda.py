@@ -27,6 +27,7 @@ def main() -> None:
         run = args.runs / f"lambda-{value}"
         code = retain(["run", "--method", "ewc", "--model", args.model, "--stream", str(args.stream), "--output", str(run),
                        "--config", str(ROOT / "examples" / "demo.yaml"), "--per_device_train_batch_size", "6",
+                       "--num_train_epochs", "8",  # what ewc_lambda.json was measured with (the demo's setting then)
                        "--disable_tqdm", "true", "--overwrite", "--method-arg", f"ewc_lambda={value}", "fisher_samples=32"])
         if code:
             raise SystemExit(f"ewc run failed for λ={value}")
