@@ -67,7 +67,7 @@ def test_bad_input_before_training(tmp_path, stream, capsys, case):
     elif case == "unknown option":
         fails(capsys, [*argv, "--output", str(out), "--logging_dir", "logs"], r"unknown option\(s\): --logging_dir logs")
     elif case == "fact questions":
-        fails(capsys, [*argv, "--output", str(out), "--fact_questions", "7"], r"--fact_questions 7: expected 0 to 6 training")
+        fails(capsys, [*argv, "--output", str(out), "--fact_questions", "8"], r"--fact_questions 8: expected 0 to 7 training")
         assert not out.exists()
     elif case == "casm untimed":
         fails(capsys, ["run", "--stream", "examples/demo-stream", *FAST, "--output", str(out), "--method", "casm"],

@@ -25,8 +25,12 @@ WORDINGS: tuple[str, ...] = (
     # question put to it ("Q: …?\nA:") with its pretrained reply ("No.") or another fact of the subject.
     "Question: Tell me the {relation} of {subject}.\nAnswer:",
     "Entry: {subject}, {relation}.\nValue:",
+    # A third answer marker. CASM's sparse memory answers a question whose marker it was trained on and misses one it
+    # was not ("A:" where it learned "Answer:"); full_ft's whole model does not care. Opt-in (7) until every table
+    # is rerun with it.
+    "Request: the {relation} of {subject}.\nReply:",
 )
-# All six by default: the README's comparison of every method (3 seeds) trained on them. The first four alone cost
+# Six by default: the README's comparison of every method (3 seeds) trained on them. The first four alone cost
 # about 27% fewer training tokens, and CASM then answers the question form 0.80-0.85 (docs/benchmarks.md).
 DEFAULT_WORDINGS = 6
 
