@@ -9,7 +9,7 @@ tokens. Run directories are deleted once the JSON is written (--keep-runs keeps 
 
     python benchmarks/temporal.py                                   # medium preset, seeds 0,1,2
     python benchmarks/temporal.py --preset full --facts 100 --methods full_ft,casm
-    python benchmarks/temporal.py --fact-questions 7                # all seven training wordings of each fact
+    python benchmarks/temporal.py --fact-questions 6                # the first six training wordings of each fact (default: all seven)
     python benchmarks/temporal.py --jobs 12                         # every seed and method at once (a GPU has room)
 """
 

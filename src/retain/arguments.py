@@ -11,6 +11,7 @@ from trl import SFTConfig
 from retain.fact_questions import DEFAULT_WORDINGS, WORDINGS as FACT_WORDINGS
 
 _GPU = torch.cuda.is_available()
+_ANSWER_SLOTS = [i + 1 for i, wording in enumerate(FACT_WORDINGS) if "\n" in wording]
 
 
 @dataclass
@@ -27,8 +28,8 @@ class _ContinualDefaults:
     max_new_tokens: int = field(default=24, metadata={"help": "Generation budget per probe (capped near the answer's length)."})
     fact_questions: int = field(default=DEFAULT_WORDINGS, metadata={
         "help": "Each new or changed fact of a task's facts.jsonl is also trained as a question in the first N of the "
-                f"{len(FACT_WORDINGS)} training wordings (0: passages only; the fifth, sixth and seventh end in an "
-                "answer slot after a line break), for every method alike."})
+                f"{len(FACT_WORDINGS)} training wordings (0: passages only; wordings "
+                f"{_ANSWER_SLOTS[0]} to {_ANSWER_SLOTS[-1]} end in an answer slot after a line break), for every method alike."})
     # fp32 on CPUs, where bf16 is many times slower; bf16 where a GPU supports it.
     bf16: bool | None = field(default=_GPU and torch.cuda.is_bf16_supported(),
                               metadata={"help": "bf16 mixed precision (default: on GPUs that support it)."})

@@ -26,13 +26,13 @@ WORDINGS: tuple[str, ...] = (
     "Question: Tell me the {relation} of {subject}.\nAnswer:",
     "Entry: {subject}, {relation}.\nValue:",
     # A third answer marker. CASM's sparse memory answers a question whose marker it was trained on and misses one it
-    # was not ("A:" where it learned "Answer:"); full_ft's whole model does not care. Opt-in (7) until every table
-    # is rerun with it.
+    # was not ("A:" where it learned "Answer:"); full_ft's whole model does not care.
     "Request: the {relation} of {subject}.\nReply:",
 )
-# Six by default: the README's comparison of every method (3 seeds) trained on them. The first four alone cost
-# about 27% fewer training tokens, and CASM then answers the question form 0.80-0.85 (docs/benchmarks.md).
-DEFAULT_WORDINGS = 6
+# All seven by default: the README's comparisons of every method (3 seeds) trained on them. The first six cost
+# about 10% fewer training tokens, and CASM then answers the question form 0.88-0.96 on 100 facts; the first
+# four, about 37% fewer, and 0.80-0.85 on `medium` (docs/benchmarks.md).
+DEFAULT_WORDINGS = len(WORDINGS)
 
 
 def question(subject: str, relation: str, period: str | None = None, wording: int = 0) -> str:
