@@ -30,8 +30,9 @@ WORDINGS: tuple[str, ...] = (
     "Request: the {relation} of {subject}.\nReply:",
 )
 # All seven by default: the README's comparisons of every method (3 seeds) trained on them. The first six cost
-# about 10% fewer training tokens, and CASM then answers the question form 0.88-0.96 on 100 facts; the first
-# four, about 37% fewer, and 0.80-0.85 on `medium` (docs/benchmarks.md).
+# about 10% fewer training tokens, and CASM's question form then misses its targets on 100 facts (0.95 / 0.93 /
+# 0.90 on a CPU, 0.88 / 0.84 / 0.85 on an H100); the first four, about 36% fewer, and 0.83 / 0.85 / 0.83 on
+# `medium` (docs/benchmarks.md).
 DEFAULT_WORDINGS = len(WORDINGS)
 
 
