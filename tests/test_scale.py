@@ -24,6 +24,9 @@ TRAINING = ["--model", "tiny", "--num_train_epochs", "2", "--learning_rate", "1e
             "--disable_tqdm", "true", "--seed", "0"]
 WEIGHT_TOLERANCE = 1e-3  # max |Δw| between 1 and 2 processes (measured: ≤ 4e-4, EWC's λ=1e6 magnifying Fisher rounding)
 PPL_TOLERANCE = 1e-4  # relative
+# DeepSpeed sums gradients in its own buckets and order (below), so its perplexity drifts further from DDP's: measured
+# 1.5e-4 relative with seven fact-question wordings (2.3e4 perplexity of the random model, 1.5e-4 nats of loss).
+ZERO_PPL_TOLERANCE = 1e-3
 
 
 def torchrun(*args: str, **popen) -> subprocess.Popen:
@@ -134,7 +137,7 @@ def test_deepspeed_zero_on_two_processes_learns_what_data_parallel_does(runs, st
         assert zero["config"]["processes"] == 2 and zero["matrix"] == ddp["matrix"]
         assert [p["prediction"] for p in zero_predictions] == [p["prediction"] for p in ddp_predictions]
         for a, b in zip(ddp["summary"]["general_ppl"], zero["summary"]["general_ppl"]):
-            assert b == pytest.approx(a, rel=PPL_TOLERANCE)
+            assert b == pytest.approx(a, rel=ZERO_PPL_TOLERANCE)
         # DeepSpeed sums gradients in its own buckets and order, so float rounding differs from DDP's; Adam's normalised
         # step turns a rounding difference on a near-zero gradient into a step of up to the learning rate (1e-3). So a
         # handful of weights may differ by a few steps, every other one by rounding (measured: 7 of 3.2M above 1e-4).
