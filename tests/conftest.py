@@ -10,7 +10,8 @@ import torch  # noqa: E402
 from retain import ContinualTrainingArguments, Probe, Stream, Task  # noqa: E402
 from retain.models import load_tokenizer, tiny_model  # noqa: E402
 
-torch.set_num_threads(2)
+# `make test` runs two pytest workers on two cores: one thread each, or they fight over the cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")

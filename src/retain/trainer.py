@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.integrations.integration_utils import TensorBoardCallback, default_logdir
-from transformers.trainer_utils import TrainOutput
+from transformers.trainer_utils import IntervalStrategy, TrainOutput
 
 from retain.arguments import ContinualTrainingArguments
 from retain.encoding import encoding_for
@@ -143,6 +143,16 @@ class ContinualTrainer(Trainer):
                 self.optimizer = optimizer_cls(split, **optimizer_kwargs)
         return super().create_optimizer(model)
 
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The Trainer's logs (loss, learning rate, grad norm…) on one step axis for the whole stream: each task's
+        `Trainer.train()` counts its steps from 0, the run's steps go on; `task` marks which task a point is of."""
+        offset = self.context.run_step - self.context.step
+        self.state.global_step += offset
+        try:
+            super().log({**logs, "task": self.context.task_index + 1}, start_time)
+        finally:
+            self.state.global_step -= offset
+
     def training_step(self, model, inputs, num_items_in_batch=None):  # type: ignore[override]
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.method.after_backward(self.model, self.context)
@@ -235,9 +245,21 @@ class ContinualTrainer(Trainer):
 
     def log_evaluation(self, result: RunResult) -> None:
         """Report the latest row of `result` through the Trainer's callbacks (`--report_to tensorboard`, wandb,
-        mlflow, trackio …) at step = tasks learned (see `RunResult.logs`)."""
-        state = dataclasses.replace(self.state, global_step=result.completed_tasks)
-        self.control = self.callback_handler.on_log(self.args, state, self.control, result.logs())
+        mlflow, trackio …) at the run's optimizer step, the axis of the training logs (`eval/tasks_learned` says how
+        many tasks it follows; a method that trains nothing logs at step = tasks learned). See `RunResult.logs`."""
+        step = max(self.context.run_step, result.completed_tasks)
+        state = dataclasses.replace(self.state, global_step=step)
+        logs = {**result.logs(), "eval_tasks_learned": result.completed_tasks}
+        self.control = self.callback_handler.on_log(self.args, state, self.control, logs)
+
+    def _finish_trackers(self) -> None:
+        """Close the tracker runs the Trainer's callbacks opened (W&B's stays open across a stream's many
+        `Trainer.train()` calls, and the Trainer never finishes it), so that the run is complete and its summary written."""
+        for callback in self.callback_handler.callbacks:
+            tracker = getattr(callback, "_wandb", None)
+            if tracker is not None and getattr(callback, "_initialized", False) and tracker.run is not None:
+                tracker.finish()
+                callback._initialized = False
 
     def save_continual_state(self, directory: str | Path) -> Path:
         """Save the model, the method's state (Fisher anchors, adapters, prototypes, buffers…) and the tasks
@@ -300,11 +322,13 @@ class ContinualTrainer(Trainer):
                 run_dir.save_checkpoint(model_weights(self.model), self.method.state_dict(), result, self.method.name)
         if run_dir is not None:
             run_dir.write_results(result)
+        self._finish_trackers()
         return result
 
 
 class _CountSteps(TrainerCallback):
-    """Keeps the training context's step counts (of the task, and of the run)."""
+    """Keeps the training context's step counts (of the task, and of the run), and logs every `logging_steps` steps of
+    the run, as one long `Trainer.train()` would (the Trainer's own count restarts with each task)."""
 
     def __init__(self, context: TrainingContext) -> None:
         self.context = context
@@ -312,6 +336,12 @@ class _CountSteps(TrainerCallback):
     def on_optimizer_step(self, args, state, control, **kwargs):  # type: ignore[override]
         self.context.step += 1
         self.context.run_step += 1
+
+    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[override]
+        # A float below 1 is a share of each task's steps, which the Trainer already counts per task.
+        if args.logging_strategy == IntervalStrategy.STEPS and args.logging_steps >= 1:
+            step = self.context.run_step
+            control.should_log = step % int(args.logging_steps) == 0 or (args.logging_first_step and step == 1)
 
 
 def _state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
