@@ -27,9 +27,10 @@ demo: setup
 	$(BIN)/retain compare --methods full_ft,replay,casm --stream runs/demo/stream --model smollm2-135m \
 		--config examples/demo.yaml --method-arg replay.buffer_size=64 replay.ratio=0.25 --output runs/demo --overwrite
 
-# Two workers, one per core (each test process runs torch on one thread: see tests/conftest.py).
+# Two workers, one per core (each test process runs torch on one thread: see tests/conftest.py); loadscope gives each
+# module to one worker, so a module's shared runs (tests/test_scale.py's, tests/test_report.py's) are made once.
 test: setup
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 # The lowest versions pyproject.toml allows (scripts/floors.py), in a virtualenv of their own: every method runs on them.
 test-min:

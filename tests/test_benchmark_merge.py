@@ -2,9 +2,12 @@
 machine kept through merges of merges."""
 
 import json
-import subprocess
+import runpy
 import sys
+from contextlib import redirect_stderr
+from io import StringIO
 from pathlib import Path
+from types import SimpleNamespace
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "temporal.py"
 
@@ -24,36 +27,47 @@ def report(path, runs, machine, **settings):
     return path
 
 
-def merge(tmp_path, *paths, methods="full_ft,casm"):
+def merge(tmp_path, monkeypatch, *paths, methods="full_ft,casm"):
+    """The script run as `python benchmarks/temporal.py --merge …` would run it, in this process (no second import of
+    torch and transformers): its exit code, stderr and merged report."""
     out = tmp_path / "merged.json"
-    done = subprocess.run([sys.executable, SCRIPT, "--merge", *map(str, paths), "--methods", methods, "--output", str(out)],
-                          capture_output=True, text=True)
-    return done, (json.loads(out.read_text()) if done.returncode == 0 else None)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--merge", *map(str, paths), "--methods", methods, "--output", str(out)])
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    stderr, code = StringIO(), 0
+    with redirect_stderr(stderr):
+        try:
+            runpy.run_path(str(SCRIPT), run_name="__main__")
+        except SystemExit as exit_:  # as the interpreter would: a message goes to stderr with exit status 1
+            code = exit_.code if isinstance(exit_.code, int) else 1
+            if not isinstance(exit_.code, int):
+                print(exit_.code, file=sys.stderr)
+    done = SimpleNamespace(returncode=code, stderr=stderr.getvalue())
+    return done, (json.loads(out.read_text()) if code == 0 else None)
 
 
-def test_merging_into_a_merged_report_keeps_every_runs_machine(tmp_path):
+def test_merging_into_a_merged_report_keeps_every_runs_machine(tmp_path, monkeypatch):
     a = report(tmp_path / "a.json", {"0": {"full_ft": run(1.0)}}, "gpu", fact_questions=6)
     b = report(tmp_path / "b.json", {"0": {"casm": run(0.5)}}, "cpu", fact_questions=6)
-    done, first = merge(tmp_path, a, b)
+    done, first = merge(tmp_path, monkeypatch, a, b)
     assert done.returncode == 0, done.stderr
     (tmp_path / "first.json").write_text(json.dumps(first))
     c = report(tmp_path / "c.json", {"1": {"casm": run(0.7)}}, "cpu2", fact_questions=6)
-    done, second = merge(tmp_path, tmp_path / "first.json", c)
+    done, second = merge(tmp_path, monkeypatch, tmp_path / "first.json", c)
     assert done.returncode == 0, done.stderr
     assert [(s["file"], s["machine"], s["methods"]) for s in second["merged_from"]] == [
         ("a.json", "gpu", ["full_ft"]), ("b.json", "cpu", ["casm"]), ("c.json", "cpu2", ["casm"])]
     assert second["seeds"] == [0, 1] and second["fact_questions"] == 6
     casm = second["mean_sd"]["casm"]["plasticity"]
     assert casm["n"] == 2 and abs(casm["mean"] - 0.6) < 1e-9 and abs(casm["sd"] - 0.2 ** 0.5 / 10 ** 0.5) < 1e-9
-    done, only = merge(tmp_path, tmp_path / "first.json", c, methods="casm")
+    done, only = merge(tmp_path, monkeypatch, tmp_path / "first.json", c, methods="casm")
     assert [s["file"] for s in only["merged_from"]] == ["b.json", "c.json"]
 
 
-def test_runs_made_differently_or_twice_are_refused(tmp_path):
+def test_runs_made_differently_or_twice_are_refused(tmp_path, monkeypatch):
     four = report(tmp_path / "four.json", {"0": {"casm": run(0.5)}}, "cpu")  # made before wordings were recorded: 4
     six = report(tmp_path / "six.json", {"1": {"casm": run(0.5)}}, "cpu", fact_questions=6)
-    done, _ = merge(tmp_path, four, six)
+    done, _ = merge(tmp_path, monkeypatch, four, six)
     assert done.returncode != 0 and "different settings" in done.stderr
     again = report(tmp_path / "again.json", {"1": {"casm": run(0.9)}}, "cpu", fact_questions=6)
-    done, _ = merge(tmp_path, six, again)
+    done, _ = merge(tmp_path, monkeypatch, six, again)
     assert done.returncode != 0 and "seed 1 of casm is in two reports" in done.stderr

@@ -13,7 +13,9 @@ def scalars(directory):
     [logs] = directory.iterdir()  # the Trainer's own place for them: one run, all rows in it
     events = EventAccumulator(str(logs))
     events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    # By step: the Trainer opens an event file per task's train(), and files written in the same second are read in
+    # no fixed order.
+    return {tag: sorted((e.step, e.value) for e in events.Scalars(tag)) for tag in events.Tags()["scalars"]}
 
 
 def task_ends(result) -> list[int]:
