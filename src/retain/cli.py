@@ -20,7 +20,7 @@ from transformers.integrations import get_available_reporting_integrations
 from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 from transformers.utils import logging as hf_logging
 
-from retain import __version__, recipes
+from retain import __version__, export, recipes
 from retain.arguments import ContinualTrainingArguments
 from retain.bench import task_suite, temporal_facts
 from retain.importers import write_imported
@@ -47,7 +47,8 @@ REFUSED: dict[str, str] = {
     **dict.fromkeys(("save_strategy", "save_steps", "save_total_limit", "save_only_model", "save_on_each_node",
                      "enable_jit_checkpoint", "ignore_data_skip", "restore_callback_states_from_checkpoint"), _CHECKPOINTS),
     **dict.fromkeys(("push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push",
-                     "hub_revision"), "retain does not push runs to the Hub (see docs/usage.md)"),
+                     "hub_revision"), "retain does not push runs to the Hub; export the trained model and push that: "
+                                      "retain export RUN --output DIR --push-to-hub REPO"),
     **dict.fromkeys(("eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "load_best_model_at_end",
                      "metric_for_best_model", "greater_is_better", "prediction_loss_only", "eval_accumulation_steps",
                      "batch_eval_metrics", "eval_do_concat_batches", "eval_use_gather_object", "include_for_metrics",
@@ -142,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--as-of", default=None, help="ask as of this time (e.g. 2018): prompts naming no time get a "
                                                    "\"[2018] \" prefix, the form the temporal streams use")
     ask.add_argument("prompts", nargs="+", help="prompts to complete, e.g. \"[2018] The harbour master of Velmora Port is\"")
+    out = commands.add_parser("export", help="write a run's model to a folder that transformers / PEFT load, with a model card")
+    out.add_argument("run", help="a run directory of `retain run` or one method's of `retain compare`")
+    out.add_argument("--output", required=True, help="the folder to write (new or empty, or an earlier export with --overwrite)")
+    out.add_argument("--format", choices=export.FORMATS, default=None,
+                     help="merged (a plain model), adapter (PEFT; lora), retain (the sparse memory of smf / casm, "
+                          "loaded with trust_remote_code); default: the run's own")
+    out.add_argument("--as-of", default=None, help="casm: the period whose memory version the export reads (default: the latest)")
+    out.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
+    out.add_argument("--push-to-hub", metavar="REPO", default=None, help="then upload the folder to this Hub repository")
     importer = commands.add_parser("import", help="turn a public temporal dataset on disk into a stream")
     sources = importer.add_subparsers(dest="source", metavar="SOURCE", required=True)
     casm = sources.add_parser("casm", help="the CASM repository's Synthetic TemporalWiki (its data/ folder)")
@@ -180,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             _import(args)
         elif args.command == "upgrade-run":
             _upgrade(Path(args.directory))
+        elif args.command == "export":
+            _export(args)
         elif args.command == "ask":
             for prompt, answer in zip(args.prompts, recipes.ask(args.run, args.prompts, args.max_new_tokens, args.as_of)):
                 print(f"{prompt} → {answer}")
@@ -204,6 +216,15 @@ def _generate(args: argparse.Namespace) -> None:
     save_stream(stream, args.output)
     sizes = ", ".join(f"{t.name}: {len(t.train)} examples / {len(t.probes)} probes" for t in stream.tasks)
     print(f"Wrote {args.output} ({sizes})")
+
+
+def _export(args: argparse.Namespace) -> None:
+    if args.push_to_hub:
+        export.check_push(args.push_to_hub, Path(args.output))
+    folder = export.export(args.run, args.output, args.format, args.as_of, args.overwrite)
+    print(f"Exported {args.run} to {folder}")
+    if args.push_to_hub:
+        print(f"Uploaded to {export.push_to_hub(folder, args.push_to_hub)}")
 
 
 def _upgrade(run: Path) -> None:

@@ -81,6 +81,7 @@ class Method:
     name: ClassVar[str]
     config_class: ClassVar[type]
     trains: ClassVar[bool] = True  # False: the method learns nothing by gradient (a retrieval baseline); no training loop
+    versioned: ClassVar[bool] = False  # True: it keeps a version of what it learned per period (`export_version`)
     # The parameter-sharding backends ("fsdp", "deepspeed") the method runs under. One whose state follows whole
     # parameters (gradient masks or scales on them, Fisher anchors, versioned rows) runs under neither unless it
     # follows the shards of each backend it names.
@@ -131,6 +132,13 @@ class Method:
         """Called at inference before each batch of prompts: set up the model for them (which adapter, which
         memory version) and say what it reads. `encode(texts)` tokenizes as the model will be fed (for a
         method that routes on tokens). None: the prompts are read as they are, unrouted."""
+        return None
+
+    def export_version(self, as_of: str | None) -> str | None:
+        """Before an export: make the model read, for every input, what it reads for an input dated `as_of` (None:
+        the latest), and return that period; None for a method that keeps one version of what it learned."""
+        if as_of is not None:
+            raise MethodError(f"--as-of {as_of}: {self.name} keeps one version of what it learned; drop --as-of")
         return None
 
     def state_dict(self) -> dict[str, Any]:

@@ -71,6 +71,7 @@ class CASM(Method):
     config_class = CASMConfig
     # Under FSDP its writer follows the shards as SMF's does, and the versioned table reads and writes whole rows.
     sharded_by = frozenset({"fsdp"})
+    versioned = True
 
     def __init__(self, config: CASMConfig | None = None) -> None:
         super().__init__(config)
@@ -198,6 +199,18 @@ class CASM(Method):
         self.table.read([r.version for r in reads])
         return Routing(texts=[r.text for r in reads],
                        names=["pretrained" if r.version is None else self.periods[r.version] for r in reads])
+
+    def export_version(self, as_of: str | None) -> str:
+        """The live memory becomes the version of the period `as_of` names (None: the latest), read by every input,
+        as an exported model reads it: what is lost is the choice of version by the query's time and fact, and the
+        rewriting of its time into the period's (see `read`). Changes the loaded model, not the run's checkpoint."""
+        if as_of is not None:
+            time_key(as_of)
+        version = self.version_at(as_of)
+        values = self.table.values_at(version)
+        self.writer.memory.write_rows(torch.arange(len(values)), values)
+        self.table.read_live()
+        return self.periods[version]
 
     # -- undoing --------------------------------------------------------------------------------
 

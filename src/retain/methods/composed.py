@@ -28,6 +28,7 @@ class Composed(Method):
         self.parts = list(parts)
         self.name = "+".join(names)
         self.trains = any(part.trains for part in parts)
+        self.versioned = any(part.versioned for part in parts)
         self.sharded_by = frozenset.intersection(*(part.sharded_by for part in parts))
         super().__init__({part.name: part.config for part in parts})
 
@@ -75,6 +76,11 @@ class Composed(Method):
 
     def route(self, model: nn.Module, prompts: Sequence[str], encode: Encode) -> Routing | None:
         return self._only_one("inference routing", [(part, part.route(model, prompts, encode)) for part in self.parts])
+
+    def export_version(self, as_of: str | None) -> str | None:
+        if not self.versioned:
+            return super().export_version(as_of)
+        return self._only_one("the version read", [(part, part.export_version(as_of)) for part in self.parts if part.versioned])
 
     def state_dict(self) -> dict[str, Any]:
         return {part.name: part.state_dict() for part in self.parts}

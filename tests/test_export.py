@@ -1,0 +1,153 @@
+"""retain export: the exported folder, loaded with plain transformers (PEFT for an adapter), computes what the run's
+model computes; what cannot leave exactly is refused by name; the model card's numbers are the run's."""
+
+import json
+import re
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from retain import recipes
+from retain.cli import main
+from retain.evaluation import Evaluator
+from retain.export import ExportError, export
+from retain.models import load_model
+from retain.stream import load_stream
+from retain.text import first_statement
+
+# full_ft stands for ewc and replay too: their runs hold the same plain model, exported by the same path.
+METHODS = ["full_ft", "lora", "smf", "casm", "aria"]
+TRAINING = ["--model", "tiny", "--num_train_epochs", "2", "--learning_rate", "1e-2", "--per_device_train_batch_size", "4",
+            "--max_new_tokens", "4", "--disable_tqdm", "true"]
+OPTIONS = ["smf.k=8", "smf.top_t=64", "smf.lr=50", "casm.k=8", "casm.top_t=64", "casm.lr=50", "aria.adapter_dim=4",
+           "aria.fisher_samples=2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    assert main(["generate", "temporal-facts", "--preset", "small", "--facts", "4", "--periods", "2018,2020",
+                 "--output", str(root / "stream")]) == 0
+    assert main(["compare", "--methods", ",".join(METHODS), "--stream", str(root / "stream"), *TRAINING,
+                 "--method-arg", *OPTIONS, "--output", str(root / "runs")]) == 0
+    return root / "runs"
+
+
+def prompts(run):
+    stream = load_stream(json.loads((run / "config.json").read_text())["stream"])
+    return [p.prompt for task in stream.tasks for p in task.probes][:12]
+
+
+@torch.no_grad()
+def logits(model, tokenizer, texts):
+    return [model(**tokenizer(text, return_tensors="pt")).logits[0] for text in texts]
+
+
+def answers(model, tokenizer, texts):
+    return [first_statement(t) for t in Evaluator(tokenizer, max_new_tokens=6).complete(model, texts)]
+
+
+def assert_same(exported, tokenizer, loaded, texts):
+    run_logits = logits(loaded.model, loaded.tokenizer, texts)
+    out_logits = logits(exported, tokenizer, texts)
+    assert max((a - b).abs().max().item() for a, b in zip(run_logits, out_logits)) <= 1e-5
+    assert answers(exported, tokenizer, texts) == loaded.ask(texts, max_new_tokens=6)
+
+
+@pytest.mark.parametrize("method, format", [("full_ft", "merged"), ("lora", "adapter"), ("lora", "merged"),
+                                            ("smf", "retain")])
+def test_the_export_computes_what_the_run_computes(runs, tmp_path, method, format):
+    run = runs / method
+    folder = export(run, tmp_path / "out", format)
+    loaded, texts = recipes.load_run(run), prompts(run)
+    seed = json.loads((run / "config.json").read_text())["seed"]
+    if format == "adapter":
+        assert (folder / "adapter_config.json").is_file() and not (folder / "config.json").exists()
+        exported = PeftModel.from_pretrained(load_model("tiny", seed=seed)[0], folder)
+    else:
+        exported = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=format == "retain")
+    exported.eval()
+    loaded.model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert_same(exported, tokenizer, loaded, texts)
+    # The run learned something the export carries: its answers are not the untouched model's.
+    initial = load_model("tiny", seed=seed)[0].eval()
+    assert logits(exported, tokenizer, texts[:1])[0].sub(logits(initial, tokenizer, texts[:1])[0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("period", ["2018", "2020"])
+def test_casm_exports_the_version_of_a_period(runs, tmp_path, period):
+    run = runs / "casm"
+    folder = export(run, tmp_path / "out", as_of=period)
+    exported = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    loaded, texts = recipes.load_run(run), prompts(run)
+    loaded.model.eval()
+    version = loaded.method.periods.index(period)
+    expected = []
+    for text in texts:  # retain's model reading that version as its own routing does, one prompt at a time
+        loaded.method.table.read([version])
+        expected += logits(loaded.model, loaded.tokenizer, [text])
+    assert max((a - b).abs().max().item() for a, b in zip(expected, logits(exported, tokenizer, texts))) <= 1e-5
+    assert json.loads((folder / "retain-export.json").read_text())["period"] == period
+    assert f"| memory version | {period} " in (folder / "README.md").read_text()
+
+
+def test_the_two_versions_differ(runs, tmp_path):
+    texts = prompts(runs / "casm")
+    outs = [AutoModelForCausalLM.from_pretrained(export(runs / "casm", tmp_path / p, as_of=p), trust_remote_code=True).eval()
+            for p in ("2018", "2020")]
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "2018")
+    a, b = (logits(m, tokenizer, texts) for m in outs)
+    assert max((x - y).abs().max().item() for x, y in zip(a, b)) > 1e-4, "the periods wrote nothing apart"
+
+
+def test_the_model_card_reports_the_runs_numbers(runs, tmp_path):
+    folder = export(runs / "full_ft", tmp_path / "out")
+    card, result = (folder / "README.md").read_text(), json.loads((runs / "full_ft" / "result.json").read_text())
+    for key in ("acc", "bwt", "plasticity", "stability", "historical"):
+        assert float(re.search(rf"^\| {key} \| ([0-9.-]+) \|$", card, re.M)[1]) == pytest.approx(result["summary"][key], abs=5e-5)
+    for task, row in zip(result["tasks"], result["matrix"]["em"]):
+        cells = re.search(rf"^\| {task} \| (.*) \|$", card, re.M)[1].split(" | ")
+        assert [float(c) for c in cells] == pytest.approx(row, abs=5e-5)
+    for form, scores in result["summary"]["by_form"].items():
+        cells = re.search(rf"^\| {form} \| (.*) \|$", card, re.M)[1].split(" | ")
+        assert cells[0] == f"{scores['acc']:.4f}"
+    assert "library_name: transformers" in card and "base model | `tiny`" in card
+
+
+@pytest.mark.parametrize("method, args, message", [
+    ("aria", [], r"aria: its model holds weights that LlamaForCausalLM does not \(model\.layers\.\d+\.mlp\..*no export yet"),
+    ("smf", ["--format", "merged"], r"--format merged: not available for smf: .*read sparsely.*--format retain keeps it exact"),
+    ("full_ft", ["--format", "adapter"], r"--format adapter: not available for full_ft"),
+    ("full_ft", ["--as-of", "2018"], r"--as-of 2018: full_ft keeps one version of what it learned"),
+    ("casm", ["--as-of", "soon"], r"cannot read a time from 'soon'"),
+    ("full_ft", ["--push-to-hub", "me/model"], r"--push-to-hub me/model: the Hugging Face Hub is offline here"),
+], ids=["aria", "smf merged", "full_ft adapter", "as-of without versions", "bad time", "push offline"])
+def test_what_cannot_be_exported_is_refused_in_one_line(runs, tmp_path, capsys, monkeypatch, method, args, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["export", str(runs / method), "--output", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(message, err), err
+    assert not any(tmp_path.iterdir()), "nothing is written"
+
+
+def test_an_export_replaces_only_an_export(runs, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ExportError, match="holds files that an export did not write"):
+        export(runs / "full_ft", mine)
+    assert (mine / "notes.txt").read_text() == "keep"
+    out = export(runs / "full_ft", tmp_path / "out")
+    with pytest.raises(ExportError, match="already holds an export"):
+        export(runs / "full_ft", out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match=r"did not write \(notes.txt\)"):
+        export(runs / "full_ft", out, overwrite=True)
+    (out / "notes.txt").unlink()
+    assert export(runs / "lora", out, "merged", overwrite=True) == out
+    assert json.loads((out / "retain-export.json").read_text())["method"] == "lora"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "out"]  # no staging folder left
