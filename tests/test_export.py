@@ -11,18 +11,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from retain import recipes
 from retain.cli import main
-from retain.evaluation import Evaluator
 from retain.export import ExportError, export
 from retain.models import load_model
 from retain.stream import load_stream
 from retain.text import first_statement
 
 # full_ft stands for ewc and replay too: their runs hold the same plain model, exported by the same path.
-METHODS = ["full_ft", "lora", "smf", "casm", "aria"]
+METHODS = ["full_ft", "lora", "smf", "casm", "aria", "pk=smf"]
 TRAINING = ["--model", "tiny", "--num_train_epochs", "2", "--learning_rate", "1e-2", "--per_device_train_batch_size", "4",
             "--max_new_tokens", "4", "--disable_tqdm", "true"]
 OPTIONS = ["smf.k=8", "smf.top_t=64", "smf.lr=50", "casm.k=8", "casm.top_t=64", "casm.lr=50", "aria.adapter_dim=4",
-           "aria.fisher_samples=2"]
+           "aria.fisher_samples=2", "pk.memory=product_key", "pk.n_keys=4", "pk.k=4"]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +44,13 @@ def logits(model, tokenizer, texts):
     return [model(**tokenizer(text, return_tensors="pt")).logits[0] for text in texts]
 
 
-def answers(model, tokenizer, texts):
-    return [first_statement(t) for t in Evaluator(tokenizer, max_new_tokens=6).complete(model, texts)]
+def answers(model, tokenizer, texts, **options):
+    """Greedy answers as a user of transformers gets them: a left-padded batch through `model.generate`."""
+    tokenizer.padding_side = "left"
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    output = model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id, **options)
+    assert torch.equal(output[:, : batch["input_ids"].shape[1]], batch["input_ids"]), "the prompt comes back as given"
+    return [first_statement(t) for t in tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)]
 
 
 def assert_same(exported, tokenizer, loaded, texts):
@@ -57,7 +61,7 @@ def assert_same(exported, tokenizer, loaded, texts):
 
 
 @pytest.mark.parametrize("method, format", [("full_ft", "merged"), ("lora", "adapter"), ("lora", "merged"),
-                                            ("smf", "retain")])
+                                            ("smf", "retain"), ("casm", "retain"), ("aria", "retain")])
 def test_the_export_computes_what_the_run_computes(runs, tmp_path, method, format):
     run = runs / method
     folder = export(run, tmp_path / "out", format)
@@ -75,6 +79,10 @@ def test_the_export_computes_what_the_run_computes(runs, tmp_path, method, forma
     # The run learned something the export carries: its answers are not the untouched model's.
     initial = load_model("tiny", seed=seed)[0].eval()
     assert logits(exported, tokenizer, texts[:1])[0].sub(logits(initial, tokenizer, texts[:1])[0]).abs().max() > 1e-3
+    if method == "aria":  # each input's adapter is chosen in the export, as in the run: another choice computes otherwise
+        before = logits(exported, tokenizer, texts)
+        exported.retain_aria_prototypes.copy_(exported.retain_aria_prototypes.flip(0))
+        assert max((a - b).abs().max().item() for a, b in zip(before, logits(exported, tokenizer, texts))) > 1e-4
 
 
 @pytest.mark.parametrize("period", ["2018", "2020"])
@@ -93,6 +101,18 @@ def test_casm_exports_the_version_of_a_period(runs, tmp_path, period):
     assert max((a - b).abs().max().item() for a, b in zip(expected, logits(exported, tokenizer, texts))) <= 1e-5
     assert json.loads((folder / "retain-export.json").read_text())["period"] == period
     assert f"| memory version | {period} " in (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize("period", ["2018", "2020"])
+def test_the_routed_casm_export_answers_as_of_a_time_as_retain_ask_does(runs, tmp_path, period):
+    run = runs / "casm"
+    folder = export(run, tmp_path / "out")
+    exported = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    loaded, texts = recipes.load_run(run), prompts(run)
+    undated = [re.sub(r"^\[\d{4}\] ", "", text) for text in texts]  # as_of dates the prompts that name no time
+    expected = loaded.ask(texts + undated, max_new_tokens=6, as_of=period)
+    assert answers(exported, AutoTokenizer.from_pretrained(folder), texts + undated, as_of=period) == expected
+    assert json.loads((folder / "config.json").read_text())["retain"]["casm"]["periods"] == ["2018", "2020"]
 
 
 def test_the_two_versions_differ(runs, tmp_path):
@@ -119,13 +139,14 @@ def test_the_model_card_reports_the_runs_numbers(runs, tmp_path):
 
 
 @pytest.mark.parametrize("method, args, message", [
-    ("aria", [], r"aria: its model holds weights that LlamaForCausalLM does not \(model\.layers\.\d+\.mlp\..*no export yet"),
-    ("smf", ["--format", "merged"], r"--format merged: not available for smf: .*read sparsely.*--format retain keeps it exact"),
+    ("pk", [], r"smf: its model holds a MemoryAugmentedMLP \(model\.layers\.\d+\.mlp\), which an export cannot carry yet"),
+    ("smf", ["--format", "merged"], r"--format merged: not available for smf: .*read per token.*--format retain keeps"),
+    ("aria", ["--format", "merged"], r"--format merged: not available for aria: .*a gate between pathways"),
     ("full_ft", ["--format", "adapter"], r"--format adapter: not available for full_ft"),
     ("full_ft", ["--as-of", "2018"], r"--as-of 2018: full_ft keeps one version of what it learned"),
     ("casm", ["--as-of", "soon"], r"cannot read a time from 'soon'"),
     ("full_ft", ["--push-to-hub", "me/model"], r"--push-to-hub me/model: the Hugging Face Hub is offline here"),
-], ids=["aria", "smf merged", "full_ft adapter", "as-of without versions", "bad time", "push offline"])
+], ids=["product-key memory", "smf merged", "aria merged", "full_ft adapter", "as-of without versions", "bad time", "push offline"])
 def test_what_cannot_be_exported_is_refused_in_one_line(runs, tmp_path, capsys, monkeypatch, method, args, message):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["export", str(runs / method), "--output", str(tmp_path / "out"), *args]) == 2

@@ -147,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("run", help="a run directory of `retain run` or one method's of `retain compare`")
     out.add_argument("--output", required=True, help="the folder to write (new or empty, or an earlier export with --overwrite)")
     out.add_argument("--format", choices=export.FORMATS, default=None,
-                     help="merged (a plain model), adapter (PEFT; lora), retain (the sparse memory of smf / casm, "
-                          "loaded with trust_remote_code); default: the run's own")
-    out.add_argument("--as-of", default=None, help="casm: the period whose memory version the export reads (default: the latest)")
+                     help="merged (a plain model), adapter (PEFT; lora), retain (the layers of smf / casm / aria and "
+                          "their routing, loaded with trust_remote_code); default: the run's own")
+    out.add_argument("--as-of", default=None, help="casm: export only this period's memory version, read by every input "
+                     "(default: every version, each query reading its own)")
     out.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
     out.add_argument("--push-to-hub", metavar="REPO", default=None, help="then upload the folder to this Hub repository")
     importer = commands.add_parser("import", help="turn a public temporal dataset on disk into a stream")

@@ -6,6 +6,10 @@ closed at the new one's valid_from and the new version links to it: nothing is o
 
 Boundary rule: a version is valid at time t when valid_from ≤ t < valid_until (an open end is
 +∞). At the instant a new version starts, the new version answers. Times are `retain.text` labels.
+
+`read` says which period's memory a query reads, and as what text. This module and `retain.text` import nothing
+else of retain (hence the relative import): `retain export` ships both beside an exported model's modeling code,
+which reads queries as CASM does.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from retain.text import normalize_answer, time_key
+from .text import at_time, normalize_answer, query_time, time_key
 
 
 def is_multi_valued(fact: Mapping[str, Any]) -> bool:
@@ -138,3 +142,45 @@ class FactRegistry:
     @classmethod
     def load(cls, path: str | Path) -> FactRegistry:
         return cls.from_state(json.loads(Path(path).read_text()))
+
+
+def version_at(periods: list[str], time: str | None) -> int:
+    """The index of the newest of `periods` (oldest first) that began at or before `time` (the first for earlier
+    times; the latest for None)."""
+    if time is None or not periods:
+        return len(periods) - 1
+    key = time_key(time)
+    begun = [i for i, period in enumerate(periods) if time_key(period) <= key]
+    return begun[-1] if begun else 0
+
+
+class Read(NamedTuple):
+    """How a prompt is read: the version its time names, the version it reads (None: no memory), the text read."""
+
+    named: int
+    version: int | None
+    text: str
+
+
+def read(prompt: str, periods: list[str], registry: FactRegistry, scope: str = "facts", as_of: str | None = None) -> Read:
+    """How `prompt` is read by a memory with one version per period of `periods`.
+
+    When the registry knows the fact the prompt asks about, the version read is the one written in the period
+    that fact's version (valid at the prompt's time, or `as_of`) was stated, and the prompt is dated as that
+    period's text was: its time becomes the period, with the period's tag in front, as every training text of the
+    period had it. "[2022] The mayor of Nozer is", about a mayor unchanged since 2018, reads the 2018 memory as
+    "[2018] The mayor of Nozer is"; "Q: Who was the mayor of Nozer in 2022?" as "[2018] Q: Who was the mayor of
+    Nozer in 2018?". Only the time is rewritten: the wording stays the asker's, and no object enters the text. A
+    prompt naming neither a time nor a known fact reads no memory (None) under `scope="facts"` ("all": the
+    latest). Otherwise the period named is read, and the text is the prompt.
+    """
+    time = as_of or query_time(prompt)
+    named = version_at(periods, time)
+    fact = registry.find(prompt, time)
+    if fact is None:
+        general = time is None and scope == "facts"
+        return Read(named, None if general else named, prompt)
+    written = version_at(periods, fact.valid_from)
+    period = periods[written]
+    text = at_time(prompt, period)
+    return Read(named, written, text if text.startswith(f"[{period}]") else f"[{period}] {text}")

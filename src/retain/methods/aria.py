@@ -35,7 +35,7 @@ from torch.distributed.tensor import DTensor
 
 from retain.fisher import FisherAnchor, diagonal_fisher
 from retain.methods.base import (
-    IGNORE_INDEX, Encode, Method, MethodConfig, MethodError, Routing, StreamData, TaskData, TrainingContext, layer_list,
+    IGNORE_INDEX, Encode, Exported, Method, MethodConfig, MethodError, Routing, StreamData, TaskData, TrainingContext, layer_list,
     register,
 )
 from retain.nn.adapters import TaskAdapters
@@ -341,6 +341,13 @@ class ARIA(Method):
         for block in self.adapter_blocks:
             block.active = chosen
         return [self.task_names[i] for i in chosen.tolist()]
+
+    def export(self, as_of: str | None) -> Exported:
+        """The task prototypes that choose each input's adapter, as `_select` does."""
+        super().export(as_of)
+        if self.prototypes is None:
+            return Exported()
+        return Exported(routing={"aria": {"tasks": self.task_names}}, tensors={"aria_prototypes": self.prototypes})
 
     def state_dict(self) -> dict[str, Any]:
         return {"anchor": self.anchor.state_dict(), "prototypes": self.prototypes, "task_names": self.task_names,

@@ -22,6 +22,15 @@ Tokenize = Callable[[list[dict[str, str]]], list[Features]]
 
 
 @dataclass
+class Exported:
+    """What `retain export` carries besides a model's weights, for the modeling code it ships (`retain.modeling`)."""
+
+    period: str | None = None  # the one period whose version every input reads (`as_of`); None: routed per input
+    routing: dict[str, Any] = dataclasses.field(default_factory=dict)  # per method, for config.json's "retain" entry
+    tensors: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # saved with the weights, as "retain_<key>"
+
+
+@dataclass
 class StreamData:
     """The stream about to be learned, with the trainer's tokenization and batching."""
 
@@ -81,7 +90,7 @@ class Method:
     name: ClassVar[str]
     config_class: ClassVar[type]
     trains: ClassVar[bool] = True  # False: the method learns nothing by gradient (a retrieval baseline); no training loop
-    versioned: ClassVar[bool] = False  # True: it keeps a version of what it learned per period (`export_version`)
+    versioned: ClassVar[bool] = False  # True: it keeps a version of what it learned per period (`export(as_of)`)
     # The parameter-sharding backends ("fsdp", "deepspeed") the method runs under. One whose state follows whole
     # parameters (gradient masks or scales on them, Fisher anchors, versioned rows) runs under neither unless it
     # follows the shards of each backend it names.
@@ -134,12 +143,13 @@ class Method:
         method that routes on tokens). None: the prompts are read as they are, unrouted."""
         return None
 
-    def export_version(self, as_of: str | None) -> str | None:
-        """Before an export: make the model read, for every input, what it reads for an input dated `as_of` (None:
-        the latest), and return that period; None for a method that keeps one version of what it learned."""
+    def export(self, as_of: str | None) -> Exported:
+        """Before an export: what the exported model needs besides its weights to read inputs as this method does
+        (`Exported.routing`, `Exported.tensors`); with `as_of`, a versioned method instead makes the model read, for
+        every input, what it reads for an input dated `as_of`, and names that period."""
         if as_of is not None:
             raise MethodError(f"--as-of {as_of}: {self.name} keeps one version of what it learned; drop --as-of")
-        return None
+        return Exported()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything besides model weights that a checkpoint must hold to resume this method."""

@@ -30,21 +30,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from retain.evaluation import exact_match
 from retain.fact_questions import question
-from retain.knowledge import FactRegistry, FactVersion
+from retain.knowledge import FactRegistry, FactVersion, Read, read, version_at
 from retain.methods.base import (
-    Encode, Method, MethodError, Routing, StreamData, TaskData, TrainingContext, check_periods, register, task_period,
+    Encode, Exported, Method, MethodError, Routing, StreamData, TaskData, TrainingContext, check_periods, register, task_period,
 )
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 from retain.nn.versioned_table import VersionedTable
 from retain.stream import Stream, Task
-from retain.text import at_time, first_statement, normalize_answer, query_time, time_key
+from retain.text import first_statement, normalize_answer, time_key
 
 @dataclass
 class CASMConfig(SMFConfig):
@@ -55,14 +55,6 @@ class CASMConfig(SMFConfig):
     def writer_config(self) -> SMFConfig:
         """The SMF options of the memory writer."""
         return SMFConfig(**{f.name: getattr(self, f.name) for f in fields(SMFConfig)})
-
-
-class Read(NamedTuple):
-    """How a prompt is read: the version its time names, the version it reads (None: no memory), the text read."""
-
-    named: int
-    version: int | None
-    text: str
 
 
 @register
@@ -162,34 +154,11 @@ class CASM(Method):
 
     def version_at(self, time: str | None) -> int:
         """The newest period that began at or before `time` (the first period for earlier times; the latest for None)."""
-        if time is None or not self.periods:
-            return len(self.periods) - 1
-        key = time_key(time)
-        begun = [i for i, period in enumerate(self.periods) if time_key(period) <= key]
-        return begun[-1] if begun else 0
+        return version_at(self.periods, time)
 
     def read(self, prompt: str) -> Read:
-        """How `prompt` is read.
-
-        When the registry knows the fact the prompt asks about, the version read is the one written in the
-        period that fact's version (valid at the prompt's time) was stated, and the prompt is dated as that
-        period's text was: its time becomes the period, with the period's tag in front, as every training text
-        of the period had it. "[2022] The mayor of Nozer is", about a mayor unchanged since 2018, reads the 2018
-        memory as "[2018] The mayor of Nozer is"; "Q: Who was the mayor of Nozer in 2022?" as "[2018] Q: Who was
-        the mayor of Nozer in 2018?". Only the time is rewritten: the wording stays the asker's, and no object
-        enters the text. A prompt naming neither a time nor a known fact reads no memory (None) under
-        `scope="facts"`. Otherwise the period named is read, and the text is the prompt.
-        """
-        time = self.as_of or query_time(prompt)
-        named = self.version_at(time)
-        fact = self.registry.find(prompt, time)
-        if fact is None:
-            general = time is None and self.config.scope == "facts"
-            return Read(named, None if general else named, prompt)
-        written = self.version_at(fact.valid_from)
-        period = self.periods[written]
-        text = at_time(prompt, period)
-        return Read(named, written, text if text.startswith(f"[{period}]") else f"[{period}] {text}")
+        """How `prompt` is read (`retain.knowledge.read`): which version, and as what text."""
+        return read(prompt, self.periods, self.registry, self.config.scope, self.as_of)
 
     def route(self, model: nn.Module, prompts: Sequence[str], encode: Encode) -> Routing | None:
         """Each prompt reads its memory version; its route is the period of that version ("pretrained" for none)."""
@@ -200,17 +169,22 @@ class CASM(Method):
         return Routing(texts=[r.text for r in reads],
                        names=["pretrained" if r.version is None else self.periods[r.version] for r in reads])
 
-    def export_version(self, as_of: str | None) -> str:
-        """The live memory becomes the version of the period `as_of` names (None: the latest), read by every input,
-        as an exported model reads it: what is lost is the choice of version by the query's time and fact, and the
-        rewriting of its time into the period's (see `read`). Changes the loaded model, not the run's checkpoint."""
-        if as_of is not None:
-            time_key(as_of)
+    def export(self, as_of: str | None) -> Exported:
+        """Every period's version and what `read` needs to choose one per query (the periods, the registry), so that
+        the exported model reads as `route` does; with `as_of`, the live memory becomes that period's version instead,
+        read by every input. Changes the loaded model, not the run's checkpoint."""
+        if as_of is None:
+            tensors = {f"casm_{part}_{v}": copy[i] for v, copy in enumerate(self.table.copies)
+                       for i, part in enumerate(("rows", "values"))}
+            return Exported(routing={"casm": {"periods": self.periods, "scope": self.config.scope,
+                                              "copies": [len(rows) for rows, _ in self.table.copies],
+                                              "facts": self.registry.state()}}, tensors=tensors)
+        time_key(as_of)
         version = self.version_at(as_of)
         values = self.table.values_at(version)
         self.writer.memory.write_rows(torch.arange(len(values)), values)
         self.table.read_live()
-        return self.periods[version]
+        return Exported(period=self.periods[version])
 
     # -- undoing --------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from retain.methods.base import Encode, Features, Method, MethodError, Routing, StreamData, TaskData, TrainingContext
+from retain.methods.base import Encode, Exported, Features, Method, MethodError, Routing, StreamData, TaskData, TrainingContext
 from retain.stream import Stream
 
 
@@ -77,10 +77,13 @@ class Composed(Method):
     def route(self, model: nn.Module, prompts: Sequence[str], encode: Encode) -> Routing | None:
         return self._only_one("inference routing", [(part, part.route(model, prompts, encode)) for part in self.parts])
 
-    def export_version(self, as_of: str | None) -> str | None:
-        if not self.versioned:
-            return super().export_version(as_of)
-        return self._only_one("the version read", [(part, part.export_version(as_of)) for part in self.parts if part.versioned])
+    def export(self, as_of: str | None) -> Exported:
+        if as_of is not None and not self.versioned:
+            return super().export(as_of)
+        parts = [part.export(as_of if part.versioned else None) for part in self.parts]
+        period = self._only_one("the version read", [(part, e.period) for part, e in zip(self.parts, parts)])
+        return Exported(period, {k: v for e in parts for k, v in e.routing.items()},
+                        {k: v for e in parts for k, v in e.tensors.items()})
 
     def state_dict(self) -> dict[str, Any]:
         return {part.name: part.state_dict() for part in self.parts}
