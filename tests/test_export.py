@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from retain import recipes
 from retain.cli import main
@@ -16,8 +16,7 @@ from retain.models import load_model
 from retain.stream import load_stream
 from retain.text import first_statement
 
-# full_ft stands for ewc and replay too: their runs hold the same plain model, exported by the same path.
-METHODS = ["full_ft", "lora", "smf", "casm", "aria", "pk=smf"]
+METHODS = ["full_ft", "ewc", "replay", "lora", "smf", "casm", "aria", "pk=smf"]
 TRAINING = ["--model", "tiny", "--num_train_epochs", "2", "--learning_rate", "1e-2", "--per_device_train_batch_size", "4",
             "--max_new_tokens", "4", "--disable_tqdm", "true"]
 OPTIONS = ["smf.k=8", "smf.top_t=64", "smf.lr=50", "casm.k=8", "casm.top_t=64", "casm.lr=50", "aria.adapter_dim=4",
@@ -60,8 +59,9 @@ def assert_same(exported, tokenizer, loaded, texts):
     assert answers(exported, tokenizer, texts) == loaded.ask(texts, max_new_tokens=6)
 
 
-@pytest.mark.parametrize("method, format", [("full_ft", "merged"), ("lora", "adapter"), ("lora", "merged"),
-                                            ("smf", "retain"), ("casm", "retain"), ("aria", "retain")])
+@pytest.mark.parametrize("method, format", [("full_ft", "merged"), ("ewc", "merged"), ("replay", "merged"),
+                                            ("lora", "adapter"), ("lora", "merged"), ("smf", "retain"), ("casm", "retain"),
+                                            ("aria", "retain")])
 def test_the_export_computes_what_the_run_computes(runs, tmp_path, method, format):
     run = runs / method
     folder = export(run, tmp_path / "out", format)
@@ -113,6 +113,17 @@ def test_the_routed_casm_export_answers_as_of_a_time_as_retain_ask_does(runs, tm
     expected = loaded.ask(texts + undated, max_new_tokens=6, as_of=period)
     assert answers(exported, AutoTokenizer.from_pretrained(folder), texts + undated, as_of=period) == expected
     assert json.loads((folder / "config.json").read_text())["retain"]["casm"]["periods"] == ["2018", "2020"]
+
+
+def test_a_pipeline_routes_the_casm_export(runs, tmp_path):
+    folder = export(runs / "casm", tmp_path / "out")
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval(), AutoTokenizer.from_pretrained(folder)
+    texts = prompts(runs / "casm")
+    generate = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    for options in ({}, {"as_of": "2018"}):
+        out = [first_statement(o[0]["generated_text"]) for o in generate(texts, max_new_tokens=6, do_sample=False,
+                                                                        return_full_text=False, **options)]
+        assert out == [answers(model, tokenizer, [text], **options)[0] for text in texts]
 
 
 def test_the_two_versions_differ(runs, tmp_path):
