@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from retain import Evaluator
 from retain.cli import main
@@ -178,3 +179,94 @@ def test_resume_needs_only_the_output_and_options_given_must_match(tmp_path, str
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text('{"method": "full_ft"}')
     fails(capsys, ["run", "--output", str(tmp_path / "broken"), "--resume"], r"broken/config.json: damaged \(KeyError")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "1180591620717411303424"], r"--seed 1180591620717411303424: must be below 2\*\*32"),
+    (["--learning_rate", "-1"], r"--learning_rate -1.0: must be at least 0"),
+    (["--learning_rate", "nan"], r"--learning_rate nan: must be a finite number"),
+    (["--per_device_train_batch_size", "0"], r"--per_device_train_batch_size 0: must be at least 1"),
+    (["--max_length", "0"], r"--max_length 0: must be at least 1"),
+    (["--max_new_tokens", "-1"], r"--max_new_tokens -1: must be at least 1"),
+    (["--num_train_epochs", "-1"], r"--num_train_epochs -1.0: must be at least 0"),
+    (["--num_train_epochs", "0"], r"--num_train_epochs 0: trains nothing"),
+    (["--method", "ewc", "--method-arg", "ewc_lambda=nan"], r"--method-arg ewc_lambda: must be a finite number, got nan"),
+    (["--method", "smf"], r"smf: background statistics need text"),
+], ids=["seed past 32 bits", "negative learning rate", "nan learning rate", "batch 0", "max_length 0",
+        "max_new_tokens -1", "epochs -1", "epochs 0", "nan method option", "smf without background"])
+def test_an_impossible_value_is_refused_before_anything_is_loaded_or_written(tmp_path, stream, capsys, monkeypatch,
+                                                                              flags, message):
+    monkeypatch.setattr("retain.recipes.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    if "smf" in flags:
+        edit(stream / "stream.yaml", "background: background.jsonl", "")
+    out = tmp_path / "run"
+    fails(capsys, ["run", "--stream", str(stream), *FAST, "--output", str(out), *flags], message)
+    assert not out.exists()  # so the corrected command runs
+
+
+@pytest.mark.parametrize("case", ["duplicate key", "control byte", "deep json", "config not utf-8", "config list",
+                                  "config duplicate"])
+def test_a_malformed_file_is_one_line_naming_it(tmp_path, stream, capsys, case):
+    out, argv = tmp_path / "run", ["run", "--stream", str(stream), *FAST, "--output", str(tmp_path / "run")]
+    config = tmp_path / "config.yaml"
+    if case == "duplicate key":
+        (stream / "stream.yaml").write_text((stream / "stream.yaml").read_text() + "name: again\n")
+        fails(capsys, argv, r"stream.yaml:\d+: invalid YAML: the key 'name' is given twice")
+    elif case == "control byte":
+        (stream / "stream.yaml").write_text("name: x\x07\n" + (stream / "stream.yaml").read_text())
+        fails(capsys, argv, r"stream.yaml:1: invalid YAML: character '\\x07' is not allowed")
+    elif case == "deep json":
+        with (stream / "2018" / "train.jsonl").open("a") as handle:
+            handle.write('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+        fails(capsys, argv, r"2018/train.jsonl:\d+: nested too deeply")
+    elif case == "config not utf-8":
+        config.write_bytes(b"seed: 1 # \xff\n")
+        fails(capsys, [*argv, "--config", str(config)], r"--config .*config.yaml: not UTF-8 text \(byte 10\)")
+    elif case == "config list":
+        config.write_text("seed: [1, 2]\n")
+        fails(capsys, [*argv, "--config", str(config)], r"--config .*config.yaml: seed: expected one value, got \[1, 2\]")
+    else:
+        config.write_text("seed: 1\nseed: 2\n")
+        fails(capsys, [*argv, "--config", str(config)], r"--config .*config.yaml:2: invalid YAML: the key 'seed' is given twice")
+    assert not out.exists()
+
+
+def test_generate_writes_only_a_new_empty_or_stream_folder(tmp_path, finished, capsys):
+    (tmp_path / "afile").write_text("x")
+    fails(capsys, ["generate", "temporal-facts", "--output", str(tmp_path / "afile" / "x")],
+          r"--output .*afile/x: a file stands where a directory is needed")
+    before = saved(finished)
+    fails(capsys, ["generate", "temporal-facts", "--output", str(finished)], r"holds files that are not a stream's")
+    assert saved(finished) == before
+
+
+@pytest.mark.parametrize("command", ["ask", "upgrade-run", "export"])
+def test_a_config_json_that_is_not_a_runs_is_one_line(tmp_path, finished, capsys, command):
+    config = json.loads((finished / "config.json").read_text())
+    del config["method"]
+    (finished / "config.json").write_text(json.dumps(config))
+    argv = {"ask": ["ask", "--run", str(finished), "The mayor of"], "upgrade-run": ["upgrade-run", str(finished)],
+            "export": ["export", str(finished), "--output", str(tmp_path / "out")]}[command]
+    fails(capsys, argv, r"config.json: damaged \(no 'method'\): not a retain run's")
+
+
+def test_a_model_folder_with_pickled_weights_is_not_opened(tmp_path, stream, capsys, make_model, tokenizer, monkeypatch):
+    folder = tmp_path / "model"
+    make_model().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")  # a pickle: loading it could run code
+    monkeypatch.setattr("torch.load", lambda *a, **k: pytest.fail("a pickle was opened"))
+    fails(capsys, ["run", "--stream", str(stream), *FAST[2:], "--model", str(folder), "--output", str(tmp_path / "run")],
+          r"Cannot load model '.*model'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_anything(tmp_path, stream, capsys, monkeypatch):
+    # A read-only mount (root writes anywhere else, so the system's answer is stood in for).
+    monkeypatch.setattr("os.access", lambda path, mode: not str(path).startswith(str(tmp_path / "ro")))
+    monkeypatch.setattr("retain.recipes.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "ro").mkdir()
+    fails(capsys, ["run", "--stream", str(stream), *FAST, "--output", str(tmp_path / "ro" / "run")],
+          r"--output .*ro/run: cannot write there \(.*ro is read-only or not writable\)")

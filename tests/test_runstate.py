@@ -6,7 +6,12 @@ import torch
 from retain import RunDirectory, RunDirectoryError
 from retain.cli import main
 from retain.result import EvalRow, RunResult
-from retain.runstate import atomic_write, config_changes
+from retain.runstate import CONFIG_KEYS, atomic_write, config_changes
+
+
+def config_of(**options) -> dict:
+    """A run's config.json (the keys retain writes), with `options`."""
+    return dict.fromkeys(CONFIG_KEYS, 0) | options
 
 
 def result_with_rows(n: int) -> RunResult:
@@ -18,25 +23,25 @@ def result_with_rows(n: int) -> RunResult:
 
 
 def test_refuses_to_clobber_an_existing_run(tmp_path):
-    RunDirectory(tmp_path / "run", {"a": 1})
+    RunDirectory(tmp_path / "run", config_of(a=1))
     with pytest.raises(RunDirectoryError, match="already holds a run; pass --resume"):
-        RunDirectory(tmp_path / "run", {"a": 1})
-    assert json.loads((tmp_path / "run" / "config.json").read_text()) == {"a": 1}
-    RunDirectory(tmp_path / "run", {"a": 2}, overwrite=True)
-    assert json.loads((tmp_path / "run" / "config.json").read_text()) == {"a": 2}
+        RunDirectory(tmp_path / "run", config_of(a=1))
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == config_of(a=1)
+    RunDirectory(tmp_path / "run", config_of(a=2), overwrite=True)
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == config_of(a=2)
 
 
 def test_overwrite_never_deletes_a_directory_retain_did_not_write(tmp_path, capsys):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "notes.txt").write_text("mine")
-    with pytest.raises(RunDirectoryError, match="holds files retain did not write; retain never deletes those"):
-        RunDirectory(notes, {"a": 1}, overwrite=True)
+    with pytest.raises(RunDirectoryError, match=r"holds files retain did not write \(no config.json\); retain never"):
+        RunDirectory(notes, config_of(a=1), overwrite=True)
     run = tmp_path / "run"
-    RunDirectory(run, {"a": 1})
+    RunDirectory(run, config_of(a=1))
     (run / "thesis.tex").write_text("also mine")  # a run directory someone put a file into
-    with pytest.raises(RunDirectoryError, match="retain did not write"):
-        RunDirectory(run, {"a": 1}, overwrite=True)
+    with pytest.raises(RunDirectoryError, match=r"retain did not write \(thesis.tex\)"):
+        RunDirectory(run, config_of(a=1), overwrite=True)
     assert (notes / "notes.txt").read_text() == "mine" and (run / "thesis.tex").is_file()
     assert main(["run", "--stream", "examples/demo-stream", "--output", str(notes), "--model", "tiny", "--overwrite"]) == 2
     assert "retain never deletes those" in capsys.readouterr().err and (notes / "notes.txt").read_text() == "mine"
@@ -98,7 +103,7 @@ def plant_old_checkpoint(run, target, malicious: bool):
 
 def test_a_planted_pickle_never_runs_and_the_message_names_the_file(tmp_path, make_model, capsys):
     run, target = tmp_path / "run", tmp_path / "pwned"
-    config = {"method": "full_ft", "method_args": {}, "model": "tiny", "seed": 0}
+    config = config_of(method="full_ft", method_args={}, model="tiny", seed=0)
     RunDirectory(run, config)
     checkpoint = plant_old_checkpoint(run, target, malicious=True)
     (checkpoint / "progress.json").write_text("{}")
@@ -115,14 +120,14 @@ def test_upgrade_run_converts_a_trusted_old_checkpoint(tmp_path, make_model):
     from safetensors.torch import save_model
 
     run = tmp_path / "run"
-    RunDirectory(run, {"method": "replay"})
+    RunDirectory(run, config_of(method="replay"))
     checkpoint = plant_old_checkpoint(run, None, malicious=False)
     model = make_model(seed=3)
     save_model(model, str(checkpoint / "model.safetensors"))
     (checkpoint / "progress.json").write_text(json.dumps(result_with_rows(2).state()))
     assert main(["upgrade-run", str(run)]) == 0
     other = make_model(seed=4)
-    state, result = RunDirectory(run, {"method": "replay"}, resume=True).load_checkpoint(other)
+    state, result = RunDirectory(run, config_of(method="replay"), resume=True).load_checkpoint(other)
     assert state["buffer"] == [1, 2] and torch.equal(state["fisher"], torch.ones(2))
     assert result.completed_tasks == 1 and not (checkpoint / "method.pt").exists()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters()))

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import yaml
 from accelerate import PartialState
 from rich.console import Console
 from rich.logging import RichHandler
@@ -30,8 +31,8 @@ from retain.methods import METHODS, ConfigError, MethodError, method_options
 from retain.models import EMBEDDED_DEFAULT, ModelLoadError
 from retain.report import baseline_of, load_results, summary_rows, write_report
 from retain.result import RunResult
-from retain.runstate import RunDirectoryError, upgrade_checkpoint
-from retain.stream import StreamError, save_stream
+from retain.runstate import RunDirectoryError, RunLock, check_no_symlink, read_run_config, upgrade_checkpoint
+from retain.stream import StreamError, check_stream_output, read_yaml, save_stream
 
 
 class OptionError(ValueError):
@@ -102,10 +103,17 @@ class CompareArguments:
     overwrite: bool = field(default=False, metadata={"help": "Rerun methods whose run directories already exist."})
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose errors are one line (no usage dump), as every other error of retain's is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand but `run` and `compare`, whose options (TrainingArguments too) `_parse_arguments`
     reads."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="retain",
         description="Continual fine-tuning of causal LMs: teach a stream of tasks, measure what is kept.",
         epilog="`retain run --help` lists every option, including all of transformers' TrainingArguments.",
@@ -208,6 +216,7 @@ def _message(error: Exception) -> str:
 
 
 def _generate(args: argparse.Namespace) -> None:
+    check_stream_output(Path(args.output))
     if args.kind == "temporal-facts":
         options = {k: v for k, v in vars(args).items() if k not in ("command", "kind", "output", "preset")}
         stream = temporal_facts.generate(temporal_facts.config_from_options(args.preset, **options))
@@ -229,10 +238,9 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _upgrade(run: Path) -> None:
-    config = run / "config.json"
-    if not config.is_file():
-        raise RunDirectoryError(f"{run}: no config.json; not a run directory")
-    method = json.loads(config.read_text(encoding="utf-8"))["method"]
+    method = read_run_config(run)["method"]
+    check_no_symlink(run)
+    RunLock.of(run)  # a writer: no run may be going on in it
     old = sorted(p for p in (run / "checkpoints").glob("task-*") if (p / "method.pt").is_file())
     for checkpoint in old:
         upgrade_checkpoint(checkpoint, method)
@@ -324,9 +332,29 @@ def _saved_options(output: Path) -> dict[str, Any]:
         raise RunDirectoryError(f"{config_file}: damaged ({type(error).__name__}: {error})") from None
 
 
+# Options whose value must be at least this (a number every value of the Trainer's must also be: finite).
+LEAST = {"learning_rate": 0, "num_train_epochs": 0, "per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
+         "gradient_accumulation_steps": 1, "max_length": 1, "max_new_tokens": 1, "weight_decay": 0, "warmup_steps": 0,
+         "warmup_ratio": 0, "max_grad_norm": 0, "seed": 0, "data_seed": 0}
+SEEDS = 2**32  # numpy's and the Trainer's seeds are 32-bit
+
+
 def _check_training_arguments(args: ContinualTrainingArguments) -> None:
-    """Refuse, before anything is loaded, a TrainingArguments option retain does not honour, and a tracker
-    (--report_to) that is not installed or not known."""
+    """Refuse, before anything is loaded or written, an impossible value (not finite, below its least, a seed past
+    32 bits, no epoch and no step), a TrainingArguments option retain does not honour, and a tracker (--report_to)
+    that is not installed or not known."""
+    for spec in dataclasses.fields(args):
+        value = getattr(args, spec.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise OptionError(f"--{spec.name} {value}: must be a finite number")
+            if spec.name in LEAST and value < LEAST[spec.name]:
+                raise OptionError(f"--{spec.name} {value}: must be at least {LEAST[spec.name]}")
+    for name in ("seed", "data_seed"):
+        if (value := getattr(args, name)) is not None and value >= SEEDS:
+            raise OptionError(f"--{name} {value}: must be below 2**32")
+    if args.num_train_epochs == 0 and args.max_steps <= 0:
+        raise OptionError("--num_train_epochs 0: trains nothing (give epochs, or --max_steps)")
     defaults = ContinualTrainingArguments()
     for name, why in REFUSED.items():
         if getattr(args, name) != getattr(defaults, name):
@@ -344,17 +372,33 @@ def _read_config(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
     if not path.is_file():
         raise RunDirectoryError(f"--config {path}: file not found")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise RunDirectoryError(f"--config {path}: invalid YAML: {error}") from None
+        values = read_yaml(path.read_bytes().decode("utf-8"), f"--config {path}") or {}
+    except UnicodeDecodeError as error:
+        raise RunDirectoryError(f"--config {path}: not UTF-8 text (byte {error.start})") from None
     if not isinstance(values, dict):
         raise RunDirectoryError(f"--config {path}: expected a mapping of option: value")
-    known = {action.dest for action in parser._actions}
+    actions = {action.dest: action for action in parser._actions}
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - set(actions))
     if unknown:
         raise RunDirectoryError(f"--config {path}: unknown option {', '.join(unknown)} (see `retain run --help`)")
+    for key, value in values.items():  # the types the command line would check, checked here
+        action = actions[key]
+        many = action.nargs in ("*", "+")
+        if isinstance(value, dict) or isinstance(value, list) and not many:
+            raise RunDirectoryError(f"--config {path}: {key}: expected one value, got {value!r}")
+        for item in value if isinstance(value, list) else [value]:
+            if action.type in (int, float) and (isinstance(item, bool) or not _converts(action.type, item)):
+                raise RunDirectoryError(f"--config {path}: {key}: expected {action.type.__name__}, got {item!r}")
     return values
+
+
+def _converts(kind: type, value: Any) -> bool:
+    try:
+        kind(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def _parse_method_args(pairs: list[str]) -> dict[str, str]:

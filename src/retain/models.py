@@ -141,11 +141,13 @@ def load_model(name: str = EMBEDDED_DEFAULT, seed: int = 0, labels: Sequence[str
             return classifier, tokenizer
         source = embedded_default_path() if name == EMBEDDED_DEFAULT else name
         if labels is None:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+            # use_safetensors: a model folder's pickled weights (pytorch_model.bin) are never opened: a pickle can run code
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True)
         else:
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
-                model = AutoModelForSequenceClassification.from_pretrained(source, dtype=torch.float32, **classes)
+                model = AutoModelForSequenceClassification.from_pretrained(source, dtype=torch.float32,
+                                                                           use_safetensors=True, **classes)
     except ModelLoadError:
         raise
     except (OSError, ValueError) as error:

@@ -34,7 +34,7 @@ from retain.methods import Method, MethodError, build_method
 from retain.models import EMBEDDED_DEFAULT, load_model
 from retain.report import write_report
 from retain.result import RunResult
-from retain.runstate import RunDirectory, RunDirectoryError, atomic_write, check_output
+from retain.runstate import RunDirectory, RunDirectoryError, RunLock, atomic_write, read_run_config
 from retain.stream import Stream, load_stream, stream_files
 from retain.text import at_time, first_statement, query_time, time_key
 from retain.trainer import ContinualTrainer
@@ -69,7 +69,18 @@ def run(stream: str | Path, output: str | Path, method: str = "full_ft", method_
     (data parallel, through the Trainer) and evaluates its share of the probes; only the main one writes."""
     method_args = dict(method_args or {})
     training_args = training_args or ContinualTrainingArguments(output_dir=str(Path(output) / "trainer"))
-    check_output(Path(output))
+    if not resume and PartialState().is_main_process:  # refused here, before anything is loaded or written
+        RunDirectory.check_new(Path(output), overwrite)
+    try:
+        return _run(stream, output, method, method_args, model, training_args, resume, overwrite, loaded_stream)
+    finally:
+        if lock := RunLock.held.get(str(Path(output).resolve())):
+            lock.release()  # the run is over, or stopped: another process may write here
+
+
+def _run(stream: str | Path, output: str | Path, method: str, method_args: dict[str, str], model: str,
+         training_args: ContinualTrainingArguments, resume: bool, overwrite: bool, loaded_stream: Stream | None
+         ) -> RunResult:
     data = loaded_stream or load_stream(stream)
     built = build_method(method, method_args)
     config = run_config(method, method_args, model, stream, training_args)
@@ -157,14 +168,12 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     """The model of `run_dir`'s last intact checkpoint, its method and its result so far."""
-    config_file = Path(run_dir) / "config.json"
-    if not config_file.is_file():
-        raise RunDirectoryError(f"--run {run_dir}: no config.json; not a run directory")
-    config = json.loads(config_file.read_text())
+    config = read_run_config(Path(run_dir))
     method = build_method(config["method"], config["method_args"])
     model, tokenizer = load_model(config["model"], seed=config["seed"])
     model = method.prepare(model)
-    restored = RunDirectory(run_dir, config, resume=True).load_checkpoint(model, method.load_state_dict)
+    # A reader: it takes no lock (a run being written can be asked) and writes nothing.
+    restored = RunDirectory(run_dir, config, resume=True, write=False).load_checkpoint(model, method.load_state_dict)
     if restored is None:
         raise RunDirectoryError(f"--run {run_dir}: no checkpoint yet; the run has not finished a task")
     return LoadedRun(model, tokenizer, method, restored[1])

@@ -17,22 +17,31 @@ Every file is written to a temporary name, fsynced and renamed, and a checkpoint
 named in LATEST once all its files are on disk, so a crash (or a full disk) at any moment leaves the
 previous checkpoint intact. A damaged newest checkpoint is reported by name, and a resume falls back to
 the one before it.
+
+A run directory is a sandbox: retain follows no symbolic link in it, reads only checkpoint names it writes
+(task-NNN) and file names without a path, and deletes only its own files (the checkpoints' manifests list
+theirs). One process writes to it at a time: it holds an exclusive lock (`.retain.lock`, naming its pid and
+start time) for the whole run, which the operating system releases if it dies; readers take no lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from accelerate import PartialState
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -45,8 +54,18 @@ logger = logging.getLogger(__name__)
 
 KEEP_CHECKPOINTS = 2
 MANIFEST = "manifest.json"
+LOCK = ".retain.lock"
 # What retain writes into a run directory; --overwrite deletes a directory only if it holds nothing else.
-RUN_FILES = {"config.json", "result.json", "predictions.jsonl", "checkpoints", "trainer"}
+RUN_FILES = {"config.json", "result.json", "predictions.jsonl", "checkpoints", "trainer", LOCK}
+# The keys of a run's config.json (recipes.run_config): a folder whose config.json lacks them is not a run.
+CONFIG_KEYS = {"method", "method_args", "model", "seed", "stream", "stream_files", "training_args"}
+CHECKPOINT_NAME = re.compile(r"task-\d{3}")
+CHECKPOINT_FILES = {"model.safetensors", "method.safetensors", "method.json", "progress.json", MANIFEST, "method.pt",
+                    "continual.pt"}  # the last two: an older retain's, which `upgrade-run` converts
+REQUIRED = {"model.safetensors", "progress.json"}
+FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # a file of a checkpoint: no path, no "..", not hidden
+# Names retain's atomic writes use while writing: a killed run's leftovers, removed when the run is opened again.
+TEMPORARY = re.compile(r"\.(task-\d{3}|LATEST|config\.json|result\.json|predictions\.jsonl)\..+")
 
 
 class RunDirectoryError(RuntimeError):
@@ -125,7 +144,9 @@ def upgrade_checkpoint(path: Path, method: str) -> None:
         state = torch.load(path / "method.pt", weights_only=True)
         result = json.loads((path / "progress.json").read_text(encoding="utf-8"))
     except Exception as error:  # torch raises pickle's own error types for anything it will not load
-        raise RunDirectoryError(f"{path}: cannot be converted safely ({type(error).__name__}: {error})") from None
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()  # its text is long, and coloured
+        raise RunDirectoryError(f"{path}: cannot be converted safely ({type(error).__name__}: "
+                                f"{first[0][:200] if first else ''})") from None
     _staged(path, lambda staging: shutil.copy2(path / "model.safetensors", staging / "model.safetensors"), method,
             state, {"result": result})
 
@@ -165,13 +186,18 @@ def verify_checkpoint(path: Path) -> None:
             "when loaded). If you trust it, convert the run with `retain upgrade-run RUN_DIR`")
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        entries = {name: (int(e["size"]), str(e["sha256"])) for name, e in manifest.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise RunDirectoryError(f"{path / MANIFEST}: missing or damaged") from None
-    for name, expected in manifest.items():
+    if stray := next((name for name in entries if not FILE_NAME.fullmatch(name)), None):
+        raise RunDirectoryError(f"{path / MANIFEST}: damaged (lists {stray[:60]!r}, not a file of the checkpoint)")
+    if missing := sorted(REQUIRED - set(entries)):
+        raise RunDirectoryError(f"{path / MANIFEST}: damaged (does not list {missing[0]})")
+    for name, (size, sha256) in entries.items():
         file = path / name
-        if not file.is_file():
+        if not file.is_file() or file.is_symlink():
             raise RunDirectoryError(f"{file}: missing")
-        if file.stat().st_size != expected["size"] or _sha256(file) != expected["sha256"]:
+        if file.stat().st_size != size or _sha256(file) != sha256:
             raise RunDirectoryError(f"{file}: damaged (its size or sha256 differs from {MANIFEST})")
 
 
@@ -192,11 +218,21 @@ def read_verified(path: Path, model: nn.Module, restore_method: Callable[[Any], 
     try:
         method_state = load_state(path, "method")
         progress = json.loads((path / "progress.json").read_text(encoding="utf-8"))
-    except (StateError, ValueError) as error:
+    except (StateError, ValueError, RecursionError) as error:
         raise RunDirectoryError(f"{path}: {error}") from None
+    if not isinstance(progress, dict):
+        raise RunDirectoryError(f"{path / 'progress.json'}: damaged (not a mapping)")
     if restore_method is not None:
-        restore_method(method_state)
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        try:
+            restore_method(method_state)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:
+            raise RunDirectoryError(f"{path}/method.json: does not fit the method ({type(error).__name__}: "
+                                    f"{str(error)[:200]})") from None
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    except (SafetensorError, RuntimeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise RunDirectoryError(f"{path / 'model.safetensors'}: does not fit the model ({first})") from None
     if missing or unexpected:
         raise RunDirectoryError(
             f"{path}: weights do not fit the model (missing {len(missing)}, unexpected {len(unexpected)})")
@@ -208,11 +244,103 @@ def _entries(path: Path) -> set[str]:
     return {p.name for p in path.iterdir() if not (p.name in RUN_FILES and p.is_dir() and not any(p.iterdir()))}
 
 
+def foreign_file(path: Path, config: bool = True) -> str | None:
+    """The first file or folder under run directory `path` that retain did not write (relative to it), or None.
+    A folder is a run only with a run's config.json (`config`: check it); checkpoints hold only retain's names and
+    files."""
+    names = _entries(path)
+    if config and ("config.json" not in names or not _is_run_config(path / "config.json")):
+        return "config.json (not a retain run's)" if "config.json" in names else "no config.json"
+    if other := sorted(n for n in names - RUN_FILES if not TEMPORARY.fullmatch(n)):
+        return other[0]
+    checkpoints = path / "checkpoints"
+    for entry in sorted(checkpoints.iterdir()) if checkpoints.is_dir() else ():
+        if entry.name == "LATEST" and entry.is_file() or TEMPORARY.fullmatch(entry.name):
+            continue
+        if not (CHECKPOINT_NAME.fullmatch(entry.name) and entry.is_dir()):
+            return f"checkpoints/{entry.name}"
+        if other := sorted(f.name for f in entry.iterdir() if f.name not in CHECKPOINT_FILES or not f.is_file()):
+            return f"checkpoints/{entry.name}/{other[0]}"
+    return None
+
+
+def read_run_config(run: Path) -> dict[str, Any]:
+    """A run directory's config.json, refused in one line unless it is one retain wrote (see CONFIG_KEYS)."""
+    file = run / "config.json"
+    if not file.is_file():
+        raise RunDirectoryError(f"{run}: no config.json; not a run directory")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
+        raise RunDirectoryError(f"{file}: damaged ({type(error).__name__})") from None
+    if not isinstance(config, dict) or (missing := sorted(CONFIG_KEYS - set(config))):
+        raise RunDirectoryError(f"{file}: damaged (no {missing[0] if isinstance(config, dict) else 'mapping'!r}): "
+                                "not a retain run's")
+    return config
+
+
+def _is_run_config(file: Path) -> bool:
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(config, dict) and CONFIG_KEYS <= set(config)
+
+
 def is_run_directory(path: Path) -> bool:
     """Whether `path` holds a retain run and nothing else (an interrupted write's temporary files aside)."""
-    names = _entries(path)
-    temporary = {n for n in names if any(n.startswith(f".{f}.") for f in RUN_FILES)}
-    return "config.json" in names and names - temporary <= RUN_FILES
+    return foreign_file(path) is None
+
+
+def check_no_symlink(path: Path) -> None:
+    """Refuse a run directory that is, or holds, a symbolic link: retain reads and deletes only inside its own tree."""
+    links = [path] if path.is_symlink() else [Path(root) / name for root, dirs, files in os.walk(path)
+                                               for name in (*dirs, *files) if (Path(root) / name).is_symlink()]
+    if links:
+        raise RunDirectoryError(f"{links[0]}: a symbolic link in a run directory; retain follows none (put the real "
+                                "folder or file there, or choose another --output)")
+
+
+def _remove(path: Path) -> None:
+    """Delete what retain wrote at `path` (a file, a checkpoint's listed files, a temporary or Trainer folder)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class RunLock:
+    """An exclusive lock on a run directory for one writing process, held until `release` or the process ends (the
+    operating system drops a dead process's lock, so a stale one is taken over). The lock file names the holder.
+    A process is one writer: `RunLock.of` gives the lock it already holds on a directory."""
+
+    held: ClassVar[dict[str, RunLock]] = {}  # this process's locks, by resolved directory
+
+    @classmethod
+    def of(cls, path: Path) -> RunLock:
+        key = str(path.resolve())
+        if key not in cls.held:
+            cls.held[key] = cls(path)
+        return cls.held[key]
+
+    def __init__(self, path: Path) -> None:
+        self.key = str(path.resolve())
+        self.fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self.fd, 200).decode(errors="replace").strip() or "a process that has not said which"
+            os.close(self.fd)
+            raise RunDirectoryError(f"{path}: another retain process is writing to it ({holder}); wait for it to end or "
+                                    "choose another --output") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}".encode())
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            self.held.pop(self.key, None)
 
 
 def check_output(path: Path) -> None:
@@ -244,60 +372,113 @@ class RunDirectory:
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
         self.config, self.write = config, write
-        config_file = self.path / "config.json"
+        self.lock: RunLock | None = None
+        if self.path.exists() or self.path.is_symlink():
+            check_no_symlink(self.path)
         if not write:
             return
         if resume:
-            if not config_file.is_file():
-                raise RunDirectoryError(f"--resume: {config_file} not found; nothing to resume")
-            try:
-                saved = json.loads(config_file.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise RunDirectoryError(f"{config_file}: damaged ({error})") from None
-            changes = config_changes(saved, config)
-            if changes:
-                raise RunDirectoryError(f"--resume: {len(changes)} option(s) differ from the run in {self.path}: "
-                                        + "; ".join(changes))
-        else:
-            check_output(self.path)
-            try:
-                if self.path.exists() and _entries(self.path):
-                    if not is_run_directory(self.path):
-                        raise RunDirectoryError(f"--output {self.path} holds files retain did not write; retain never "
-                                                "deletes those, even with --overwrite: choose another --output")
-                    if not overwrite:
-                        raise RunDirectoryError(f"--output {self.path} already holds a run; pass --resume to continue "
-                                                "it or --overwrite to replace it")
-                    shutil.rmtree(self.path)
-                self.path.mkdir(parents=True, exist_ok=True)
-            except (NotADirectoryError, FileExistsError):
-                check_output(self.path)
-                raise
-            atomic_write(config_file, json.dumps(config, indent=2, sort_keys=True))
+            self._open_for_resume()
+            return
+        existing = self.check_new(self.path, overwrite)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock.of(self.path)
+            for name in existing:  # an earlier run's files (checked above), deleted only once the lock is ours
+                _remove(self.path / name)
+            atomic_write(self.path / "config.json", json.dumps(config, indent=2, sort_keys=True))
+        except OSError as error:
+            raise RunDirectoryError(f"--output {self.path}: cannot write there ({error.strerror or error})") from None
+
+    @staticmethod
+    def check_new(path: Path, overwrite: bool) -> list[str]:
+        """Refuse `path` for a new run unless it is empty, absent, or (with `overwrite`) a run retain wrote, with
+        nothing else in it and no other process writing to it (its lock is then held); returns the entries an
+        overwrite deletes. Deletes nothing."""
+        check_output(path)
+        existing = next(part for part in (path, *path.parents) if part.exists())
+        if not os.access(existing, os.W_OK):
+            raise RunDirectoryError(f"--output {path}: cannot write there ({existing} is read-only or not writable)")
+        if not path.is_dir() or not (names := _entries(path)):
+            return []
+        check_no_symlink(path)
+        if foreign := foreign_file(path):
+            raise RunDirectoryError(f"--output {path} holds files retain did not write ({foreign}); retain never "
+                                    "deletes those, even with --overwrite: choose another --output")
+        if not overwrite:
+            raise RunDirectoryError(f"--output {path} already holds a run; pass --resume to continue it or --overwrite "
+                                    "to replace it")
+        RunLock.of(path)
+        return sorted(names - {LOCK})
+
+    def _open_for_resume(self) -> None:
+        config_file = self.path / "config.json"
+        if not config_file.is_file():
+            raise RunDirectoryError(f"--resume: {config_file} not found; nothing to resume")
+        try:
+            saved = json.loads(config_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            raise RunDirectoryError(f"{config_file}: damaged ({str(error)[:200]})") from None
+        if foreign := foreign_file(self.path, config=False):  # a config.json of another kind differs from the run's
+            raise RunDirectoryError(f"--resume: {self.path} holds files retain did not write ({foreign}); move them "
+                                    "out of the run directory")
+        changes = config_changes(saved, self.config)
+        if changes:
+            raise RunDirectoryError(f"--resume: {len(changes)} option(s) differ from the run in {self.path}: "
+                                    + "; ".join(changes))
+        self.lock = RunLock.of(self.path)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Keep the newest KEEP_CHECKPOINTS checkpoints; remove older ones and what a killed write left behind."""
+        for left in (p for p in (*self.path.iterdir(), *self._checkpoint_entries()) if TEMPORARY.fullmatch(p.name)):
+            _remove(left)
+        named = sorted(p.name for p in self._checkpoint_entries() if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir())
+        latest = self._intact_name()
+        keep = {*named[-KEEP_CHECKPOINTS:], *([latest] if latest else [])}
+        for old in (self.checkpoints / name for name in named if name not in keep):
+            _remove(old)
+
+    def _checkpoint_entries(self) -> list[Path]:
+        return list(self.checkpoints.iterdir()) if self.checkpoints.is_dir() else []
+
+    def _latest_name(self) -> str | None:
+        """The checkpoint LATEST names; None without LATEST. A name that is not task-NNN is refused by name."""
+        pointer = self.checkpoints / "LATEST"
+        if not pointer.is_file():
+            return None
+        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        if not CHECKPOINT_NAME.fullmatch(name):
+            raise RunDirectoryError(f"{pointer}: names {name[:60]!r}, not a checkpoint of this run (task-NNN)")
+        return name
 
     def latest_checkpoint(self) -> Path | None:
-        pointer = self.checkpoints / "LATEST"
-        return self.checkpoints / pointer.read_text().strip() if pointer.is_file() else None
+        name = self._latest_name()
+        return None if name is None else self.checkpoints / name
 
     def save_checkpoint(self, model: nn.Module | dict[str, torch.Tensor], method_state: Any, result: RunResult,
                         method: str = "") -> Path | None:
         if not self.write:
             return None
         name = f"task-{result.completed_tasks:03d}"
-        previous = self.latest_checkpoint()
+        previous = self._intact_name()
         try:
             final = write_checkpoint(self.checkpoints / name, model, method, method_state, {"result": result.state()})
             atomic_write(self.checkpoints / "LATEST", name)
-        except OSError as error:
-            kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
-            raise RunDirectoryError(f"{self.checkpoints}: could not write checkpoint {name} "
-                                    f"({error.strerror or error}); {kept}") from None
-        keep = sorted(p.name for p in self.checkpoints.glob("task-*") if p.is_dir())[-KEEP_CHECKPOINTS:]
-        for old in self.checkpoints.iterdir():
-            if old.name not in (*keep, "LATEST"):
-                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-        self.write_results(result)
+            self._prune()
+            self.write_results(result)
+        except (OSError, SafetensorError) as error:
+            kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+            code = re.search(r"os error (\d+)", str(error))  # safetensors reports the system's error in its text
+            reason = getattr(error, "strerror", None) or (os.strerror(int(code[1])) if code else str(error)[:200])
+            raise RunDirectoryError(f"{self.checkpoints}: could not write checkpoint {name} ({reason}); {kept}") from None
         return final
+
+    def _intact_name(self) -> str | None:
+        try:
+            return self._latest_name()
+        except RunDirectoryError:
+            return None
 
     def load_checkpoint(
         self, model: nn.Module, restore_method: Callable[[Any], None] | None = None
@@ -305,21 +486,32 @@ class RunDirectory:
         """Restore the newest intact checkpoint into `model` (and the method, through `restore_method`); return
         (method state, result so far), or None if the run has none. A damaged newest checkpoint is reported and
         the one before it used; with none intact, the error names every problem found."""
-        latest = self.latest_checkpoint()
-        if latest is None:
-            return None
-        older = sorted((p for p in self.checkpoints.glob("task-*") if p.is_dir() and p != latest), reverse=True)
         problems = []
-        for checkpoint in [latest, *older]:
+        try:
+            latest = self.latest_checkpoint()
+        except RunDirectoryError as error:
+            problems.append(str(error))
+            latest = None
+        if latest is None and not problems:
+            return None
+        older = sorted((p for p in self._checkpoint_entries() if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()
+                        and p != latest), reverse=True)
+        for checkpoint in [c for c in (latest, *older) if c is not None]:
             try:
                 verify_checkpoint(checkpoint)
+                method_state, progress = read_verified(checkpoint, model, restore_method)  # hashed once, just above
+                if not isinstance(progress.get("result"), dict):
+                    raise RunDirectoryError(f"{checkpoint / 'progress.json'}: damaged (no result)")
+                result = RunResult.from_state(progress["result"])
             except RunDirectoryError as error:
                 problems.append(str(error))
                 continue
+            except (KeyError, TypeError, ValueError) as error:
+                problems.append(f"{checkpoint / 'progress.json'}: damaged ({type(error).__name__}: {str(error)[:100]})")
+                continue
             if problems:
                 logger.warning("%s; resuming from %s instead", "; ".join(problems), checkpoint.name)
-            method_state, progress = read_verified(checkpoint, model, restore_method)  # hashed once, just above
-            return method_state, RunResult.from_state(progress["result"])
+            return method_state, result
         raise RunDirectoryError("; ".join(problems) + ": no intact checkpoint to resume from (start over with --overwrite)")
 
     def write_results(self, result: RunResult) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,11 +147,7 @@ def load_stream(directory: str | Path) -> Stream:
     spec_path = directory / "stream.yaml"
     if not spec_path.is_file():
         raise StreamError(f"{spec_path}: not found (a stream directory holds stream.yaml)")
-    try:
-        spec = yaml.safe_load(_utf8(spec_path.read_bytes(), spec_path))
-    except yaml.MarkedYAMLError as error:
-        line = error.problem_mark.line + 1 if error.problem_mark else "?"
-        raise StreamError(f"{spec_path}:{line}: invalid YAML: {error.problem}") from None
+    spec = read_yaml(_utf8(spec_path.read_bytes(), spec_path), str(spec_path))
     spec = _mapping(spec, str(spec_path))
     _require(spec, ("name", "tasks"), str(spec_path))
     _unknown(spec, {"name", "tasks", "general", "background"}, str(spec_path))
@@ -195,6 +191,18 @@ def load_jsonl_texts(path: Path) -> list[str]:
     return [_string(_mapping(record, where), "text", where) for record, where in _read_jsonl(Path(path))]
 
 
+def check_stream_output(directory: Path) -> None:
+    """Refuse, before anything is generated, an output that is not new, empty, or a stream's own directory (which is
+    rewritten): a file in the way, or a folder holding other files (a run's)."""
+    for part in (directory, *directory.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise StreamError(f"--output {directory}: a file stands where a directory is needed ({part})")
+            break
+    if directory.is_dir() and any(directory.iterdir()) and not (directory / "stream.yaml").is_file():
+        raise StreamError(f"--output {directory}: holds files that are not a stream's; choose a new or empty folder")
+
+
 def save_stream(stream: Stream, directory: str | Path) -> Path:
     """Write `stream` in the directory format that `load_stream` reads."""
     directory = Path(directory)
@@ -235,6 +243,37 @@ def _read_jsonl(path: Path) -> Iterable[tuple[Any, str]]:
             yield json.loads(line), f"{path}:{number}"
         except json.JSONDecodeError as error:
             raise StreamError(f"{path}:{number}: invalid JSON: {error.msg}") from None
+        except RecursionError:
+            raise StreamError(f"{path}:{number}: nested too deeply") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the mapping's own construction refuses it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """Parse `text` (of `where`, named in errors with the line) as safe YAML with unique keys."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as error:
+        line = error.problem_mark.line + 1 if error.problem_mark else "?"
+        raise StreamError(f"{where}:{line}: invalid YAML: {error.problem}") from None
+    except yaml.reader.ReaderError as error:  # a character YAML does not allow, such as a control byte
+        line = text[: error.position].count("\n") + 1
+        raise StreamError(f"{where}:{line}: invalid YAML: character {chr(error.character)!r} is not allowed") from None
+    except (yaml.YAMLError, RecursionError) as error:
+        raise StreamError(f"{where}: invalid YAML ({type(error).__name__})") from None
 
 
 def _utf8(data: bytes, where: Path) -> str:
@@ -298,6 +337,8 @@ def _unknown(record: Mapping[str, Any], allowed: set[str], where: str) -> None:
 
 
 def _string(record: Mapping[str, Any], key: str, where: str, allow_empty: bool = False) -> str:
+    if key not in record:
+        raise StreamError(f"{where}: missing field {key!r}")
     value = record[key]
     if not isinstance(value, str) or (not value.strip() and not allow_empty):
         raise StreamError(f"{where}: {key!r} must be a non-empty string")

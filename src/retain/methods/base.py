@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -188,6 +189,8 @@ class MethodConfig:
             if allowed and value not in allowed and value is not None:
                 self.fail(spec.name, f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
             if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value):
+                    self.fail(spec.name, f"must be a finite number, got {value}")
                 if "min" in spec.metadata and value < spec.metadata["min"]:
                     self.fail(spec.name, f"must be ≥ {spec.metadata['min']}, got {value}")
                 if "below" in spec.metadata and value >= spec.metadata["below"]:

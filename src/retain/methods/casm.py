@@ -83,6 +83,7 @@ class CASM(Method):
         return model
 
     def check(self, stream: Stream) -> None:
+        self.writer.check(stream)
         check_periods(stream, self.periods, self.name)
 
     def before_stream(self, model: nn.Module, data: StreamData) -> None:

@@ -34,7 +34,7 @@ from retain.methods.base import Method, MethodConfig, MethodError, StreamData, T
 from retain.nn.feed_forward_memory import FeedForwardMemory
 from retain.nn.product_key_memory import ProductKeyMemory, decoder_layers, insert_memory
 from retain.nn.slot_memory import SlotMemory
-from retain.stream import load_jsonl_texts
+from retain.stream import Stream, load_jsonl_texts
 
 logger = logging.getLogger(__name__)
 
@@ -146,15 +146,23 @@ class SparseMemoryFinetuning(Method):
         return model
 
     @torch.no_grad()
-    def before_stream(self, model: nn.Module, data: StreamData) -> None:
-        texts = load_jsonl_texts(Path(self.config.background)) if self.config.background else data.stream.background
+    def check(self, stream: Stream) -> None:
+        self._background(stream)
+
+    def _background(self, stream: Stream) -> list[str]:
+        """The background text the statistics are counted on, refused when there is none or it is evaluation text."""
+        texts = load_jsonl_texts(Path(self.config.background)) if self.config.background else stream.background
         if not texts:
             raise MethodError(f"{self.name}: background statistics need text: give the stream a `background` file "
                               "(not its `general` text, which perplexity is measured on) or --method-arg "
                               "background=FILE.jsonl")
-        if shared := set(texts) & set(data.stream.general):
+        if shared := set(texts) & set(stream.general):
             self.config.fail("background", f"{len(shared)} of the texts of {self.config.background} are the stream's "
                                            "general text, which perplexity is measured on; calibrate on other text")
+        return texts
+
+    def before_stream(self, model: nn.Module, data: StreamData) -> None:
+        texts = self._background(data.stream)
         features = data.tokenize([{"text": t} for t in texts])
         size = self.config.background_batch
         batches = [data.collate(features[i : i + size]) for i in range(0, len(features), size)]
