@@ -192,8 +192,11 @@ def test_resume_needs_only_the_output_and_options_given_must_match(tmp_path, str
     (["--num_train_epochs", "0"], r"--num_train_epochs 0: trains nothing"),
     (["--method", "ewc", "--method-arg", "ewc_lambda=nan"], r"--method-arg ewc_lambda: must be a finite number, got nan"),
     (["--method", "smf"], r"smf: background statistics need text"),
+    (["--num_train_epochs", "abc"], r"argument --num_train_epochs/--num-train-epochs: invalid float value: 'abc' \(see"),
+    (["--method", "smf", "--method-arg", "memory=product_key", "n_keys=4"], r"--method-arg k: a product-key memory reads k ≤ n_keys"),
 ], ids=["seed past 32 bits", "negative learning rate", "nan learning rate", "batch 0", "max_length 0",
-        "max_new_tokens -1", "epochs -1", "epochs 0", "nan method option", "smf without background"])
+        "max_new_tokens -1", "epochs -1", "epochs 0", "nan method option", "smf without background", "not a number",
+        "product-key k"])
 def test_an_impossible_value_is_refused_before_anything_is_loaded_or_written(tmp_path, stream, capsys, monkeypatch,
                                                                               flags, message):
     monkeypatch.setattr("retain.recipes.load_model", lambda *a, **k: pytest.fail("the model was loaded"))

@@ -6,10 +6,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -206,3 +209,24 @@ def test_a_malformed_checkpoint_file_is_named_and_the_previous_checkpoint_used(m
         rehash(checkpoint)
     assert main(argv(made, run, "--resume")) == 0
     assert re.search(message + r".*resuming from task-002 instead", caplog.text), caplog.text
+
+
+def test_a_run_killed_while_it_holds_the_lock_resumes_to_what_an_uninterrupted_run_computes(made, tmp_path):
+    """SIGKILL mid-stream: the dead writer's lock is taken over by the resume, which ends where one run would have."""
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "retain.cli", *argv(made, killed, "--method", "ewc", "--method-arg", "fisher_samples=4")]
+    process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    latest = killed / "checkpoints" / "LATEST"
+    while process.poll() is None and not (latest.is_file() and latest.read_text() == "task-001"):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert latest.read_text() == "task-001", "the run ended before it could be killed mid-stream"
+    assert main(argv(made, killed, "--resume")) == 0
+    mine, whole = (json.loads((run / "result.json").read_text()) for run in (killed, made / "run"))
+    assert mine["matrix"] == whole["matrix"] and mine["complete"]
+    assert load_file(killed / "checkpoints" / "task-003" / "model.safetensors").keys() == \
+        load_file(made / "run" / "checkpoints" / "task-003" / "model.safetensors").keys()
+    a, b = (load_file(run / "checkpoints" / "task-003" / "model.safetensors") for run in (killed, made / "run"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -110,6 +110,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+class _HfParser(HfArgumentParser):
+    """HfArgumentParser whose errors are OptionErrors: `retain run` / `compare` report them in one line, as any other."""
+
+    def error(self, message: str) -> NoReturn:
+        raise OptionError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand but `run` and `compare`, whose options (TrainingArguments too) `_parse_arguments`
     reads."""
@@ -284,7 +291,7 @@ def _parse_arguments(argv: list[str], options: type, prog: str, description: str
                      ) -> tuple[Any, ContinualTrainingArguments]:
     """The command's options and TrainingArguments from `argv` (and --config); with --resume, the run's own options
     (config.json) are the defaults unless `saved` is False."""
-    parser = HfArgumentParser((options, ContinualTrainingArguments), prog=prog, description=description,
+    parser = _HfParser((options, ContinualTrainingArguments), prog=prog, description=description,
                               usage=f"{prog} --stream DIR --output DIR [options] (see below)",
                               epilog=f"Options refused (retain does its own checkpointing, evaluation and output): "
                                      f"{', '.join('--' + name for name in REFUSED)}.")

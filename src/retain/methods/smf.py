@@ -95,6 +95,11 @@ class SMFConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         layer_list(self, self.layers)
+        if self.memory == "product_key":  # refused here, when the options are read, not once a model is loaded
+            if self.key_dim % 2:
+                self.fail("key_dim", f"must be even (two half-keys), got {self.key_dim}")
+            if (k := self.resolved()[3]) > self.n_keys:
+                self.fail("k", f"a product-key memory reads k ≤ n_keys slots per half-key; got k={k}, n_keys={self.n_keys}")
 
     def layer_indices(self) -> list[int] | None:
         return layer_list(self, self.layers)
