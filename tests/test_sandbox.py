@@ -230,3 +230,12 @@ def test_a_run_killed_while_it_holds_the_lock_resumes_to_what_an_uninterrupted_r
         load_file(made / "run" / "checkpoints" / "task-003" / "model.safetensors").keys()
     a, b = (load_file(run / "checkpoints" / "task-003" / "model.safetensors") for run in (killed, made / "run"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_compare_writes_only_into_a_new_empty_or_comparison_folder(made, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my own report")
+    fails(capsys, ["compare", "--methods", "full_ft", "--stream", str(made / "stream"), *FAST, "--output", str(mine),
+                   "--overwrite"], r"--output .*mine: holds report.md, which retain did not write \(no compare.json\)")
+    assert files(mine) == {"report.md": b"my own report"}

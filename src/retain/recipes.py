@@ -34,7 +34,7 @@ from retain.methods import Method, MethodError, build_method
 from retain.models import EMBEDDED_DEFAULT, load_model
 from retain.report import write_report
 from retain.result import RunResult
-from retain.runstate import RunDirectory, RunDirectoryError, RunLock, atomic_write, read_run_config
+from retain.runstate import RunDirectory, RunDirectoryError, RunLock, atomic_write, check_output, read_run_config
 from retain.stream import Stream, load_stream, stream_files
 from retain.text import at_time, first_statement, query_time, time_key
 from retain.trainer import ContinualTrainer
@@ -125,6 +125,13 @@ def compare(stream: str | Path, output: str | Path, methods: Sequence[str], meth
     data = load_stream(stream)
     training_args = training_args or ContinualTrainingArguments(output_dir=str(Path(output) / "trainer"))
     output = Path(output)
+    check_output(output)
+    # The comparison's own files would replace a user's of the same name: only in a comparison retain wrote.
+    if not (output / "compare.json").is_file() and (taken := sorted(
+            p.name for p in (output.iterdir() if output.is_dir() else ()) if p.name in ("report.md", "report.html")
+            or p.suffix == ".png")):
+        raise RunDirectoryError(f"--output {output}: holds {taken[0]}, which retain did not write (no compare.json); "
+                                "choose another --output")
     main = PartialState().is_main_process
     if main:
         output.mkdir(parents=True, exist_ok=True)
