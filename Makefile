@@ -7,7 +7,7 @@ export OMP_WAIT_POLICY := PASSIVE
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-min clean
+.PHONY: setup demo test test-scale test-min clean
 
 setup: $(VENV)/.installed
 
@@ -28,9 +28,13 @@ demo: setup
 		--config examples/demo.yaml --method-arg replay.buffer_size=64 replay.ratio=0.25 --output runs/demo --overwrite
 
 # Two workers, one per core (each test process runs torch on one thread: see tests/conftest.py); loadscope gives each
-# module to one worker, so a module's shared runs (tests/test_scale.py's, tests/test_report.py's) are made once.
+# module to one worker, so a module's shared runs (tests/test_export.py's, tests/test_report.py's) are made once.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope -m "not scale"
+
+# The tests that launch several processes (torchrun, accelerate, DeepSpeed, FSDP, Slurm); CI runs them after `make test`.
+test-scale: setup
+	$(BIN)/python -m pytest -q -m scale
 
 # The lowest versions pyproject.toml allows (scripts/floors.py), in a virtualenv of their own: every method runs on them.
 test-min:

@@ -81,10 +81,25 @@ def test_bad_input_before_training(tmp_path, stream, capsys, case):
         assert not out.exists()
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished run (and its stream), made once for the module."""
+    root = tmp_path_factory.mktemp("finished")
+    assert main(["generate", "temporal-facts", "--preset", "small", "--facts", "3", "--output", str(root / "stream")]) == 0
+    assert main(["run", "--stream", str(root / "stream"), *FAST, "--output", str(root / "run")]) == 0
+    return root
+
+
 @pytest.fixture
-def finished(tmp_path, stream):
+def finished(tmp_path, trained, stream):
+    """A copy of the finished run, trained on `stream` (a copy of its stream at the same path as when it ran)."""
+    shutil.rmtree(stream)
+    shutil.copytree(trained / "stream", stream)
     out = tmp_path / "run"
-    assert main(["run", "--stream", str(stream), *FAST, "--output", str(out)]) == 0
+    shutil.copytree(trained / "run", out)
+    config = json.loads((out / "config.json").read_text())
+    config["stream"] = str(stream.resolve())
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     return out
 
 

@@ -18,7 +18,8 @@ STREAM = TemporalFactsConfig(facts=6, periods=("2018", "2020", "2022"), change_r
 def recording_trainer(name, make_model, tokenizer, training_args):
     """A trainer whose tokenize() keeps every example it is given (what each task trains on), with fact questions in
     every training wording."""
-    trainer = ContinualTrainer(make_model(), training_args(num_train_epochs=1, fact_questions=len(WORDINGS)),
+    # One generated token per probe: only what is trained on is looked at here, not the scores.
+    trainer = ContinualTrainer(make_model(), training_args(num_train_epochs=1, fact_questions=len(WORDINGS), max_new_tokens=1),
                                method=build_method(name, METHODS[name]),
                                processing_class=tokenizer)
     seen, tokenize = [], trainer.tokenize

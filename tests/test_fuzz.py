@@ -13,7 +13,7 @@ import pytest
 from retain.cli import main
 
 FAST = ["--model", "tiny", "--num_train_epochs", "1", "--max_new_tokens", "4", "--disable_tqdm", "true"]
-CASES = 40  # per kind; each is a fraction of a second (training is stopped where the model would load)
+CASES = 30  # per kind; each is a fraction of a second (training is stopped where the model would load)
 JUNK = ["", "\x00", "\x07", "\xff", "null", "[]", "{}", "-1", "nan", "1e999", "[" * 3000, '"' + "x" * 5000 + '"', "é", "\n\n"]
 
 

@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 from retain.cli import main
 
+pytestmark = pytest.mark.scale
+
 METHODS = ["full_ft", "lora", "ewc", "replay", "aria", "smf", "casm", "rag"]
 OPTIONS = ["smf.k=8", "smf.top_t=8", "casm.k=8", "casm.top_t=8", "aria.adapter_dim=8", "aria.fisher_samples=4",
            "ewc.fisher_samples=4", "replay.ratio=0.5", "replay.buffer_size=8"]
