@@ -8,6 +8,7 @@ import pytest
 
 from retain import ContinualTrainer, build_method, load_stream
 from retain.cli import main
+from retain.evaluation import exact_match
 from retain.importers.casm import import_casm
 from retain.importers.temporalwiki import import_temporalwiki
 from retain.knowledge import FactRegistry
@@ -190,3 +191,43 @@ def test_compare_runs_on_an_imported_stream(tmp_path):
                  "--method-arg", "casm.k=8", "casm.top_t=8"]) == 0
     result = json.loads((tmp_path / "cmp" / "casm" / "result.json").read_text())
     assert result["complete"] and set(result["summary"]["by_form"]) == {"cloze", "question", "time_clause"}
+
+
+def test_a_pair_stated_with_several_objects_in_one_month_is_a_set_everywhere(twiki_copy, tmp_path, capsys):
+    """`participant` is on no list: the data states two participants of one competition in one month, so the pair
+    holds a set in the facts, the registry, CASM's training and the probes' scoring; nothing is raised."""
+    with (twiki_copy / "twiki_probes" / "1001-1101_changed.csv").open("a") as handle:
+        handle.write("Velmora Cup,participant,Ada Brenn\nVelmora Cup,participant,Osk Lind\n")
+    with (twiki_copy / "TWiki_Diffsets" / "oct_nov.csv").open("a") as handle:
+        handle.write('"Velmora Cup: participant is Ada Brenn."\n"Velmora Cup: participant is Osk Lind."\n')
+    assert main(["import", "temporalwiki", "--diffsets", str(twiki_copy / "TWiki_Diffsets"), "--probes",
+                 str(twiki_copy / "twiki_probes"), "--output", str(tmp_path / "s")]) == 0
+    stream = load_stream(tmp_path / "s")
+    november = stream.tasks[2]
+    cup = [f for f in november.facts if f["subject"] == "Velmora Cup"]
+    assert [f.get("multi_valued") for f in cup] == [True, True]
+    probes = {p.answer: p for p in november.probes if p.key.startswith("Velmora Cup") and p.form == "cloze"}
+    assert probes["Ada Brenn"].aliases == ("Osk Lind",) and probes["Osk Lind"].aliases == ("Ada Brenn",)
+    assert exact_match("Osk Lind", [probes["Ada Brenn"].answer, *probes["Ada Brenn"].aliases])  # any member is right
+    registry = FactRegistry()
+    for task in stream.tasks:
+        assert None not in registry.observe_facts(task.facts, task.period)
+    assert {v.object for v in registry.versions if v.subject == "Velmora Cup" and v.valid_until is None} == \
+        {"Ada Brenn", "Osk Lind"}
+    assert main(["run", "--method", "casm", "--stream", str(tmp_path / "s"), "--output", str(tmp_path / "run"),
+                 "--model", "tiny", "--num_train_epochs", "1", "--max_new_tokens", "4", "--disable_tqdm", "true",
+                 "--method-arg", "k=8", "top_t=8"]) == 0
+    timings = json.loads((tmp_path / "run" / "result.json").read_text())["timings"]
+    assert [t["facts_unplaced"] for t in timings] == [0, 0, 0, 0]
+
+
+def test_the_registry_takes_a_periods_several_objects_as_a_set_and_counts_what_it_cannot_place():
+    registry = FactRegistry()
+    facts = [{"subject": "Chopin Competition", "relation": "participant", "object": o} for o in ("Ana", "Bo")]
+    assert [o.kind for o in registry.observe_facts(facts, "2021-11")] == ["addition", "addition"]
+    assert registry.observe("Chopin Competition", "participant", "Cy", "2021-12").kind == "addition"  # still a set
+    assert len([v for v in registry.versions if v.valid_until is None]) == 3
+    registry.observe("Nozer", "mayor", "Ana", "2020")
+    late = [{"subject": "Nozer", "relation": "mayor", "object": "Bo", "valid_from": "2019"}]  # before the current start
+    assert registry.observe_facts(late, "2021") == [None]  # counted by the caller, not raised
+    assert registry.current("Nozer", "mayor").object == "Ana"

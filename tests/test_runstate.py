@@ -112,7 +112,8 @@ def test_a_planted_pickle_never_runs_and_the_message_names_the_file(tmp_path, ma
     assert main(["ask", "--run", str(run), "x"]) == 2
     assert "pickle" in capsys.readouterr().err
     assert main(["upgrade-run", str(run)]) == 2  # the converter loads weights only: it refuses this one
-    assert "cannot be converted safely" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot be converted safely" in err and len(err.strip().splitlines()) == 1 and "\x1b" not in err
     assert not target.exists()
 
 

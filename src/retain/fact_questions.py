@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from retain.knowledge import is_multi_valued
+from retain.knowledge import fact_key, is_multi_valued, several_values
 from retain.text import normalize_answer
 
 WORDINGS: tuple[str, ...] = (
@@ -53,17 +53,14 @@ def fact_questions(facts: Iterable[dict[str, str]], period: str | None, wordings
 
 def new_or_changed(facts: Sequence[dict[str, Any]], earlier: Iterable[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The facts whose (subject, relation) no earlier task stated with this object as a value it still holds (a
-    restated fact teaches nothing new and is not asked again). A `multi_valued` fact holds every object stated."""
+    restated fact teaches nothing new and is not asked again). A `multi_valued` fact, or one a period states with
+    several objects (`several_values`), holds every object stated."""
     current: dict[tuple[str, str], set[str]] = {}
     for task_facts in earlier:
+        several = several_values(task_facts)
         for fact in task_facts:
-            values = current.setdefault(_key(fact), set())
-            if not is_multi_valued(fact):
+            values = current.setdefault(fact_key(fact), set())
+            if not (is_multi_valued(fact) or fact_key(fact) in several or len(values) > 1):
                 values.clear()
             values.add(normalize_answer(fact["object"]))
-    return [f for f in facts if normalize_answer(f["object"]) not in current.get(_key(f), set())]
-
-
-
-def _key(fact: dict[str, Any]) -> tuple[str, str]:
-    return normalize_answer(fact["subject"]), normalize_answer(fact["relation"])
+    return [f for f in facts if normalize_answer(f["object"]) not in current.get(fact_key(f), set())]

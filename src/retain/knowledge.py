@@ -15,7 +15,7 @@ which reads queries as CASM does.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +31,20 @@ def is_multi_valued(fact: Mapping[str, Any]) -> bool:
 
 
 _normalized = lru_cache(maxsize=65536)(normalize_answer)  # subjects and relations recur in every lookup
+
+
+def fact_key(fact: Mapping[str, Any]) -> tuple[str, str]:
+    """A fact's (subject, relation), normalised."""
+    return _normalized(fact["subject"]), _normalized(fact["relation"])
+
+
+def several_values(facts: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
+    """The (subject, relation) pairs (`fact_key`) that `facts`, one period's, state with more than one object: the
+    data says the relation holds a set (a competition's participants), so a second object is not a change."""
+    objects: dict[tuple[str, str], set[str]] = {}
+    for fact in facts:
+        objects.setdefault(fact_key(fact), set()).add(normalize_answer(fact["object"]))
+    return {key for key, values in objects.items() if len(values) > 1}
 
 
 @dataclass
@@ -85,10 +99,11 @@ class FactRegistry:
     def observe(self, subject: str, relation: str, obj: str, valid_from: str, multi_valued: bool = False) -> Observation:
         """Record a stated fact: a new pair is an addition, the same normalised object a confirmation,
         another object a contradiction, which closes the current version and opens a new one. For a
-        `multi_valued` relation (a company's parts, a person's occupations) another object is one more value:
-        an addition that closes nothing, and any live value restated is a confirmation."""
-        if multi_valued:
-            live = [v for v in self.chain(subject, relation) if not v.retracted and v.valid_until is None]
+        `multi_valued` relation (a company's parts, a person's occupations), or one that already holds several live
+        values, another object is one more value: an addition that closes nothing, and any live value restated is a
+        confirmation. ValueError: a change that cannot be placed in time (not after the current version's start)."""
+        live = [v for v in self.chain(subject, relation) if not v.retracted and v.valid_until is None]
+        if multi_valued or len(live) > 1:
             same = [v for v in live if normalize_answer(v.object) == normalize_answer(obj)]
             if same:
                 return Observation("confirmation", same[-1], None)
@@ -109,10 +124,22 @@ class FactRegistry:
         current.valid_until = valid_from
         return Observation("contradiction", version, current)
 
-    def observe_fact(self, fact: Mapping[str, Any], period: str) -> Observation:
+    def observe_fact(self, fact: Mapping[str, Any], period: str, multi_valued: bool = False) -> Observation:
         """`observe` a facts.jsonl record, valid from its own `valid_from` or else `period`."""
         return self.observe(fact["subject"], fact["relation"], fact["object"], fact.get("valid_from") or period,
-                            multi_valued=is_multi_valued(fact))
+                            multi_valued=multi_valued or is_multi_valued(fact))
+
+    def observe_facts(self, facts: Sequence[Mapping[str, Any]], period: str) -> list[Observation | None]:
+        """`observe_fact` for each of one period's facts, a pair they state with several objects taken as a set
+        (`several_values`). None for a fact the registry cannot place in time: counted by the caller, never raised."""
+        several = several_values(facts)
+        observed: list[Observation | None] = []
+        for fact in facts:
+            try:
+                observed.append(self.observe_fact(fact, period, multi_valued=fact_key(fact) in several))
+            except ValueError:
+                observed.append(None)
+        return observed
 
     def retract(self, version_id: int) -> FactVersion | None:
         """Withdraw a version: the one it replaced becomes current again over the whole window. Returns it."""

@@ -14,9 +14,12 @@ the changed ones), each in three wordings no passage uses (cloze, question, time
 subject and relation. The month trains on all its passages, or with `--per-period N` on the passages
 that state a seeded sample of N changed triples.
 
-Relations that hold several objects at once (`has part`, `occupation`, `cast member`, …; MULTI_VALUED)
-are marked `"multi_valued": true` in facts.jsonl: a new object adds a value and closes no older one
-(FactRegistry, CASM). Their probes are keyed by the object too, since each value is its own question.
+A (subject, relation) that a month states with several objects holds a set (a competition's participants),
+and so does one whose relation commonly does (`has part`, `occupation`, `cast member`, …; MULTI_VALUED, a
+default the data extends): it is marked `"multi_valued": true` in facts.jsonl, so a new object adds a value and
+closes no older one (FactRegistry, CASM). Its probes are keyed by the object too, one per value, and scored right
+when the answer names any member the data has stated for the set up to that month (the others are the probe's
+aliases); removals are not in the data, so a member stays one.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import random
 from pathlib import Path
 
 from retain.importers import ImportReport, question_probes, read_csv
+from retain.knowledge import fact_key, several_values
 from retain.stream import Probe, Stream, StreamError, Task
 from retain.text import normalize_answer
 
@@ -48,7 +52,8 @@ def import_temporalwiki(diffsets: str | Path, probes: str | Path, per_period: in
     if per_period is not None and per_period < 1:
         raise StreamError(f"--per-period: expected a positive number, got {per_period}")
     rng, report = random.Random(seed), ImportReport()
-    tasks, seen = [], {}  # seen: (subject, relation) → objects of earlier months (for other_values)
+    tasks, seen = [], {}  # seen: (subject, relation) → objects stated so far (for other_values and set members)
+    sets: set[tuple[str, str]] = set()  # the (subject, relation) pairs that hold several objects
     for diffset, span, period in MONTHS:
         passages = [row["text"] for row, _ in read_csv(diffsets / f"{diffset}.csv", ["text"])]
         changed = _triples(probes / f"{span}_changed.csv")
@@ -64,13 +69,17 @@ def import_temporalwiki(diffsets: str | Path, probes: str | Path, per_period: in
                               f"{diffsets / f'{diffset}.csv'}; nothing to learn in {period}")
         used = sorted({i for t in kept for i in stating[t]}) if per_period is not None else range(len(passages))
         sample = [unchanged[i] for i in sorted(rng.sample(range(len(unchanged)), min(len(kept), len(unchanged))))]
-        tasks.append(Task(
-            name=period, period=period, train=[{"text": passages[i]} for i in used],
-            probes=[p for t in kept for p in _probes(t, period, "changed", seen)]
-                   + [p for t in sample for p in _probes(t, period, "unchanged", seen)],
-            facts=[{"subject": s, "relation": r, "object": o, "valid_from": period, **_multi(r)} for s, r, o in kept]))
+        facts = [{"subject": s, "relation": r, "object": o} for s, r, o in kept]
+        several = several_values(facts)
+        sets |= {(f["subject"], f["relation"]) for f in facts if f["relation"] in MULTI_VALUED or fact_key(f) in several}
         for s, r, o in kept:
             seen.setdefault((s, r), []).append(o)
+        tasks.append(Task(
+            name=period, period=period, train=[{"text": passages[i]} for i in used],
+            probes=[p for t in kept for p in _probes(t, period, "changed", seen, sets)]
+                   + [p for t in sample for p in _probes(t, period, "unchanged", seen, sets)],
+            facts=[{"subject": s, "relation": r, "object": o, "valid_from": period,
+                    **({"multi_valued": True} if (s, r) in sets else {})} for s, r, o in kept]))
         report.note(f"{period}: {len(used)} passages to train on, {len({i for t in kept for i in stating[t]})} of them "
                     f"stating one of {len(kept)} changed facts (of {len(changed)}); {len(sample)} unchanged probed "
                     f"(of {len(unchanged)})")
@@ -89,15 +98,13 @@ def _states(passage: str, triple: Triple) -> bool:
     return f" {normalize_answer(subject)} " in passage and f" {normalize_answer(obj)} " in passage
 
 
-def _multi(relation: str) -> dict[str, bool]:
-    return {"multi_valued": True} if relation in MULTI_VALUED else {}
-
-
-def _probes(triple: Triple, period: str, kind: str, seen: dict[tuple[str, str], list[str]]) -> list[Probe]:
+def _probes(triple: Triple, period: str, kind: str, seen: dict[tuple[str, str], list[str]],
+            sets: set[tuple[str, str]]) -> list[Probe]:
     subject, relation, obj = triple
-    multi = relation in MULTI_VALUED
-    earlier = [] if multi else [o for o in seen.get((subject, relation), []) if o != obj]
+    others = [o for o in dict.fromkeys(seen.get((subject, relation), [])) if o != obj]
+    multi = (subject, relation) in sets
     fields = dict(answer=obj, kind=kind, key=f"{subject} | {relation}" + (f" | {obj}" if multi else ""),
-                  other_values=tuple(earlier), learned_in=period if kind == "changed" else "")
+                  aliases=tuple(others) if multi else (), other_values=() if multi else tuple(others),
+                  learned_in=period if kind == "changed" else "")
     return [Probe(prompt=f"[{period}] The {relation} of {subject} is", form="cloze", **fields),
             *question_probes(subject, relation, period, **fields)]

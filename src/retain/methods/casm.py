@@ -95,13 +95,12 @@ class CASM(Method):
         period = task_period(task, self.periods[-1] if self.periods else None, self.name)
         self.periods.append(period)
         self.table.begin()
-        counts = {"addition": 0, "confirmation": 0, "contradiction": 0, "examples_dropped": 0, "asked_model": 0,
-                  "unsupported": 0}
+        counts = {"addition": 0, "confirmation": 0, "contradiction": 0, "unplaced": 0, "examples_dropped": 0,
+                  "asked_model": 0, "unsupported": 0}
         confirmed: list[FactVersion] = []
-        for fact in task.facts:
-            seen = self.registry.observe_fact(fact, period)
-            counts[seen.kind] += 1
-            if seen.kind == "confirmation":
+        for seen in self.registry.observe_facts(task.facts, period):
+            counts["unplaced" if seen is None else seen.kind] += 1
+            if seen is not None and seen.kind == "confirmation":
                 confirmed.append(seen.version)
         self.observations.append(counts)
         changed = [v for v in self.registry.versions if v.valid_from == period and not v.retracted]
@@ -124,7 +123,8 @@ class CASM(Method):
         counts = self.observations[-1]
         return report | {
             "facts_added": counts["addition"], "facts_confirmed": counts["confirmation"],
-            "facts_contradicted": counts["contradiction"], "examples_dropped": counts["examples_dropped"],
+            "facts_contradicted": counts["contradiction"], "facts_unplaced": counts.get("unplaced", 0),
+            "examples_dropped": counts["examples_dropped"],
             "facts_asked_model": counts["asked_model"], "model_answers_unsupported": counts["unsupported"],
             "rows_copied_on_write": self.table.copied_rows()}
 

@@ -48,8 +48,7 @@ class RAG(Method):
         task = context.task
         period = task_period(task, self.periods[-1] if self.periods else None, self.name)
         self.periods.append(period)
-        for fact in task.facts:
-            self.registry.observe_fact(fact, period)
+        self.registry.observe_facts(task.facts, period)  # a change it cannot place in time is left out
 
     def retrieve(self, prompt: str) -> list[FactVersion]:
         """The facts whose subject the prompt names, valid at the time it asks about (the latest when none)."""
