@@ -59,3 +59,20 @@ def training_args(tmp_path):
         return ContinualTrainingArguments(**(values | overrides))
 
     return make
+
+
+# The options of `finished_run`'s run (tests/test_sandbox.py resumes it with the same).
+FINISHED_OPTIONS = ["--model", "tiny", "--num_train_epochs", "1", "--max_new_tokens", "4", "--disable_tqdm", "true",
+                    "--learning_rate", "0.01", "--method", "ewc", "--method-arg", "fisher_samples=4"]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """ROOT with a small temporal-facts stream (ROOT/stream) and a finished ewc run on it (ROOT/run), made once per
+    test process: copy what a test changes."""
+    from retain.cli import main
+
+    root = tmp_path_factory.mktemp("finished")
+    assert main(["generate", "temporal-facts", "--preset", "small", "--facts", "3", "--output", str(root / "stream")]) == 0
+    assert main(["run", "--stream", str(root / "stream"), *FINISHED_OPTIONS, "--output", str(root / "run")]) == 0
+    return root

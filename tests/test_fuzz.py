@@ -21,13 +21,9 @@ class Reached(Exception):
     """The command got past every check of its input (to the model's loading): the input was accepted."""
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzz")
-    assert main(["generate", "temporal-facts", "--preset", "small", "--facts", "3", "--output", str(root / "stream")]) == 0
-    assert main(["run", "--stream", str(root / "stream"), *FAST, "--method", "ewc", "--method-arg", "fisher_samples=2",
-                 "--output", str(root / "run")]) == 0
-    return root
+@pytest.fixture
+def made(finished_run):
+    return finished_run
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:

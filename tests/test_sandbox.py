@@ -19,17 +19,14 @@ from safetensors.torch import load_file, save_file
 from retain.cli import main
 from retain.runstate import LOCK
 
+# The training options `finished_run` (conftest.py) ran with, without its method: a resume must give the same.
 FAST = ["--model", "tiny", "--num_train_epochs", "1", "--max_new_tokens", "4", "--disable_tqdm", "true",
         "--learning_rate", "0.01"]
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sandbox")
-    assert main(["generate", "temporal-facts", "--preset", "small", "--facts", "3", "--output", str(root / "stream")]) == 0
-    assert main(["run", "--stream", str(root / "stream"), *FAST, "--method", "ewc", "--method-arg", "fisher_samples=4",
-                 "--output", str(root / "run")]) == 0
-    return root
+@pytest.fixture
+def made(finished_run):
+    return finished_run
 
 
 @pytest.fixture
