@@ -12,6 +12,7 @@ from retain.evaluation import exact_match
 from retain.importers.casm import import_casm
 from retain.importers.temporalwiki import import_temporalwiki
 from retain.knowledge import FactRegistry
+from retain.methods import METHODS
 
 FIXTURES = Path(__file__).parent / "fixtures"  # invented files in the datasets' layouts
 CASM_DIR, TWIKI = FIXTURES / "casm-synthetic", FIXTURES / "temporalwiki"
@@ -184,13 +185,22 @@ def test_casm_answers_a_multi_valued_relation_with_the_newest_value_and_keeps_th
     assert method.registry.chain("Rask United", "league")[0].valid_until == "2021-12"  # single-valued: closed
 
 
-def test_compare_runs_on_an_imported_stream(tmp_path):
-    assert main(["import", "casm", str(CASM_DIR), "--output", str(tmp_path / "s"), "--facts", "3"]) == 0
-    assert main(["compare", "--methods", "full_ft,casm", "--stream", str(tmp_path / "s"), "--output", str(tmp_path / "cmp"),
-                 "--model", "tiny", "--num_train_epochs", "1", "--max_new_tokens", "4", "--disable_tqdm", "true",
-                 "--method-arg", "casm.k=8", "casm.top_t=8"]) == 0
-    result = json.loads((tmp_path / "cmp" / "casm" / "result.json").read_text())
-    assert result["complete"] and set(result["summary"]["by_form"]) == {"cloze", "question", "time_clause"}
+@pytest.mark.parametrize("source", ["casm", "temporalwiki"])
+def test_every_method_trains_on_every_importers_stream(tmp_path, source):
+    """A stream that imports but cannot train is caught here: every registered method runs through each importer's
+    output (one epoch, the tiny model)."""
+    sources = {"casm": ["casm", str(CASM_DIR), "--facts", "3"],
+               "temporalwiki": ["temporalwiki", "--diffsets", str(TWIKI / "TWiki_Diffsets"), "--probes",
+                                str(TWIKI / "twiki_probes")]}
+    assert main(["import", *sources[source], "--output", str(tmp_path / "s")]) == 0
+    methods = sorted(METHODS)
+    assert main(["compare", "--methods", ",".join(methods), "--stream", str(tmp_path / "s"), "--output",
+                 str(tmp_path / "cmp"), "--model", "tiny", "--num_train_epochs", "1", "--max_new_tokens", "2",
+                 "--disable_tqdm", "true", "--method-arg", "casm.k=8", "casm.top_t=8", "smf.k=8", "smf.top_t=8",
+                 "aria.adapter_dim=4", "aria.fisher_samples=2", "ewc.fisher_samples=2"]) == 0
+    for method in methods:
+        result = json.loads((tmp_path / "cmp" / method / "result.json").read_text())
+        assert result["complete"] and set(result["summary"]["by_form"]) == {"cloze", "question", "time_clause"}, method
 
 
 def test_a_pair_stated_with_several_objects_in_one_month_is_a_set_everywhere(twiki_copy, tmp_path, capsys):
