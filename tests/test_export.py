@@ -136,7 +136,7 @@ def test_the_two_versions_differ(runs, tmp_path):
 
 
 def test_the_model_card_reports_the_runs_numbers(runs, tmp_path):
-    folder = export(runs / "full_ft", tmp_path / "out")
+    folder = recipes.export(runs / "full_ft", tmp_path / "out")  # the recipe is the export
     card, result = (folder / "README.md").read_text(), json.loads((runs / "full_ft" / "result.json").read_text())
     for key in ("acc", "bwt", "plasticity", "stability", "historical"):
         assert float(re.search(rf"^\| {key} \| ([0-9.-]+) \|$", card, re.M)[1]) == pytest.approx(result["summary"][key], abs=5e-5)

@@ -1,7 +1,7 @@
 """`retain export`: a run's model as a folder that transformers (and PEFT) load, with a model card.
 
-    from retain import export
-    export.export("runs/cmp/lora", "out/lora-adapter", format="adapter")
+    from retain import recipes
+    recipes.export("runs/cmp/lora", "out/lora-adapter", format="adapter")
 
 Formats, by what the run's model is:
 - `merged`: a plain `save_pretrained` folder (full_ft, ewc, replay; lora with its adapter merged into the weights).

@@ -193,6 +193,15 @@ def ask(run_dir: str | Path, prompts: Sequence[str], max_new_tokens: int = 24, a
     return load_run(run_dir).ask(prompts, max_new_tokens, as_of)
 
 
+def export(run_dir: str | Path, output: str | Path, format: str | None = None, as_of: str | None = None,
+           overwrite: bool = False) -> Path:
+    """Write the model of `run_dir`'s last checkpoint to `output`, a folder transformers (and PEFT) load, with a model
+    card: `retain.export.export`, which reads the run through `load_run`."""
+    from retain.export import export as write  # here, not above: retain.export imports this module
+
+    return write(run_dir, output, format, as_of, overwrite)
+
+
 def _variant(text: str) -> tuple[str, str]:
     """"aria" → (aria, aria); "aria_no_spc=aria" → (aria_no_spc, aria)."""
     name, _, method = text.strip().partition("=")
