@@ -194,14 +194,14 @@ class ARIA(Method):
         current = self._current_ids()
         gates = self._ids([g.gate for g in self.gated])
         fast = self._fast_ids() - gates
-        groups: dict[str, list[nn.Parameter]] = {"fast": [], "gate": [], "adapter": [], "slow": [], "shared": []}
+        groups: dict[str, list[nn.Parameter]] = {"fast": [], "gate": [], "adapter": [], "slow": [], "pretrained": []}
         for p in model.parameters():
             if p.requires_grad:
                 kind = ("fast" if id(p) in fast else "gate" if id(p) in gates else "adapter" if id(p) in current
-                        else "slow" if id(p) in slow else "shared")
+                        else "slow" if id(p) in slow else "pretrained")
                 groups[kind].append(p)
         ratios = {"fast": 1.0, "gate": self.config.gate_lr_ratio, "adapter": self.config.adapter_lr_ratio,
-                  "slow": self.config.slow_lr_ratio, "shared": self.config.shared_lr_ratio}
+                  "slow": self.config.slow_lr_ratio, "pretrained": self.config.shared_lr_ratio}
         return [{"params": params, "lr": context.learning_rate * ratios[kind], "name": kind}
                 for kind, params in groups.items() if params]
 
