@@ -281,15 +281,10 @@ def read_run_config(run: Path) -> dict[str, Any]:
 
 def _is_run_config(file: Path) -> bool:
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        read_run_config(file.parent)
+    except RunDirectoryError:
         return False
-    return isinstance(config, dict) and CONFIG_KEYS <= set(config)
-
-
-def is_run_directory(path: Path) -> bool:
-    """Whether `path` holds a retain run and nothing else (an interrupted write's temporary files aside)."""
-    return foreign_file(path) is None
+    return True
 
 
 def check_no_symlink(path: Path) -> None:

@@ -138,6 +138,7 @@ class RetainForCausalLM(BASE):
         if "aria" in spec:
             self.register_buffer("retain_aria_prototypes", torch.zeros(len(spec["aria"]["tasks"]), hidden))
         self._tokenizer = None
+        self._versions = {}  # memory version → its rows per memory module, rebuilt once (the weights are inference's)
 
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, **kwargs):
         first = past_key_values is None or past_key_values.get_seq_length() == 0  # later steps keep the sequence's route
@@ -195,7 +196,7 @@ class RetainForCausalLM(BASE):
                 memory.tables, memory.table_of = [], None
             return
         needed = sorted(set(versions), key=lambda v: -1 if v is None else v)
-        tables = {v: self._version(v) for v in needed}
+        tables = {v: self._versions.get(v) or self._versions.setdefault(v, self._version(v)) for v in needed}
         index = {v: i for i, v in enumerate(needed)}
         for position, memory in enumerate(self._memory):
             memory.tables = [tables[v][position] for v in needed]

@@ -69,17 +69,19 @@ def import_temporalwiki(diffsets: str | Path, probes: str | Path, per_period: in
                               f"{diffsets / f'{diffset}.csv'}; nothing to learn in {period}")
         used = sorted({i for t in kept for i in stating[t]}) if per_period is not None else range(len(passages))
         sample = [unchanged[i] for i in sorted(rng.sample(range(len(unchanged)), min(len(kept), len(unchanged))))]
-        facts = [{"subject": s, "relation": r, "object": o} for s, r, o in kept]
+        facts = [{"subject": s, "relation": r, "object": o, "valid_from": period} for s, r, o in kept]
         several = several_values(facts)
         sets |= {(f["subject"], f["relation"]) for f in facts if f["relation"] in MULTI_VALUED or fact_key(f) in several}
+        for fact in facts:
+            if (fact["subject"], fact["relation"]) in sets:
+                fact["multi_valued"] = True
         for s, r, o in kept:
             seen.setdefault((s, r), []).append(o)
         tasks.append(Task(
             name=period, period=period, train=[{"text": passages[i]} for i in used],
             probes=[p for t in kept for p in _probes(t, period, "changed", seen, sets)]
                    + [p for t in sample for p in _probes(t, period, "unchanged", seen, sets)],
-            facts=[{"subject": s, "relation": r, "object": o, "valid_from": period,
-                    **({"multi_valued": True} if (s, r) in sets else {})} for s, r, o in kept]))
+            facts=facts))
         report.note(f"{period}: {len(used)} passages to train on, {len({i for t in kept for i in stating[t]})} of them "
                     f"stating one of {len(kept)} changed facts (of {len(changed)}); {len(sample)} unchanged probed "
                     f"(of {len(unchanged)})")
