@@ -1,3 +1,4 @@
+import gc
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,6 +13,8 @@ from retain.models import load_tokenizer, tiny_model  # noqa: E402
 
 # `make test` runs two pytest workers on two cores: one thread each, or they fight over the cores.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+# As in `retain`'s command line: the imported libraries' objects are kept out of every gc.collect() the Trainer runs.
+gc.freeze()
 
 
 @pytest.fixture(scope="session")

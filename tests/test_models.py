@@ -51,6 +51,7 @@ def test_embedded_default_completes_a_simple_prompt():
     assert "Paris" in tokenizer.decode(output[0, inputs.input_ids.shape[1] :])
 
 
+@pytest.mark.scale  # two processes convert the real GGUF at once: `make test-scale` runs it
 def test_concurrent_conversions_do_not_corrupt_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RETAIN_CACHE", str(tmp_path))
     code = "from retain.models import embedded_default_path; print(embedded_default_path())"
