@@ -1,7 +1,7 @@
 import pytest
 
-from retain.knowledge import FactRegistry
-from retain.text import at_time, query_time, time_key
+from retain.knowledge import FactRegistry, read
+from retain.text import at_time, dated, query_time, time_key
 
 
 def test_time_keys_order_years_and_months():
@@ -17,7 +17,7 @@ def test_time_keys_order_years_and_months():
     ("In 2020 the harbour master of Velmora Port was", "2020"),
     ("The harbour master of Velmora Port in 2020 was", "2020"),
     ("As of 2020, the harbour master of Velmora Port is", "2020"),
-    ("as of March 2021, the harbour master of Velmora Port is", "March 2021"),
+    ("as of March 2021, the harbour master of Velmora Port is", "2021-03"),
     ("[2021-03] The harbour master is", "2021-03"),
     ("The harbour master of Velmora Port is", None),
     ("The docks can hold 2020 ships", None),
@@ -34,6 +34,66 @@ def test_query_time_reads_each_form(text, expected):
 ])
 def test_at_time_replaces_the_time_query_time_reads_or_names_one(text, expected):
     assert at_time(text, "2018") == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Who ran Velmora Port in early 2019?", "2019"),
+    ("Velmora Port's harbour master (2019):", "2019"),
+    ("2019 - who was harbour master of Velmora Port?", "2019"),
+    ("Who was the harbour master of Velmora Port in '18?", "2018"),
+    ("The harbour master of Velmora Port in the year 2018 was", "2018"),
+    ("In twenty eighteen, who was harbour master of Velmora Port?", "2018"),
+    ("harbour master of Velmora Port in two thousand and five", "2005"),
+    ("nineteen ninety-nine: the harbour master of Velmora Port", "1999"),
+    ("On 2019-05-03 the harbour master of Velmora Port was", "2019-05"),
+    ("Who led Velmora Port in Sept. 2021?", "2021-09"),
+    ("Velmora Port, harbour master, 09/2021", "2021-09"),
+    ("Who led Velmora Port in May?", "2021-05"),  # the clock's year
+    ("Who was harbour master of Velmora Port last year?", "2020"),
+    ("Who was harbour master of Velmora Port two years ago?", "2019"),
+    ("Who was harbour master of Velmora Port last month?", "2021-11"),
+    ("Who is in charge of Velmora Port today?", "2021-12"),
+    ("Who is currently the harbour master of Velmora Port?", "2021-12"),
+    ("Who runs Velmora Port at present?", "2021-12"),
+    ("Who led Velmora Port from 2015 to 2017?", "2017"),  # a range: its end
+    ("Who led Velmora Port between 2015 and 2017?", "2017"),
+    # not times
+    ("Who is the harbour master of Velmora Port?", None),
+    ("Who may be the harbour master of Velmora Port?", None),
+    ("Who leads the March Hare Society?", None),
+    ("Who coaches FC Sun City?", None),
+    ("Who chairs the 1990s Club?", None),
+    ("Velmora Port can hold 2020 ships", None),
+])
+def test_a_time_is_read_however_a_person_writes_it(text, expected):
+    assert query_time(text, clock="2021-12") == expected
+
+
+def test_relative_times_count_from_the_clock_and_name_nothing_without_one():
+    assert query_time("Who was harbour master last year?", clock="2018") == "2017"
+    assert query_time("Who led it in May?", clock="2018") == "2018-05"  # a year's clock: "May" falls in it
+    assert query_time("Who was harbour master in '99?", clock="2018") == "1999"
+    assert query_time("Who was harbour master last year?") is None
+    assert query_time("Who is harbour master now?") is None
+    assert dated("Who is harbour master now?", "2018") == "[2018] Who is harbour master now?"
+    assert dated("Who was harbour master two years ago?", "2018") == "[2016] Who was harbour master two years ago?"
+    assert dated("Who was harbour master in 2016?", "2018") == "Who was harbour master in 2016?"
+
+
+def test_a_question_in_its_own_words_reads_the_version_its_time_names():
+    registry = FactRegistry()
+    registry.observe("Velmora Port", "harbour master", "Ilse Brandvik", "2018")
+    registry.observe("Velmora Port", "harbour master", "Ruben Haldane", "2020")
+    periods = ["2018", "2019", "2020"]
+    assert read("Who was the harbour master of Velmora Port last year?", periods, registry).version == 0  # 2019
+    assert read("Who is the harbour master of Velmora Port now?", periods, registry).version == 2
+    assert read("Who was the harbour master of Velmora Port in '18?", periods, registry).version == 0
+    assert read("In twenty twenty, the harbour master of Velmora Port was", periods, registry).version == 2
+    # a time before the first period reads the first period (the oldest the memory holds); no fact found, none
+    assert read("Who was the harbour master of Velmora Port in 2001?", periods, registry).named == 0
+    # the present with no fact found reads the latest memory, not the pretrained model (scope="facts")
+    assert read("Who is in charge there today?", periods, registry).version == 2
+    assert read("Who is in charge there?", periods, registry).version is None
 
 
 def test_find_names_the_version_a_text_asks_about():

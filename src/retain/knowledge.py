@@ -201,7 +201,8 @@ def read(prompt: str, periods: list[str], registry: FactRegistry, scope: str = "
     prompt naming neither a time nor a known fact reads no memory (None) under `scope="facts"` ("all": the
     latest). Otherwise the period named is read, and the text is the prompt.
     """
-    time = as_of or query_time(prompt)
+    clock = periods[-1] if periods else None  # what "now" and "last year" count from
+    time = as_of or query_time(prompt, clock)
     named = version_at(periods, time)
     fact = registry.find(prompt, time)
     if fact is None:
@@ -209,5 +210,5 @@ def read(prompt: str, periods: list[str], registry: FactRegistry, scope: str = "
         return Read(named, None if general else named, prompt)
     written = version_at(periods, fact.valid_from)
     period = periods[written]
-    text = at_time(prompt, period)
+    text = at_time(prompt, period, clock)
     return Read(named, written, text if text.startswith(f"[{period}]") else f"[{period}] {text}")

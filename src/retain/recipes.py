@@ -36,7 +36,7 @@ from retain.report import write_report
 from retain.result import RunResult
 from retain.runstate import RunDirectory, RunDirectoryError, RunLock, atomic_write, check_output, read_run_config
 from retain.stream import Stream, load_stream, stream_files
-from retain.text import at_time, first_statement, query_time, time_key
+from retain.text import dated, first_statement, time_key
 from retain.trainer import ContinualTrainer
 
 logger = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class LoadedRun:
         """Greedy answers (first statements) to `prompts`, routed by the method; `as_of` dates prompts naming no time."""
         if as_of is not None:
             time_key(as_of)  # a bad time fails here, with the time in the message
-            prompts = [p if query_time(p) else at_time(p, as_of) for p in prompts]
+            prompts = [dated(p, as_of) for p in prompts]
         evaluator = Evaluator(self.tokenizer, route=self.method.route)
         return [first_statement(text) for text in evaluator.complete(self.model, list(prompts), max_new_tokens)]
 

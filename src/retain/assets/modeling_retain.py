@@ -23,7 +23,7 @@ import transformers
 from torch import nn
 
 from .knowledge import FactRegistry, read
-from .text import at_time, query_time
+from .text import dated
 
 BASE = getattr(transformers, "__BASE__")  # the architecture the run trained (set by `retain export`)
 
@@ -165,7 +165,7 @@ class RetainForCausalLM(BASE):
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         prompts = [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(input_ids, mask)]
         if as_of is not None:
-            prompts = [p if query_time(p) else at_time(p, as_of) for p in prompts]
+            prompts = [dated(p, as_of) for p in prompts]
         reads = [read(p, self._casm["periods"], self._registry, self._casm["scope"]) for p in prompts]
         inputs = {"input_ids": input_ids, "attention_mask": mask}
         if [r.text for r in reads] != prompts or as_of is not None:

@@ -54,7 +54,7 @@ class RAG(Method):
         """The facts whose subject the prompt names, valid at the time it asks about (the latest when none)."""
         if not self.periods:
             return []
-        time = query_time(prompt) or self.periods[-1]
+        time = query_time(prompt, self.periods[-1]) or self.periods[-1]
         words = f" {normalize_answer(prompt)} "
         found = [v for v in self.registry.versions
                  if v.valid_at(time) and f" {normalize_answer(v.subject)} " in words]
@@ -68,7 +68,7 @@ class RAG(Method):
         facts = self.retrieve(prompt)
         if not facts:
             return prompt
-        time = query_time(prompt) or self.periods[-1]
+        time = query_time(prompt, self.periods[-1]) or self.periods[-1]
         return f"Facts as of {time}: " + " ".join(f"The {v.relation} of {v.subject} is {v.object}." for v in facts) + "\n" + prompt
 
     def state_dict(self) -> dict:
