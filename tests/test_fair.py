@@ -8,6 +8,7 @@ import pytest
 from retain import ContinualTrainer, build_method
 from retain.bench.temporal_facts import TemporalFactsConfig, generate
 from retain.fact_questions import DEFAULT_WORDINGS, WORDINGS, fact_questions, new_or_changed
+from retain.text import wording
 
 CASM = {"memory": "feed_forward", "k": "8", "top_t": "8", "lr": "10"}
 METHODS = {"full_ft": {}, "replay": {"buffer_size": "8", "ratio": "0.25"}, "smf": {"memory": "feed_forward", "k": "8"},
@@ -59,9 +60,22 @@ def test_only_new_or_changed_facts_become_questions():
         fact_questions(facts, "2020", wordings=len(WORDINGS) + 1)
 
 
-def _time_free(prompt: str) -> str:
-    """The prompt without the time it names: what must not be trained on in any period."""
-    return re.sub(r"^(\[\d{4}\] |In \d{4}, |Today, )", "", prompt).lower()
+def trained_on(probe: str, texts: list[str]) -> bool:
+    """Whether a training text holds the probe's wording, or a near copy of it: the probe without its time, in
+    another case, spacing or punctuation, with or without articles."""
+    words = f" {wording(probe)} "
+    return any(words in f" {wording(text)} " for text in texts)
+
+
+def test_the_held_out_check_refuses_near_copies_of_a_probe():
+    probe = "Q: Who was the harbour master of Velmora Port in 2019?\nA:"
+    for copy in ["Q: Who was the harbour master of Velmora Port in 2019?\nA: Ilse Brandvik.",
+                 "[2018] Q: Who was the harbour master of Velmora Port?\nA: Ilse Brandvik.",  # the probe minus its time
+                 "q:  who was  harbour master of velmora port, as of 2018 ?\na: Ilse Brandvik",  # spacing, case, time
+                 "Q: Who was the harbour master of Velmora Port last year?\nA: Ilse Brandvik"]:  # a relative time
+        assert trained_on(probe, [copy]), copy
+    assert not trained_on(probe, ["Q: Who is the harbour master of Velmora Port?\nA: Ilse Brandvik"])  # another wording
+    assert not trained_on("[2019] The mayor of Nozer is", ["[2019] The mayor of Nozeria is Tam Dorrel."])  # whole words
 
 
 def test_no_probe_prompt_occurs_in_any_methods_training_examples(make_model, tokenizer, training_args):
@@ -71,10 +85,10 @@ def test_no_probe_prompt_occurs_in_any_methods_training_examples(make_model, tok
     for name in METHODS:
         trainer, seen = recording_trainer(name, make_model, tokenizer, training_args)
         trainer.fit(stream)
-        texts = [" ".join(e.values()).lower() for batch in seen for e in batch]
+        texts = [" ".join(e.values()) for batch in seen for e in batch]
         assert sum("prompt" in e for batch in seen for e in batch) > 0  # the fact questions are there
         for prompt in probes:
-            assert not any(prompt.lower() in t or _time_free(prompt) in t for t in texts), (name, prompt)
+            assert not trained_on(prompt, texts), (name, prompt)
 
 
 def test_scores_are_reported_per_probe_form_and_routes_against_the_version_an_answer_needs(

@@ -103,7 +103,6 @@ def dated(text: str, clock: str) -> str:
     return f"[{query_time(text, clock) or clock}] {text}"
 
 
-@functools.lru_cache(maxsize=65536)
 def find_time(text: str, clock: str | None = None) -> TimeSpan | None:
     """The time `text` names, as a person would write it, or None.
 
@@ -117,10 +116,28 @@ def find_time(text: str, clock: str | None = None) -> TimeSpan | None:
     lower case ("who may lead"), one not after a preposition or before a capitalised word ("the March Hare
     Society"), a weekday ("FC Sun City"), a decade ("the 1990s Club").
     """
+    return max(_times(text, clock), key=lambda t: (time_key(t.label), t.start), default=None)
+
+
+def wording(text: str) -> str:
+    """How `text` is worded, whatever time it names: its words normalised (case, punctuation, articles, spacing) with
+    every time and the preposition before it left out: "[2019] The mayor of Nozer is", "The mayor of Nozer, in
+    2021, is" and "the mayor of  nozer is" word alike."""
+    times = _times(text, clock="2000")  # any clock: relative times are left out too
+    text = times[0].text if times else text
+    for time in sorted(times, key=lambda t: -t.start):
+        before = re.sub(r"\b(?:in|as of|on|since|during|by|at)\s+$", "", text[: time.start], flags=re.IGNORECASE)
+        text = before + " " + text[time.end :]
+    return normalize_answer(text)
+
+
+@functools.lru_cache(maxsize=65536)
+def _times(text: str, clock: str | None) -> tuple[TimeSpan, ...]:
+    """Every time `text` names (see `find_time`), in the text with spoken and shortened years written in digits."""
     if match := _TAG.match(text):
         try:
             time_key(match["label"])
-            return TimeSpan(match["label"], text, match.start("label"), match.end("label"))
+            return (TimeSpan(match["label"], text, match.start("label"), match.end("label")),)
         except ValueError:
             pass
     base = _clock_date(clock)
@@ -150,7 +167,7 @@ def find_time(text: str, clock: str | None = None) -> TimeSpan | None:
         yearly = re.fullmatch(r"[12]\d{3}", core) or re.search(r"\b(?:years?|decades?)\b", core, re.IGNORECASE)
         found.append(TimeSpan(str(date.year) if yearly else f"{date.year}-{date.month:02d}", text, start,
                               start + len(core)))
-    return max(found, key=lambda t: (time_key(t.label), t.start), default=None)
+    return tuple(found)
 
 
 def _is_time(core: str, before: str, after: str, clocked: bool) -> bool:
