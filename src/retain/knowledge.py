@@ -15,11 +15,15 @@ which reads queries as CASM does.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
+
+from rapidfuzz import process
+from rapidfuzz.distance import Levenshtein
 
 from .text import at_time, normalize_answer, query_time, time_key
 
@@ -31,6 +35,25 @@ def is_multi_valued(fact: Mapping[str, Any]) -> bool:
 
 
 _normalized = lru_cache(maxsize=65536)(normalize_answer)  # subjects and relations recur in every lookup
+
+
+_POSSESSIVE = re.compile(r"(?<=\w)['’]s\b")
+
+
+def slips(name: str, words: str) -> int | None:
+    """The fewest character edits that turn `name` into a run of `words` (normalised text) of about its length, if
+    within the slips allowed for its length: none under 6 characters, one up to 9, two beyond; else None."""
+    name = _normalized(name)
+    allowed = 0 if len(name) < 6 else 1 if len(name) < 10 else 2
+    found = process.extractOne(name, _runs(words, len(name.split())), scorer=Levenshtein.distance, score_cutoff=allowed)
+    return None if found is None else int(found[1])
+
+
+@lru_cache(maxsize=4096)
+def _runs(words: str, size: int) -> list[str]:
+    """Every run of `size` - 1 to `size` + 1 consecutive words ("harbourmaster" is one word, "harbour master" two)."""
+    tokens = words.split()
+    return [" ".join(tokens[i : i + n]) for n in range(max(size - 1, 1), size + 2) for i in range(len(tokens) - n + 1)]
 
 
 def fact_key(fact: Mapping[str, Any]) -> tuple[str, str]:
@@ -87,14 +110,23 @@ class FactRegistry:
         return valid[-1] if valid else None
 
     def find(self, text: str, time: str | None = None) -> FactVersion | None:
-        """The version a text asks about, valid at `time` (None: the current one): the fact whose normalised
-        subject and relation both occur in the normalised text, the longest such match; None if none does."""
-        words = f" {normalize_answer(text)} "
-        asked = [v for v in self.versions if not v.retracted
-                 and f" {_normalized(v.subject)} " in words and f" {_normalized(v.relation)} " in words]
-        asked = [v for v in asked if (v.valid_until is None if time is None else v.valid_at(time))]
-        # The longest match; among versions of one multi-valued fact, all valid at once, the newest.
-        return max(asked, key=lambda v: (len(v.subject) + len(v.relation), v.id), default=None)
+        """The version a text asks about, valid at `time` (None: the current one): the fact whose subject and
+        relation both occur in the text, normalised (case, punctuation, articles, a possessive's "'s"), the longest
+        such match. Failing that, the fact whose subject and relation occur with the fewest spelling slips (`slips`:
+        "Velmora Prot", "harbourmaster"); None if none does, or if two facts match equally well (it abstains)."""
+        words = f" {_normalized(_POSSESSIVE.sub('', text))} "
+        live = [v for v in self.versions
+                if not v.retracted and (v.valid_until is None if time is None else v.valid_at(time))]
+        asked = [v for v in live if f" {_normalized(v.subject)} " in words and f" {_normalized(v.relation)} " in words]
+        if asked:  # the longest match; among versions of one multi-valued fact, all valid at once, the newest
+            return max(asked, key=lambda v: (len(v.subject) + len(v.relation), v.id))
+        near = [(s + r, v) for v in live if (s := slips(v.subject, words)) is not None
+                and (r := slips(v.relation, words)) is not None]
+        if not near:
+            return None
+        fewest = min(n for n, _ in near)
+        pairs = {fact_key(asdict(v)) for n, v in near if n == fewest}
+        return max((v for n, v in near if n == fewest), key=lambda v: v.id) if len(pairs) == 1 else None
 
     def observe(self, subject: str, relation: str, obj: str, valid_from: str, multi_valued: bool = False) -> Observation:
         """Record a stated fact: a new pair is an addition, the same normalised object a confirmation,
