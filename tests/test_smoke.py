@@ -33,3 +33,15 @@ def test_every_method_runs_through_the_command_line(method, stream, tmp_path):
     ppl = result["summary"]["general_ppl"]
     # A method that trains must change the model; rag and CASM (scope=facts) leave general text as it was.
     assert (ppl[-1] == pytest.approx(ppl[0], rel=1e-6)) == (method in ("rag", "casm")), ppl
+
+
+def test_a_query_is_read_in_a_persons_words():
+    """The readers of time (dateparser) and of spelling (rapidfuzz), at whatever versions are installed."""
+    from retain.knowledge import FactRegistry
+    from retain.text import query_time
+
+    assert [query_time(t, clock="2021-12") for t in ("in '18", "as of Sept. 2021", "two years ago", "now")] == \
+        ["2018", "2021-09", "2019", "2021-12"]
+    registry = FactRegistry()
+    registry.observe("Velmora Port", "harbour master", "Ilse Brandvik", "2018")
+    assert registry.find("Who is Velmora Prot's harbourmaster?").object == "Ilse Brandvik"
