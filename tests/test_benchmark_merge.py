@@ -71,3 +71,20 @@ def test_runs_made_differently_or_twice_are_refused(tmp_path, monkeypatch):
     again = report(tmp_path / "again.json", {"1": {"casm": run(0.9)}}, "cpu", fact_questions=6)
     done, _ = merge(tmp_path, monkeypatch, six, again)
     assert done.returncode != 0 and "seed 1 of casm is in two reports" in done.stderr
+
+
+def test_the_temporalwiki_benchmark_runs_every_seed_on_the_importers_own_sample(tmp_path, monkeypatch):
+    """benchmarks/temporalwiki.py on the tests' TemporalWiki fixture and the tiny model: each seed imports its own
+    sample, every method trains on it, and the report keeps what the importer kept and dropped, per seed."""
+    script, fixture, out = SCRIPT.parent / "temporalwiki.py", Path(__file__).parent / "fixtures" / "temporalwiki", tmp_path / "tw.json"
+    monkeypatch.setattr(sys, "argv", [str(script), "--diffsets", str(fixture / "TWiki_Diffsets"), "--probes",
+                                      str(fixture / "twiki_probes"), "--per-period", "2", "--seeds", "0,1", "--methods",
+                                      "full_ft,rag", "--model", "tiny", "--epochs", "1", "--fact-questions", "1",
+                                      "--runs", str(tmp_path / "runs"), "--output", str(out)])
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    runpy.run_path(str(script), run_name="__main__")
+    report = json.loads(out.read_text())
+    assert report["seeds"] == [0, 1] and set(report["per_seed"]["1"]) == {"full_ft", "rag"}
+    assert all(len(report["imported"][seed]["lines"]) == 5 and "dropped" in report["imported"][seed] for seed in ("0", "1"))
+    assert report["mean_sd"]["full_ft"]["plasticity"]["n"] == 2 and "cloze" in report["mean_sd"]["rag"]["by_form"]
+    assert not (tmp_path / "runs").exists()  # the run directories go once the JSON is written
