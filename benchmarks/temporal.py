@@ -138,7 +138,7 @@ def aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
         runs = [seeds[method] for seeds in per_seed.values() if method in seeds]
         forms = sorted({form for r in runs for form in r["summary"].get("by_form", {})})
         out[method] = {
-            **{key: mean_sd([r["summary"].get(key) for r in runs]) for key in (*KEYS, "acc", "routing_accuracy")},
+            **{key: mean_sd([r["summary"].get(key) for r in runs]) for key in (*KEYS, "acc", "bwt", "routing_accuracy")},
             "by_form": {form: {key: mean_sd([r["summary"]["by_form"].get(form, {}).get(key) for r in runs]) for key in KEYS}
                         for form in forms},
             "general_ppl_change": mean_sd([r["summary"]["general_ppl_change"] for r in runs]),
