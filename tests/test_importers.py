@@ -241,3 +241,16 @@ def test_the_registry_takes_a_periods_several_objects_as_a_set_and_counts_what_i
     late = [{"subject": "Nozer", "relation": "mayor", "object": "Bo", "valid_from": "2019"}]  # before the current start
     assert registry.observe_facts(late, "2021") == [None]  # counted by the caller, not raised
     assert registry.current("Nozer", "mayor").object == "Ana"
+
+
+def test_a_subject_is_found_without_its_wikidata_disambiguator(twiki_copy, tmp_path):
+    """Wikidata labels people "Wu Qiang (born 1966)"; a passage says "Wu Qiang": the statement is kept (measured on
+    the real Sep→Oct 2021 month: 5 of its 10 such subjects), and the fact and probes keep Wikidata's label."""
+    with (twiki_copy / "twiki_probes" / "0901-1001_changed.csv").open("a") as handle:
+        handle.write("Orla Senn (born 1966),occupation,ferrywright\nOrla Senn (born 1971),occupation,cartwright\n")
+    with (twiki_copy / "TWiki_Diffsets" / "sep_oct.csv").open("a") as handle:
+        handle.write('"Orla Senn is a ferrywright on the coast."\n')
+    stream, report = import_temporalwiki(twiki_copy / "TWiki_Diffsets", twiki_copy / "twiki_probes")
+    october = {f["subject"]: f["object"] for f in stream.tasks[1].facts}
+    assert october["Orla Senn (born 1966)"] == "ferrywright" and "Orla Senn (born 1971)" not in october
+    assert any(p.prompt.startswith("[2021-10] The occupation of Orla Senn (born 1966)") for p in stream.tasks[1].probes)

@@ -25,6 +25,7 @@ aliases); removals are not in the data, so a member stays one.
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 from retain.importers import ImportReport, question_probes, read_csv
@@ -90,14 +91,20 @@ def import_temporalwiki(diffsets: str | Path, probes: str | Path, per_period: in
     return stream, report
 
 
+_DISAMBIGUATOR = re.compile(r"\s*\([^)]*\)\s*$")
+
+
 def _triples(path: Path) -> list[Triple]:
     return list(dict.fromkeys((row["subject"], row["relation"], row["object"])
                               for row, _ in read_csv(path, ["subject", "relation", "object"])))
 
 
 def _states(passage: str, triple: Triple) -> bool:
+    """Whether a (normalised) passage names the triple's subject and object. A subject's Wikidata label may carry a
+    disambiguator that no sentence does ("Wu Qiang (born 1966)"): the name without it counts too."""
     subject, _, obj = triple
-    return f" {normalize_answer(subject)} " in passage and f" {normalize_answer(obj)} " in passage
+    names = {normalize_answer(subject), normalize_answer(_DISAMBIGUATOR.sub("", subject))}
+    return any(f" {name} " in passage for name in names if name) and f" {normalize_answer(obj)} " in passage
 
 
 def _probes(triple: Triple, period: str, kind: str, seen: dict[tuple[str, str], list[str]],
