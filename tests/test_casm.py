@@ -80,15 +80,15 @@ def test_a_known_fact_is_read_where_its_version_was_written(make_model, tokenize
     trainer, method = casm_trainer(make_model, tokenizer, training_args)
     trainer.fit(stream)
     mayor = "The mayor of Quessary is"
-    assert method.read(f"[2022] {mayor}") == (2, 2, f"[2022] {mayor}")  # changed in 2022
-    assert method.read(f"[2020] {mayor}") == (1, 0, f"[2018] {mayor}")  # unchanged since 2018 (2020 confirmed it)
+    assert method.read(f"[2022] {mayor}")[:3] == (2, 2, f"[2022] {mayor}")  # changed in 2022
+    assert method.read(f"[2020] {mayor}")[:3] == (1, 0, f"[2018] {mayor}")  # unchanged since 2018 (2020 confirmed it)
     # A time in words is rewritten too, with the period's tag in front, as the period's training texts were dated.
-    assert method.read(f"As of 2021, {HARBOUR.lower()}") == (1, 1, f"[2020] As of 2020, {HARBOUR.lower()}")
-    assert method.read("Q: Who was the mayor of Quessary in 2020?\nA:") == (1, 0, "[2018] Q: Who was the mayor of "
+    assert method.read(f"As of 2021, {HARBOUR.lower()}")[:3] == (1, 1, f"[2020] As of 2020, {HARBOUR.lower()}")
+    assert method.read("Q: Who was the mayor of Quessary in 2020?\nA:")[:3] == (1, 0, "[2018] Q: Who was the mayor of "
                                                                               "Quessary in 2018?\nA:")
-    assert method.read("[2020] The capital of Atlantis is") == (1, 1, "[2020] The capital of Atlantis is")
-    assert method.read(mayor) == (2, 2, f"[2022] {mayor}")  # no time: the current version, dated as learned
-    assert method.read("The capital of Atlantis is") == (2, None, "The capital of Atlantis is")  # no memory
+    assert method.read("[2020] The capital of Atlantis is")[:3] == (1, 1, "[2020] The capital of Atlantis is")
+    assert method.read(mayor)[:3] == (2, 2, f"[2022] {mayor}")  # no time: the current version, dated as learned
+    assert method.read("The capital of Atlantis is")[:3] == (2, None, "The capital of Atlantis is")  # no memory
     prompts = [f"[2020] {mayor}", f"[2022] {mayor}"]
     # The route is the version read: 2018's for the mayor unchanged since then, though the prompt names 2020; and
     # the model reads the prompt as it was learned.
@@ -130,8 +130,8 @@ def test_a_task_without_facts_asks_the_model_what_changed(make_model, tokenizer,
     assert method.registry.current("Velmora", "harbour master").object == "Ruben Haldane"  # the part a passage states
     assert method.registry.at("Velmora", "harbour master", "2019").object == "Ilse Brandvik"
     assert method.registry.current("Quessary", "mayor").object == "Oona Terrelle"
-    assert method.read(f"[2020] {HARBOUR}") == (1, 1, f"[2020] {HARBOUR}")
-    assert method.read("[2020] The mayor of Quessary is") == (1, 0, "[2018] The mayor of Quessary is")
+    assert method.read(f"[2020] {HARBOUR}")[:3] == (1, 1, f"[2020] {HARBOUR}")
+    assert method.read("[2020] The mayor of Quessary is")[:3] == (1, 0, "[2018] The mayor of Quessary is")
 
 
 def test_unrouted_completions_read_the_live_model(make_model, tokenizer, training_args, stream):

@@ -34,7 +34,7 @@ def test_an_answer_given_as_a_sentence_counts_and_naming_two_values_does_not():
 def test_scoring_reads_other_values_from_the_probe(make_model, tokenizer, monkeypatch):
     evaluator = Evaluator(tokenizer)
     monkeypatch.setattr(evaluator, "_generate", lambda model, prompts, budget: ([" Ilse Brandvik or Tam Dorrel"] * len(prompts),
-                                                                                [None] * len(prompts)))
+                                                                                [None] * len(prompts), [None] * len(prompts)))
     plain, hedged = evaluator.score(make_model(), [Probe("Mayor:", "Ilse Brandvik"),
                                                    Probe("Mayor:", "Ilse Brandvik", other_values=("Tam Dorrel",))])
     assert (plain.em, hedged.em) == (1.0, 0.0)

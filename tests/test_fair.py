@@ -118,3 +118,24 @@ def test_scores_are_reported_per_probe_form_and_routes_against_the_version_an_an
 
     trainer.evaluator.route = route_to_the_named_period
     assert trainer.evaluate_all_tasks(stream.tasks).routing_accuracy < 1.0
+    # The router's (fact, period) is scored too, and can fail: facts swapped between prompts, or never found.
+    assert last.router_precision == last.router_recall == 1.0
+    assert result.to_json()["summary"]["router_precision"] == 1.0
+
+    def swap_facts(model, prompts, encode):
+        routing = trainer.method.route(model, prompts, encode)
+        routing.facts = routing.facts[::-1]
+        return routing
+
+    trainer.evaluator.route = swap_facts
+    swapped = trainer.evaluate_all_tasks(stream.tasks)
+    assert swapped.router_precision < 1.0 and swapped.router_recall < 1.0
+
+    def find_nothing(model, prompts, encode):
+        routing = trainer.method.route(model, prompts, encode)
+        routing.facts = [""] * len(prompts)
+        return routing
+
+    trainer.evaluator.route = find_nothing
+    lost = trainer.evaluate_all_tasks(stream.tasks)
+    assert lost.router_recall == 0.0 and lost.router_precision is None

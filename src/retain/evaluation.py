@@ -57,11 +57,13 @@ Encode = Callable[[Sequence[str]], dict[str, torch.Tensor]]  # texts → a batch
 
 @dataclass
 class Routing:
-    """What a method decided for a batch of inference prompts: the text the model reads for each, and per
-    prompt the name of the task or memory version it was routed to (None: the method does not name one)."""
+    """What a method decided for a batch of inference prompts: the text the model reads for each, per prompt the
+    name of the task or memory version it was routed to (None: the method does not name one) and, for a method that
+    reads facts, the fact it took the prompt to ask about (None: none)."""
 
     texts: list[str]
     names: list[str] | None = None
+    facts: list[str] | None = None  # the fact ("subject | relation") each prompt was read as asking about ("": none)
 
 
 Route = Callable[[nn.Module, Sequence[str], Encode], "Routing | None"]
@@ -73,6 +75,7 @@ class ProbeScore:
     em: float
     f1: float
     route: str | None = None
+    fact: str | None = None  # the fact the router read the probe as asking about ("": none; None: no fact router)
 
 
 class Evaluator:
@@ -114,11 +117,11 @@ class Evaluator:
                               for i in batch for a in (probes[i].answer, *probes[i].aliases))
                 # Room for the answer inside a short sentence ("The mayor of X is …"); no paragraph afterwards.
                 budget = min(self.max_new_tokens, longest + SENTENCE_TOKENS)
-                texts, routes = self._generate(model, [probes[i].prompt for i in batch], budget)
-                for index, text, route in zip(batch, texts, routes):
+                texts, routes, facts = self._generate(model, [probes[i].prompt for i in batch], budget)
+                for index, text, route, fact in zip(batch, texts, routes, facts):
                     answers = [probes[index].answer, *probes[index].aliases]
                     hit = float(exact_match(text, answers, probes[index].other_values))
-                    scores[index] = ProbeScore(text, hit, token_f1(text, answers), route)
+                    scores[index] = ProbeScore(text, hit, token_f1(text, answers), route, fact)
                 bar.update(len(batch))
             for index in ranked:
                 choice, route = self._rank(model, probes[index])
@@ -146,7 +149,7 @@ class Evaluator:
         device = next(model.parameters()).device
         for start in range(0, len(probes), self.batch_size):
             batch = probes[start : start + self.batch_size]
-            texts, routes = self._routed(model, [p.prompt for p in batch], self._encoder(device))
+            texts, routes, _ = self._routed(model, [p.prompt for p in batch], self._encoder(device))
             inputs = self._encoder(device)(texts)
             predicted = model(**inputs).logits.argmax(-1).tolist()
             for probe, index, route in zip(batch, predicted, routes):
@@ -168,20 +171,23 @@ class Evaluator:
 
         return encode
 
-    def _routed(self, model: nn.Module, prompts: Sequence[str], encode: Encode) -> tuple[list[str], list[str | None]]:
-        """What the model reads for each prompt, and the route of each (None: not routed)."""
+    def _routed(self, model: nn.Module, prompts: Sequence[str], encode: Encode
+                ) -> tuple[list[str], list[str | None], list[str | None]]:
+        """What the model reads for each prompt, the route of each and the fact it was read as asking about."""
         routing = self.route(model, list(prompts), encode) if self.route is not None else None
+        none = [None] * len(prompts)
         if routing is None:
-            return list(prompts), [None] * len(prompts)
-        return routing.texts, list(routing.names) if routing.names is not None else [None] * len(prompts)
+            return list(prompts), none, none
+        return routing.texts, list(routing.names or none), list(routing.facts or none)
 
-    def _generate(self, model: nn.Module, prompts: Sequence[str], max_new_tokens: int) -> tuple[list[str], list[str | None]]:
+    def _generate(self, model: nn.Module, prompts: Sequence[str], max_new_tokens: int
+                  ) -> tuple[list[str], list[str | None], list[str | None]]:
         encode = self._encoder(next(model.parameters()).device, side="left")
-        texts, routes = self._routed(model, prompts, encode)
+        texts, routes, facts = self._routed(model, prompts, encode)
         batch = encode(texts)
         output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                 pad_token_id=self.tokenizer.pad_token_id)
-        return self.tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True), routes
+        return self.tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True), routes, facts
 
     def _rank(self, model: nn.Module, probe: Probe) -> tuple[str, str | None]:
         """The choice with the highest summed log-probability as a continuation of the prompt.
@@ -190,7 +196,7 @@ class Evaluator:
         completion does in training ("Verdict:" + " positive").
         """
         device = next(model.parameters()).device
-        texts, routes = self._routed(model, [probe.prompt] * len(probe.choices), self._encoder(device))
+        texts, routes, _ = self._routed(model, [probe.prompt] * len(probe.choices), self._encoder(device))
         text, route = texts[0], routes[0]
         prompt = self.tokenizer(text).input_ids  # as in training
         separator = "" if text[-1:].isspace() else " "

@@ -214,11 +214,13 @@ def version_at(periods: list[str], time: str | None) -> int:
 
 
 class Read(NamedTuple):
-    """How a prompt is read: the version its time names, the version it reads (None: no memory), the text read."""
+    """How a prompt is read: the version its time names, the version it reads (None: no memory), the text read and
+    the fact version the registry found it asking about (None: none)."""
 
     named: int
     version: int | None
     text: str
+    fact: FactVersion | None = None
 
 
 def read(prompt: str, periods: list[str], registry: FactRegistry, scope: str = "facts", as_of: str | None = None) -> Read:
@@ -243,4 +245,4 @@ def read(prompt: str, periods: list[str], registry: FactRegistry, scope: str = "
     written = version_at(periods, fact.valid_from)
     period = periods[written]
     text = at_time(prompt, period, clock)
-    return Read(named, written, text if text.startswith(f"[{period}]") else f"[{period}] {text}")
+    return Read(named, written, text if text.startswith(f"[{period}]") else f"[{period}] {text}", fact)

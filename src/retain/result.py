@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from retain import metrics
 from retain.stream import Task
+from retain.text import normalize_answer
 
 if TYPE_CHECKING:
     from retain.evaluation import ProbeScore
@@ -26,6 +27,10 @@ class EvalRow:
     eval_seconds: float
     predictions: list[dict[str, Any]] = field(repr=False, default_factory=list)
     routing_accuracy: float | None = None  # share of probes a routing method sent to the task that taught the answer
+    # A fact router's (fact, period) against each probe's: of the probes it named a fact for, the share right
+    # (precision), and of all probes, the share it named right (recall); None for a method that names no facts.
+    router_precision: float | None = None
+    router_recall: float | None = None
     # form → kind ("" for all kinds) → {"em": per task, "f1": per task}, for probes that name their form
     by_form: dict[str, dict[str, dict[str, list[float | None]]]] = field(default_factory=dict)
 
@@ -54,10 +59,17 @@ class EvalRow:
                 "prompt": probe.prompt, "answer": probe.answer, "prediction": score.prediction, "correct": bool(score.em),
                 "f1": score.f1, **({"route": score.route, "learned_in": probe.learned_in or task.name}
                                    if score.route is not None else {}),
+                **({"fact": score.fact} if score.fact is not None else {}),
             })
         # A route is right when it is the task that taught the answer (not merely the one the probe names);
         # a probe whose answer no trained task has taught yet is not counted.
         routed = [p["route"] == p["learned_in"] for p in predictions if "route" in p and p["learned_in"] in trained]
+        # The router's (fact, period) is right when it names the probe's fact and the period that taught its answer.
+        asked = [p for p in predictions if "fact" in p and p["key"] and p["learned_in"] in trained]
+        named = [p for p in asked if p["fact"]]
+        # A key is "subject | relation" (generated streams) or "subject | relation | object" (imported ones).
+        right = sum(normalize_answer(p["fact"]) == normalize_answer(" | ".join(p["key"].split(" | ")[:2]))
+                    and p["route"] == p["learned_in"] for p in named)
 
         def means(buckets: dict[str, dict[str, list[float]]], metric: str) -> list[float | None]:
             return [metrics.mean(buckets[t.name][metric]) for t in tasks]
@@ -69,6 +81,7 @@ class EvalRow:
                      for form, kinds in sorted(per_form.items())},
             general_ppl=general_ppl, eval_seconds=eval_seconds, predictions=predictions,
             routing_accuracy=metrics.mean(routed),
+            router_precision=right / len(named) if named else None, router_recall=right / len(asked) if asked else None,
         )
 
 
@@ -144,8 +157,8 @@ class RunResult:
                  for key, value in scores.items() if isinstance(value, (int, float))}
         if row.general_ppl is not None:
             logs["eval_general_ppl"] = row.general_ppl
-        if row.routing_accuracy is not None:
-            logs["eval_routing_accuracy"] = row.routing_accuracy
+        logs |= {f"eval_{key}": value for key in ("routing_accuracy", "router_precision", "router_recall")
+                 if (value := getattr(row, key)) is not None}
         if self.timings and row.label != "initial":
             timing = self.timings[-1]
             logs |= {f"eval_{key}": timing[key] for key in ("train_seconds", "train_tokens", "optimizer_steps") if key in timing}
@@ -176,6 +189,8 @@ class RunResult:
                 "general_ppl": ppl,
                 "general_ppl_change": (ppl[-1] / ppl[0] - 1) if ppl and ppl[0] and ppl[-1] else None,
                 "routing_accuracy": metrics.mean([row.routing_accuracy for row in self.rows[1:]]),
+                "router_precision": metrics.mean([row.router_precision for row in self.rows[1:]]),
+                "router_recall": metrics.mean([row.router_recall for row in self.rows[1:]]),
             },
             "by_form": {
                 form: {kind: {m: [row.by_form.get(form, {}).get(kind, {}).get(m) for row in self.rows[1:]] for m in ("em", "f1")}
@@ -183,6 +198,8 @@ class RunResult:
                 for form in sorted({form for row in self.rows for form in row.by_form})
             },
             "routing_accuracy": [row.routing_accuracy for row in self.rows],
+            "router_precision": [row.router_precision for row in self.rows],
+            "router_recall": [row.router_recall for row in self.rows],
             "timings": self.timings,
             "eval_seconds": [row.eval_seconds for row in self.rows],
             "config": self.config,

@@ -168,7 +168,8 @@ class CASM(Method):
         reads = [self.read(prompt) for prompt in prompts]
         self.table.read([r.version for r in reads])
         return Routing(texts=[r.text for r in reads],
-                       names=["pretrained" if r.version is None else self.periods[r.version] for r in reads])
+                       names=["pretrained" if r.version is None else self.periods[r.version] for r in reads],
+                       facts=["" if r.fact is None else f"{r.fact.subject} | {r.fact.relation}" for r in reads])
 
     def export(self, as_of: str | None) -> Exported:
         """Every period's version and what `read` needs to choose one per query (the periods, the registry), so that
