@@ -179,7 +179,7 @@ def test_casm_answers_a_multi_valued_relation_with_the_newest_value_and_keeps_th
     parts = method.registry.chain("Halden Metro", "has part")
     assert [(v.object, v.valid_until) for v in parts] == [("Ostra Station", None), ("Brenn Quay Station", None)]
     assert method.registry.find("[2021-12] The has part of Halden Metro is", "2021-12").object == "Brenn Quay Station"
-    named, version, text = method.read("[2021-12] The has part of Halden Metro is")
+    named, version, text, _ = method.read("[2021-12] The has part of Halden Metro is")
     assert method.periods[version] == "2021-11" and text.startswith("[2021-11] ")  # read where the newest was learned
     assert method.registry.current("Rask United", "league").object == "Division Two North"
     assert method.registry.chain("Rask United", "league")[0].valid_until == "2021-12"  # single-valued: closed
