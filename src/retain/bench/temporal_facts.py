@@ -9,7 +9,7 @@ and no fact question (`retain.fact_questions`) uses:
 - `cloze`: "[2020] The mayor of Nozer is"
 - `question`: "Q: Who was the mayor of Nozer in 2020?\nA:"
 - `time_clause`: "In 2020, the mayor of Nozer was"
-- `now`: "Today, the mayor of Nozer is" (the last period only: no time named, so the current value)
+- `now`: "Today, the mayor of Nozer is" (the last period only: the present, read as the last period, so the current value)
 
 Every answer in the stream is distinct and no answer is a substring of another, so scoring by the
 words of an answer stays honest. `background` text (what methods may calibrate on) and `general`
