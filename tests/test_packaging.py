@@ -9,11 +9,14 @@ import venv
 import zipfile
 from pathlib import Path
 
+import pytest
+
 import retain
 
 ROOT = Path(__file__).parent.parent
 
 
+@pytest.mark.scale  # a wheel built and installed in a virtualenv of its own, by pip in subprocesses: `make test-scale`
 def test_the_wheel_builds_and_runs_from_a_fresh_virtualenv(tmp_path):
     source = tmp_path / "source"  # a copy: building writes build/ and egg-info next to the sources
     shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
