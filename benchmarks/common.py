@@ -79,13 +79,18 @@ def compare_on_temporal_facts(args: argparse.Namespace, edit_stream: Callable[[P
         raise SystemExit("could not generate the stream")
     if edit_stream is not None:
         edit_stream(stream)
-    options = ["--model", args.model, "--seed", str(args.seed), "--num_train_epochs", str(args.epochs),
-               "--learning_rate", "2e-4", "--per_device_train_batch_size", str(args.batch_size),
-               "--per_device_eval_batch_size", str(args.eval_batch_size), "--lr_scheduler_type", "constant", "--warmup_steps", "0",
-               "--fact_questions", str(args.fact_questions),
-               "--disable_tqdm", "true", "--overwrite",
-               "--bf16", "false"]  # fp32 on every machine, so that CPU and GPU numbers compare (retain's GPU default is bf16)
+    options = [*training_options(args), "--per_device_eval_batch_size", str(args.eval_batch_size)]
     return runs, compare(stream, runs, args.methods.split(","), options, args.method_arg, method_lr)
+
+
+def training_options(args: argparse.Namespace) -> list[str]:
+    """The `retain compare` options every benchmark on facts shares: constant lr 2e-4, the args' model, seed, epochs,
+    batch size and fact questions."""
+    return ["--model", args.model, "--seed", str(args.seed), "--num_train_epochs", str(args.epochs),
+            "--learning_rate", "2e-4", "--per_device_train_batch_size", str(args.batch_size),
+            "--lr_scheduler_type", "constant", "--warmup_steps", "0", "--fact_questions", str(args.fact_questions),
+            "--disable_tqdm", "true", "--overwrite",
+            "--bf16", "false"]  # fp32 on every machine, so that CPU and GPU numbers compare (retain's GPU default is bf16)
 
 
 def preset_name(args: argparse.Namespace) -> str:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, compare, condense, machine, write
+from common import ROOT, compare, condense, machine, training_options, write
 from temporal import aggregate, print_summary
 
 from retain.fact_questions import DEFAULT_WORDINGS, WORDINGS
@@ -55,11 +55,7 @@ def main() -> None:
     for seed in seeds:
         runs, stream = root / f"seed{seed}", root / f"seed{seed}" / "stream"
         imported[str(seed)] = import_stream(args, seed, stream)
-        options = ["--model", args.model, "--seed", str(seed), "--num_train_epochs", str(args.epochs),
-                   "--learning_rate", "2e-4", "--per_device_train_batch_size", str(args.batch_size),
-                   "--lr_scheduler_type", "constant", "--warmup_steps", "0", "--fact_questions", str(args.fact_questions),
-                   "--disable_tqdm", "true", "--overwrite", "--bf16", "false"]
-        compare(stream, runs, args.methods.split(","), options)
+        compare(stream, runs, args.methods.split(","), training_options(argparse.Namespace(**{**vars(args), "seed": seed})))
         per_seed[str(seed)] = condense(runs)
     report = {"benchmark": "temporalwiki", "per_period": args.per_period, "model": args.model, "seeds": seeds,
               "epochs": args.epochs, "batch_size": args.batch_size, "fact_questions": args.fact_questions,

@@ -125,7 +125,7 @@ class FactRegistry:
         if not near:
             return None
         fewest = min(n for n, _ in near)
-        pairs = {fact_key(asdict(v)) for n, v in near if n == fewest}
+        pairs = {(_normalized(v.subject), _normalized(v.relation)) for n, v in near if n == fewest}
         return max((v for n, v in near if n == fewest), key=lambda v: v.id) if len(pairs) == 1 else None
 
     def observe(self, subject: str, relation: str, obj: str, valid_from: str, multi_valued: bool = False) -> Observation:

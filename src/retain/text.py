@@ -32,7 +32,7 @@ _ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
          "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
 _TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 _BELOW_100 = rf"(?:(?:{'|'.join(_TENS)})(?:[- ](?:{'|'.join(_ONES[1:10])}))?|{'|'.join(_ONES[1:])})"
-_SPOKEN_YEAR = re.compile(rf"\b(?:(?P<century>nineteen|twenty)[- ](?:(?P<oh>oh|o)[- ])?(?P<rest>{_BELOW_100}|hundred)"
+_SPOKEN_YEAR = re.compile(rf"\b(?:(?P<century>nineteen|twenty)[- ](?:(?:oh|o)[- ])?(?P<rest>{_BELOW_100}|hundred)"
                           rf"|two thousand(?: and)?(?: (?P<after>{_BELOW_100}))?)\b", re.IGNORECASE)
 # Words a date parser takes into a time's span that belong to the sentence around it.
 _AROUND = {"in", "of", "on", "at", "from", "and", "the", "since", "by", "during", "to", "until", "as", "for", "back",
