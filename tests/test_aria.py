@@ -201,3 +201,33 @@ def test_consolidation_steps_move_only_the_slow_pathway(make_model, tokenizer, t
     method.after_task(trainer.model, TaskData(task, trainer.tokenize(task.train), trainer.collate), context)
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= set(method.slow_parameters(trainer.model))
+
+
+@pytest.mark.parametrize("shared_tasks", [0, 1])
+def test_isolation_keeps_a_routed_earlier_tasks_outputs(make_model, tokenizer, training_args, shared_tasks):
+    trainer, method = aria_trainer(make_model, tokenizer, training_args, shared_tasks=shared_tasks)
+    stream = separable_stream()
+    trainer.start_stream(stream)
+    trainer.add_task(stream.tasks[0])
+    trainer.consolidate_task()
+    batch = tokenizer([p.prompt for p in stream.tasks[0].probes], return_tensors="pt", padding=True)
+    trainer.model.eval()
+    with torch.no_grad():
+        before = trainer.model(**batch).logits
+    trainer.add_task(stream.tasks[1])
+    trainer.consolidate_task()
+    trainer.model.eval()
+    with torch.no_grad():
+        after = trainer.model(**batch).logits
+    assert all(b.active.tolist() == [0, 0] for b in method.adapter_blocks)  # routed to the first task's adapter
+    if shared_tasks:
+        assert torch.equal(after, before)
+        own = sum(p.numel() for b in method.adapter_blocks for p in b.adapters[1].parameters())
+        assert trainer.last_timing["trainable_parameters"] == own  # the second task trained its adapter alone
+    else:  # the control: without isolation the shared pathways move and the same inputs answer differently
+        assert not torch.allclose(after, before)
+
+
+def test_isolation_needs_adapters():
+    with pytest.raises(MethodError, match="shared_tasks"):
+        ARIAConfig(shared_tasks=1, adapter_dim=0)

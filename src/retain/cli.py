@@ -24,7 +24,7 @@ from transformers.utils import logging as hf_logging
 
 from retain import __version__, export, recipes
 from retain.arguments import ContinualTrainingArguments
-from retain.bench import task_suite, temporal_facts
+from retain.bench import conflicting_rules, task_suite, temporal_facts
 from retain.importers import write_imported
 from retain.importers.casm import import_casm
 from retain.importers.temporalwiki import import_temporalwiki
@@ -153,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--train-examples", type=int, default=48)
     suite.add_argument("--probes", type=int, default=16)
     suite.add_argument("--seed", type=int, default=0)
+    conflicting = kinds.add_parser("conflicting-rules", help="yes/no tasks whose rules contradict on the same inputs")
+    conflicting.add_argument("--output", required=True, help="directory to write the stream to")
+    conflicting.add_argument("--tasks", type=int, default=3)
+    conflicting.add_argument("--train-examples", type=int, default=48)
+    conflicting.add_argument("--probes", type=int, default=24)
+    conflicting.add_argument("--named", action=argparse.BooleanOptionalAction, default=True,
+                             help="name the rule in the prompt (--no-named: only the items' content tells the task)")
+    conflicting.add_argument("--seed", type=int, default=0)
     ask = commands.add_parser("ask", help="complete prompts with the model of a trained run (its last checkpoint)")
     ask.add_argument("--run", required=True, help="a run directory of `retain run` or one method's of `retain compare`")
     ask.add_argument("--max-new-tokens", type=int, default=24)
@@ -231,6 +239,9 @@ def _generate(args: argparse.Namespace) -> None:
     if args.kind == "temporal-facts":
         options = {k: v for k, v in vars(args).items() if k not in ("command", "kind", "output", "preset")}
         stream = temporal_facts.generate(temporal_facts.config_from_options(args.preset, **options))
+    elif args.kind == "conflicting-rules":
+        stream = conflicting_rules.generate(conflicting_rules.ConflictingRulesConfig(
+            tasks=args.tasks, train_examples=args.train_examples, probes=args.probes, named=args.named, seed=args.seed))
     else:
         config = task_suite.TaskSuiteConfig(train_examples=args.train_examples, probes=args.probes, seed=args.seed)
         stream = task_suite.generate(config)

@@ -35,11 +35,7 @@ Example = tuple[str, str, tuple[str, ...]]  # prompt, answer, choices
 
 def generate(config: TaskSuiteConfig = TaskSuiteConfig(), name: str = "task-suite") -> Stream:
     rng = random.Random(config.seed)
-    words: list[str] = []
-    while len(words) < 24:
-        word = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(2)) + rng.choice(["", "n", "k", "x"])
-        if word not in words:
-            words.append(word)
+    words = invented_words(rng, 24)
     verdict_cues = {w: VERDICTS[i % 2] for i, w in enumerate(words[:8])}
     section_cues = {w: SECTIONS[i % 4] for i, w in enumerate(words[4:12])}  # overlaps the verdict cues on purpose
     fillers = words[12:]
@@ -65,6 +61,16 @@ def generate(config: TaskSuiteConfig = TaskSuiteConfig(), name: str = "task-suit
     tasks = [_task(task_name, make, config) for task_name, make in
              (("verdict", verdict), ("section", section), ("extract", extract), ("reverse", reverse))]
     return Stream(name=name, tasks=tasks)
+
+
+def invented_words(rng: random.Random, count: int) -> list[str]:
+    """`count` distinct two-syllable words no pretrained model has a meaning for."""
+    words: list[str] = []
+    while len(words) < count:
+        word = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(2)) + rng.choice(["", "n", "k", "x"])
+        if word not in words:
+            words.append(word)
+    return words
 
 
 def _task(name: str, make: Callable[[], Example], config: TaskSuiteConfig) -> Task:

@@ -10,6 +10,8 @@
   so it is exact under gradient accumulation.
 - SPC: after each task, the diagonal Fisher of the slow pathway anchors it with λ·Σ F(θ−θ*)²,
   all tasks merged into one (F, θ*) pair.
+- Isolation (`shared_tasks=k`): from task k+1 on, only the task's own adapter trains; everything an
+  earlier task's answers depend on is frozen, so it forgets nothing its input is routed right for.
 - Task adapters: a zero-initialised bottleneck adapter per task after each chosen feed-forward
   block, trained in its task and frozen after. Given the whole stream, the model holds every task's
   adapter before training starts (so FSDP shards them with the rest); each is drawn afresh when its
@@ -71,6 +73,10 @@ class ARIAConfig(MethodConfig):
                 "the slow side) under SPC, moving what the task taught into the consolidated weights.", "min": 0})
     gate: bool = field(default=True, metadata={"help": "Split feed-forward blocks into gated fast/slow pathways."})
     dampening: bool = field(default=True, metadata={"help": "Scale slow-pathway gradients by (1 − mean π)."})
+    shared_tasks: int = field(default=0, metadata={
+        "help": "Tasks in which the shared pathways (fast, gates, slow, new heads) train; later tasks train only their "
+                "own adapter, so an earlier task routed to its adapter answers as it did (0: every task trains them).",
+        "min": 0})
     fast_rank: int = field(default=0, metadata={"help": "0: the fast pathway is a full copy; r>0: slow + a rank-r bottleneck.",
                                                  "min": 0})
     layers: str | None = field(default=None, metadata={"help": "Comma-separated decoder layers to modify; None = all."})
@@ -83,6 +89,8 @@ class ARIAConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         layer_list(self, self.layers)
+        if self.shared_tasks and not self.adapter_dim:
+            self.fail("shared_tasks", "needs per-task adapters (adapter_dim > 0): later tasks would train nothing")
 
     def layer_indices(self) -> list[int] | None:
         return layer_list(self, self.layers)
@@ -179,15 +187,22 @@ class ARIA(Method):
         slow = self._ids(self.feed_forwards)
         current = self._current_ids()
         adapters = self._ids(self.adapter_blocks) - self._ids([b.block for b in self.adapter_blocks])
+        shared = not self._isolated()
         for p in model.parameters():
-            if id(p) in fast or id(p) in current:
+            if id(p) in current:
                 p.requires_grad_(True)
+            elif id(p) in fast:
+                p.requires_grad_(shared)
             elif id(p) in slow:
-                p.requires_grad_(self.config.slow_lr_ratio > 0)
+                p.requires_grad_(shared and self.config.slow_lr_ratio > 0)
             elif id(p) in adapters:
                 p.requires_grad_(False)  # earlier tasks' adapters stay as their task left them
             else:
-                p.requires_grad_(self.config.shared_lr_ratio > 0)
+                p.requires_grad_(shared and self.config.shared_lr_ratio > 0)
+
+    def _isolated(self) -> bool:
+        """Whether the task being trained may change only its own adapter."""
+        return 0 < self.config.shared_tasks <= self._current
 
     def optimizer(self, model: nn.Module, context: TrainingContext) -> list[dict[str, Any]]:
         slow = self._ids(self.feed_forwards)
@@ -215,11 +230,12 @@ class ARIA(Method):
                 sums = reduce(torch.stack([(g.plasticity.detach() * weights).sum() for g in self.gated]), "sum")
                 self._dampening = list(1.0 - sums / tokens)  # no host sync
             steps = context.step if self.config.warmup_scope == "task" else context.run_step
-            if self.config.plasticity_lambda > 0 and steps >= self.config.warmup_steps:
+            # Frozen gates: the regulariser's only gradient would push the task's adapter to decide them.
+            if self.config.plasticity_lambda > 0 and steps >= self.config.warmup_steps and not self._isolated():
                 # × processes: the data-parallel wrapper averages gradients over processes; this term is a share of a sum.
                 spread = torch.stack([(g.plasticity * (1 - g.plasticity) * weights).sum() / tokens for g in self.gated])
                 terms.append(self.config.plasticity_lambda * spread.mean() * PartialState().num_processes)
-        if self.config.spc_lambda > 0:
+        if self.config.spc_lambda > 0 and not self._isolated():  # isolated, the slow pathway is frozen
             # Dampening scales the whole gradient of a slow weight, its anchor's pull included.
             dampened = {name: self._dampening[index] for name, index in self._slow_layer.items()
                         if self._dampening[index] is not None}
