@@ -132,6 +132,22 @@ def condense(output: Path) -> dict[str, Any]:
     return condensed
 
 
+def joint_upper_bound(stream_dir: Path, model_name: str, training: dict[str, Any], output: Path) -> dict[str, Any]:
+    """The multi-task upper bound: full fine-tuning with `training` (ContinualTrainingArguments fields) on the union of
+    every task's examples at once, scored on each task's probes."""
+    from retain import ContinualTrainer, ContinualTrainingArguments, load_model, load_stream
+    from retain.bench.task_suite import joint
+
+    started = time.time()
+    stream = load_stream(stream_dir)
+    model, tokenizer = load_model(model_name, seed=training["seed"])
+    trainer = ContinualTrainer(model, ContinualTrainingArguments(output_dir=str(output), **training), processing_class=tokenizer)
+    trainer.add_task(joint(stream))
+    trainer.consolidate_task()
+    row = trainer.evaluate_all_tasks(stream.tasks, label="joint")
+    return {"tasks": stream.task_names, "em": row.em, "acc": sum(row.em) / len(row.em), "seconds": time.time() - started}
+
+
 def machine() -> dict[str, Any]:
     return {"cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__}

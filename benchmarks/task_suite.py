@@ -11,13 +11,9 @@ joint model's score per task.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from common import ROOT, compare, condense, machine, print_table, retain, write
-
-from retain import ContinualTrainer, ContinualTrainingArguments, load_model, load_stream
-from retain.bench.task_suite import joint
+from common import ROOT, compare, condense, joint_upper_bound, machine, print_table, retain, write
 
 
 def main() -> None:
@@ -38,21 +34,12 @@ def main() -> None:
     seconds = compare(stream_dir, args.runs, args.methods.split(","), [*flags, "--model", args.model, "--overwrite"])
     methods = condense(args.runs)
 
-    # The upper bound: the same training, on the union of all tasks at once.
-    started = time.time()
-    stream = load_stream(stream_dir)
-    model, tokenizer = load_model(args.model, seed=args.seed)
-    train_args = ContinualTrainingArguments(output_dir=str(args.runs / "joint"), **training)
-    trainer = ContinualTrainer(model, train_args, processing_class=tokenizer)
-    trainer.add_task(joint(stream))
-    trainer.consolidate_task()
-    row = trainer.evaluate_all_tasks(stream.tasks, label="joint")
-    upper = {"tasks": stream.task_names, "em": row.em, "acc": sum(row.em) / len(row.em), "seconds": time.time() - started}
+    upper = joint_upper_bound(stream_dir, args.model, training, args.runs / "joint")
 
     write(args.output, {"benchmark": "task_suite", "model": args.model, "seed": args.seed, "epochs": args.epochs,
                         "machine": machine(), "wall_seconds": seconds, "joint_upper_bound": upper, "methods": methods})
     print_table(methods, ["acc", "bwt", "forgetting"])
-    print(f"joint  ACC {upper['acc']:.3f}  per task {[round(v, 3) for v in row.em]}")
+    print(f"joint  ACC {upper['acc']:.3f}  per task {[round(v, 3) for v in upper['em']]}")
 
 
 if __name__ == "__main__":

@@ -288,3 +288,9 @@ def test_an_output_that_cannot_be_written_is_refused_before_anything(tmp_path, s
     (tmp_path / "ro").mkdir()
     fails(capsys, ["run", "--stream", str(stream), *FAST, "--output", str(tmp_path / "ro" / "run")],
           r"--output .*ro/run: cannot write there \(.*ro is read-only or not writable\)")
+
+
+def test_generate_conflicting_rules_refuses_bad_sizes_before_writing(tmp_path, capsys):
+    fails(capsys, ["generate", "conflicting-rules", "--tasks", "9", "--output", str(tmp_path / "s")],
+          r"conflicting rules: tasks must be 2 to 8, got 9")
+    assert not (tmp_path / "s").exists()

@@ -4,7 +4,7 @@ from collections import defaultdict
 import pytest
 
 from retain import load_stream, save_stream
-from retain.bench import task_suite, temporal_facts
+from retain.bench import conflicting_rules, task_suite, temporal_facts
 from retain.bench.temporal_facts import PRESETS, TemporalFactsConfig, generate
 from retain.text import normalize_answer
 
@@ -142,3 +142,42 @@ def test_task_suite_is_deterministic_and_well_formed(tmp_path):
         trained = {e["prompt"] for e in task.train}
         assert len(trained) == 20 and not trained & {p.prompt for p in task.probes}
     assert len(task_suite.joint(stream).train) == 80
+
+
+def _items(task):
+    """Each sentence of a task (its prompt without the rule's name) with its label, training and probes together."""
+    def item(prompt):
+        return prompt.split(": ", 1)[1]
+    return {item(e["prompt"]): e["completion"].strip() for e in task.train} | {item(p.prompt): p.answer for p in task.probes}
+
+
+def test_conflicting_rules_contradict_on_the_same_sentences(tmp_path):
+    config = conflicting_rules.ConflictingRulesConfig(tasks=4, train_examples=30, probes=10, seed=5)
+    save_stream(conflicting_rules.generate(config), tmp_path / "a")
+    save_stream(conflicting_rules.generate(config), tmp_path / "b")
+    assert same_tree(tmp_path / "a", tmp_path / "b")
+    stream = conflicting_rules.generate(config)
+    assert stream.task_names == ["alpha", "beta", "gamma", "delta"]
+    items = [_items(task) for task in stream.tasks]
+    assert all(len(i) == 40 and i.keys() == items[0].keys() for i in items)  # one set of sentences for every task
+    assert all(items[1][s] != items[0][s] for s in items[0])  # the second rule negates the first
+    for later in range(2, 4):  # each later rule agrees with every earlier one somewhere and contradicts it somewhere
+        for earlier in range(later):
+            agree = [items[later][s] == items[earlier][s] for s in items[0]]
+            assert any(agree) and not all(agree)
+    for task in stream.tasks:
+        assert all(p.prompt.startswith(f"Rule {task.name}: ") and p.choices == ("yes", "no") for p in task.probes)
+        assert not {e["prompt"] for e in task.train} & {p.prompt for p in task.probes}
+
+
+def test_conflicting_rules_without_names_differ_only_in_content():
+    stream = conflicting_rules.generate(conflicting_rules.ConflictingRulesConfig(named=False, train_examples=20, probes=5))
+    fillers = [{w for s in _items(task) for w in s.split()[1::2]} for task in stream.tasks]  # "the A cue B": A and B
+    assert all(not fillers[i] & fillers[j] for i in range(3) for j in range(i))
+    assert all(p.prompt.startswith("Item: the ") for task in stream.tasks for p in task.probes)
+
+
+@pytest.mark.parametrize("bad", [dict(tasks=1), dict(tasks=9), dict(probes=0), dict(train_examples=2000)])
+def test_invalid_conflicting_rules_are_refused(bad):
+    with pytest.raises(ValueError, match="conflicting rules"):
+        conflicting_rules.ConflictingRulesConfig(**bad)

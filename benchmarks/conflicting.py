@@ -1,0 +1,104 @@
+"""ARIA on tasks whose rules contradict each other on the same inputs, against full_ft and the joint upper bound.
+
+Each seed generates its own conflicting-rules stream (`retain generate conflicting-rules`) and trains, in one
+`retain compare`, full_ft, ARIA with its defaults, and ARIA isolated after the first task (`shared_tasks=1`:
+later tasks train only their own adapter), plus any --variants; then one full fine-tune on every task's
+examples at once (the joint upper bound). Writes per seed and as mean ± sd: ACC, BWT, each task's accuracy
+when learned and at the end, routing accuracy, training seconds, step time and optimizer state against full_ft.
+
+    python benchmarks/conflicting.py                      # rule named in the prompt, seeds 0,1,2
+    python benchmarks/conflicting.py --no-named           # only the items' content tells the task
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, compare, condense, joint_upper_bound, machine, mean_sd, retain, write
+
+VARIANTS = {"aria": [], "aria_isolated": ["shared_tasks=1"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--named", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--tasks", type=int, default=3)
+    parser.add_argument("--train-examples", type=int, default=48)
+    parser.add_argument("--probes", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--variants", nargs="*", default=[], metavar="NAME:KEY=VALUE,...",
+                        help="more ARIA variants, e.g. aria_r16:fast_rank=16")
+    parser.add_argument("--runs", type=Path, default=None, help="default: runs/bench-conflicting-<named|unnamed>")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default: benchmarks/results/conflicting_<named|unnamed>.json")
+    args = parser.parse_args()
+    kind = "named" if args.named else "unnamed"
+    runs = args.runs or ROOT / "runs" / f"bench-conflicting-{kind}"
+    output = args.output or ROOT / "benchmarks" / "results" / f"conflicting_{kind}.json"
+    variants = VARIANTS | {name: extra.split(",") for name, extra in (v.split(":", 1) for v in args.variants)}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    started = time.time()
+
+    per_seed: dict[int, dict[str, Any]] = {}
+    for seed in seeds:
+        stream = runs / f"seed-{seed}" / "stream"
+        if retain(["generate", "conflicting-rules", "--seed", str(seed), "--tasks", str(args.tasks), "--train-examples",
+                   str(args.train_examples), "--probes", str(args.probes), "--named" if args.named else "--no-named",
+                   "--output", str(stream)]):
+            raise SystemExit("could not generate the stream")
+        training = dict(seed=seed, learning_rate=args.learning_rate, num_train_epochs=args.epochs, per_device_train_batch_size=8,
+                        per_device_eval_batch_size=32, lr_scheduler_type="constant", warmup_steps=0, disable_tqdm=True,
+                        report_to="none")
+        flags = [text for key, value in training.items() for text in (f"--{key}", str(value))]
+        compare(stream, runs / f"seed-{seed}" / "compare", ["full_ft", *(f"{name}=aria" for name in variants)],
+                [*flags, "--model", args.model, "--overwrite"],
+                [f"{name}.{arg}" for name, extra in variants.items() for arg in extra if arg])
+        per_seed[seed] = {"methods": condense(runs / f"seed-{seed}" / "compare"),
+                          "joint": joint_upper_bound(stream, args.model, training, runs / f"seed-{seed}" / "joint")}
+        print(f"seed {seed}: " + ", ".join(f"{name} ACC {m['summary']['acc']:.3f} BWT {m['summary']['bwt']:.3f}"
+                                           for name, m in per_seed[seed]["methods"].items())
+              + f", joint ACC {per_seed[seed]['joint']['acc']:.3f}", flush=True)
+
+    names = list(per_seed[seeds[0]]["methods"])
+    summary: dict[str, Any] = {}
+    for name in names:
+        rows = [per_seed[seed]["methods"][name] for seed in seeds]
+        speed = [row["speed"] for row in rows]
+        summary[name] = {
+            "acc": mean_sd([row["summary"]["acc"] for row in rows]),
+            "bwt": mean_sd([row["summary"]["bwt"] for row in rows]),
+            "bwt_per_seed": [row["summary"]["bwt"] for row in rows],
+            "acc_minus_joint": mean_sd([row["summary"]["acc"] - per_seed[seed]["joint"]["acc"] for row, seed in zip(rows, seeds)]),
+            "learned": mean_sd([sum(row["matrix"]["em"][i][i] for i in range(len(row["tasks"]))) / len(row["tasks"]) for row in rows]),
+            "routing_accuracy": [row["summary"].get("routing_accuracy") for row in rows],
+            "train_seconds": mean_sd([s["train_seconds"] for s in speed]),
+            "step_time_ratio_vs_full_ft": mean_sd([s.get("step_time_ratio_vs_full_ft") for s in speed]),
+            "trainable_parameters": [s["trainable_parameters"] for s in speed],
+            "optimizer_state_bytes": [s["optimizer_state_bytes"] for s in speed],
+        }
+    summary["joint"] = {"acc": mean_sd([per_seed[seed]["joint"]["acc"] for seed in seeds]),
+                        "train_seconds": mean_sd([per_seed[seed]["joint"]["seconds"] for seed in seeds])}
+    write(output, {
+        "benchmark": "conflicting_rules", "named": args.named, "model": args.model, "seeds": seeds, "tasks": args.tasks,
+        "train_examples": args.train_examples, "probes": args.probes, "epochs": args.epochs,
+        "learning_rate": args.learning_rate, "variants": variants, "machine": machine(),
+        "wall_seconds": time.time() - started, "summary": summary,
+        "per_seed": {str(seed): per_seed[seed] for seed in seeds},
+    })
+    print(f"{'method':16} {'ACC':>15} {'BWT':>16} {'step×':>6} routing")
+    for name in names:
+        row = summary[name]
+        step = row["step_time_ratio_vs_full_ft"]
+        print(f"{name:16} {row['acc']['mean']:6.3f} ± {row['acc']['sd']:.3f} {row['bwt']['mean']:7.3f} ± {row['bwt']['sd']:.3f} "
+              f"{step['mean'] if step else float('nan'):6.2f} {row['routing_accuracy']}")
+    print(f"{'joint':16} {summary['joint']['acc']['mean']:6.3f} ± {summary['joint']['acc']['sd']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
