@@ -7,6 +7,7 @@ from the runs themselves), parameter overhead, gate statistics and adapter routi
 
     python benchmarks/aria.py                       # 3 seeds, the embedded model
     python benchmarks/aria.py --seeds 0,1,2,3,4 --epochs 5
+    python benchmarks/aria.py --methods full_ft,aria,aria_isolated --speed-rounds 0 --output benchmarks/results/aria_isolated.json
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ VARIANTS = {
     "aria_no_spc": ["spc_lambda=0"],
     "aria_no_adapters": ["adapter_dim=0"],
     "aria_no_gate": ["gate=false"],
+    "aria_isolated": ["shared_tasks=1"],  # not an ablation: later tasks train only their own adapter
 }
 BASELINES = ["full_ft", "ewc", "replay"]
 
@@ -66,10 +68,16 @@ def main() -> None:
     parser.add_argument("--train-examples", type=int, default=24)
     parser.add_argument("--probes", type=int, default=12)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--speed-rounds", type=int, default=2)
+    parser.add_argument("--speed-rounds", type=int, default=2, help="back-to-back step timings (0: none)")
+    parser.add_argument("--methods", default=",".join([*BASELINES, *VARIANTS]), help="a subset of the baselines and variants")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-aria")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "aria.json")
     args = parser.parse_args()
+    chosen = args.methods.split(",")
+    if unknown := set(chosen) - {*BASELINES, *VARIANTS}:
+        raise SystemExit(f"--methods: unknown {', '.join(sorted(unknown))}; known: {', '.join([*BASELINES, *VARIANTS])}")
+    if "full_ft" not in chosen:
+        raise SystemExit("--methods: full_ft must be one of them (the step-time ratios' baseline)")
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.time()
 
@@ -83,11 +91,12 @@ def main() -> None:
         if retain(["generate", "task-suite", "--seed", str(seed), "--train-examples", str(args.train_examples),
                    "--probes", str(args.probes), "--output", str(streams[seed])]):
             raise SystemExit("could not generate the task suite")
-    speed = step_times(args.model, streams[seeds[0]], training(seeds[0]), args.speed_rounds)
-    print(f"step time aria / full_ft: {speed['ratio_vs_full_ft']:.2f}", flush=True)
+    speed = step_times(args.model, streams[seeds[0]], training(seeds[0]), args.speed_rounds) if args.speed_rounds else None
+    if speed:
+        print(f"step time aria / full_ft: {speed['ratio_vs_full_ft']:.2f}", flush=True)
 
-    methods = [*BASELINES, *(f"{name}=aria" for name in VARIANTS)]
-    variant_args = [f"{name}.{arg}" for name, extra in VARIANTS.items() for arg in extra]
+    methods = [m for m in BASELINES if m in chosen] + [f"{name}=aria" for name in VARIANTS if name in chosen]
+    variant_args = [f"{name}.{arg}" for name, extra in VARIANTS.items() if name in chosen for arg in extra]
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in seeds:
         flags = [text for key, value in (training(seed) | {"num_train_epochs": args.epochs}).items()

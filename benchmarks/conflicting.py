@@ -8,11 +8,14 @@ when learned and at the end, routing accuracy, training seconds, step time and o
 
     python benchmarks/conflicting.py                      # rule named in the prompt, seeds 0,1,2
     python benchmarks/conflicting.py --no-named           # only the items' content tells the task
+    python benchmarks/conflicting.py --resume --variants aria_r16:shared_tasks=1,fast_rank=16   # one more variant
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,10 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--variants", nargs="*", default=[], metavar="NAME:KEY=VALUE,...",
                         help="more ARIA variants, e.g. aria_r16:fast_rank=16")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the methods and joint bounds already finished in --runs (run with the same settings)")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each run's model checkpoints (several GB a seed); results and predictions are kept")
     parser.add_argument("--runs", type=Path, default=None, help="default: runs/bench-conflicting-<named|unnamed>")
     parser.add_argument("--output", type=Path, default=None,
                         help="default: benchmarks/results/conflicting_<named|unnamed>.json")
@@ -57,10 +64,16 @@ def main() -> None:
                         report_to="none")
         flags = [text for key, value in training.items() for text in (f"--{key}", str(value))]
         compare(stream, runs / f"seed-{seed}" / "compare", ["full_ft", *(f"{name}=aria" for name in variants)],
-                [*flags, "--model", args.model, "--overwrite"],
+                [*flags, "--model", args.model, *([] if args.resume else ["--overwrite"])],
                 [f"{name}.{arg}" for name, extra in variants.items() for arg in extra if arg])
-        per_seed[seed] = {"methods": condense(runs / f"seed-{seed}" / "compare"),
-                          "joint": joint_upper_bound(stream, args.model, training, runs / f"seed-{seed}" / "joint")}
+        joint = runs / f"seed-{seed}" / "joint.json"
+        if not (args.resume and joint.is_file()):
+            write(joint, joint_upper_bound(stream, args.model, training, runs / f"seed-{seed}" / "joint"))
+        per_seed[seed] = {"methods": condense(runs / f"seed-{seed}" / "compare"), "joint": json.loads(joint.read_text())}
+        if not args.keep_checkpoints:  # the scores are in result.json; a --resume keeps a complete run without its models
+            for name in per_seed[seed]["methods"]:
+                shutil.rmtree(runs / f"seed-{seed}" / "compare" / name / "checkpoints", ignore_errors=True)
+            shutil.rmtree(runs / f"seed-{seed}" / "joint", ignore_errors=True)
         print(f"seed {seed}: " + ", ".join(f"{name} ACC {m['summary']['acc']:.3f} BWT {m['summary']['bwt']:.3f}"
                                            for name, m in per_seed[seed]["methods"].items())
               + f", joint ACC {per_seed[seed]['joint']['acc']:.3f}", flush=True)

@@ -11,7 +11,8 @@ argv: a directory for the checkpoint.
   version, with the same logits, and a rollback restores the same rows.
 - aria: two tasks, one step each, on the shards as data parallel unsharded: the same gradients (dampened slow
   pathway, gate regulariser, the task's adapter drawn afresh, SPC from the second task), the same SPC Fisher and
-  anchors, task prototypes and routes, and the same routed logits.
+  anchors, task prototypes and routes, and the same routed logits; and isolated after the first task
+  (`shared_tasks=1`), the second task's gradient is its adapter's alone, sharded as unsharded.
 """
 
 import copy
@@ -175,65 +176,77 @@ if main:
 # aria: the sharded model against the unsharded one run data parallel (each process its half of the batch, gradients
 # averaged as DDP averages them), which the 2-process tests hold equal to one process
 rank, processes = dist.get_rank(), dist.get_world_size()
-arias, nets = [ARIA(ARIAConfig(adapter_dim=8, fisher_samples=2, warmup_steps=0, spc_lambda=50.0)) for _ in range(2)], []
-tasks = [Task(name=f"t{i}", train=[{"text": "unused"}], probes=[Probe("unused", "unused")]) for i in range(2)]
-for method in arias:
-    torch.manual_seed(6)  # the same gates
-    nets.append(method.prepare(load_model("tiny")[0]))
-    method.before_stream(nets[-1], StreamData(stream=Stream(name="s", tasks=tasks), tokenize=None, collate=None))
-shard(nets[1])
+
 
 def collate(features: list[dict]) -> dict:
     ids = torch.tensor([f["input_ids"] for f in features])
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
 
-for index, task in enumerate(tasks):
-    batch = torch.randint(0, 1000, (2, 10), generator=torch.Generator().manual_seed(8 + index))
-    features = [{"input_ids": ids.tolist(), "labels": ids.tolist()} for ids in batch]
-    gradients = []
+
+def aria_matches(**config) -> None:
+    arias, nets = [ARIA(ARIAConfig(adapter_dim=8, fisher_samples=2, warmup_steps=0, spc_lambda=50.0, **config))
+                   for _ in range(2)], []
+    tasks = [Task(name=f"t{i}", train=[{"text": "unused"}], probes=[Probe("unused", "unused")]) for i in range(2)]
+    for method in arias:
+        torch.manual_seed(6)  # the same gates
+        nets.append(method.prepare(load_model("tiny")[0]))
+        method.before_stream(nets[-1], StreamData(stream=Stream(name="s", tasks=tasks), tokenize=None, collate=None))
+    shard(nets[1])
+    for index, task in enumerate(tasks):
+        batch = torch.randint(0, 1000, (2, 10), generator=torch.Generator().manual_seed(8 + index))
+        features = [{"input_ids": ids.tolist(), "labels": ids.tolist()} for ids in batch]
+        gradients = []
+        for method, net in zip(arias, nets):
+            context = TrainingContext(task=task, task_index=index, learning_rate=0.1)
+            torch.manual_seed(10 + index)  # the task's adapter is drawn as the trainer seeds each task
+            method.before_task(net, context)
+            optimizer = torch.optim.SGD(method.optimizer(net, context))
+            inputs = collate(features[rank : rank + 1])
+            loss = net(**inputs).loss
+            extra = method.after_forward(net, inputs, context)  # None when isolated: no gate or slow pathway trains
+            (loss if extra is None else loss + extra).backward()
+            method.after_backward(net, context)
+            if method is arias[0]:
+                for p in net.parameters():
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= processes
+            gradients.append(whole({n: p.grad for n, p in net.named_parameters() if p.grad is not None}))
+            optimizer.step()
+            net.zero_grad(set_to_none=True)
+            method.after_task(net, TaskData(task=task, features=features, collate=collate), context)
+        assert gradients[0].keys() == gradients[1].keys()
+        isolated = config.get("shared_tasks", 0) and index >= config["shared_tasks"]
+        assert any(f"adapters.{index}." in n for n in gradients[0])
+        assert all(f"adapters.{index}." in n for n in gradients[0]) if isolated else any(".slow." in n for n in gradients[0])
+        for name in gradients[0]:
+            assert torch.allclose(gradients[1][name], gradients[0][name], rtol=1e-4, atol=1e-7), (index, name)
+    states = [m.state_dict() for m in arias]  # gathered: every process calls it
+    assert states[0]["anchor"]["fisher"] and all(torch.allclose(states[1]["anchor"][k][n], states[0]["anchor"][k][n], rtol=1e-4,
+                                                                atol=1e-10) for k in ("fisher", "anchor") for n in states[0]["anchor"][k])
+    assert torch.allclose(states[1]["prototypes"], states[0]["prototypes"], rtol=1e-5, atol=1e-6)
+    queries = torch.tensor([features[0]["input_ids"], [7] * 10])
+    logits = []
     for method, net in zip(arias, nets):
-        context = TrainingContext(task=task, task_index=index, learning_rate=0.1)
-        torch.manual_seed(10 + index)  # the task's adapter is drawn as the trainer seeds each task
-        method.before_task(net, context)
-        optimizer = torch.optim.SGD(method.optimizer(net, context))
-        inputs = collate(features[rank : rank + 1])
-        loss = net(**inputs).loss
-        (loss + method.after_forward(net, inputs, context)).backward()
-        method.after_backward(net, context)
-        if method is arias[0]:
-            for p in net.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= processes
-        gradients.append(whole({n: p.grad for n, p in net.named_parameters() if p.grad is not None}))
-        optimizer.step()
-        net.zero_grad(set_to_none=True)
-        method.after_task(net, TaskData(task=task, features=features, collate=collate), context)
-    assert gradients[0].keys() == gradients[1].keys()
-    assert any(".slow." in n for n in gradients[0]) and any(f"adapters.{index}." in n for n in gradients[0])
-    for name in gradients[0]:
-        assert torch.allclose(gradients[1][name], gradients[0][name], rtol=1e-4, atol=1e-7), (index, name)
-states = [m.state_dict() for m in arias]  # gathered: every process calls it
-assert states[0]["anchor"]["fisher"] and all(torch.allclose(states[1]["anchor"][k][n], states[0]["anchor"][k][n], rtol=1e-4,
-                                                            atol=1e-10) for k in ("fisher", "anchor") for n in states[0]["anchor"][k])
-assert torch.allclose(states[1]["prototypes"], states[0]["prototypes"], rtol=1e-5, atol=1e-6)
-queries = torch.tensor([features[0]["input_ids"], [7] * 10])
-logits = []
-for method, net in zip(arias, nets):
-    names = method.route(net, ["a", "b"], lambda texts: {"input_ids": queries, "attention_mask": torch.ones_like(queries)}).names
-    assert names[0] == "t1", names
-    net.eval()
-    with torch.no_grad():
-        logits.append((names, net(input_ids=queries).logits))
-assert logits[1][0] == logits[0][0] and torch.allclose(logits[1][1], logits[0][1], rtol=1e-4, atol=1e-5)
+        names = method.route(net, ["a", "b"], lambda texts: {"input_ids": queries, "attention_mask": torch.ones_like(queries)}).names
+        assert names[0] == "t1", names
+        net.eval()
+        with torch.no_grad():
+            logits.append((names, net(input_ids=queries).logits))
+    assert logits[1][0] == logits[0][0] and torch.allclose(logits[1][1], logits[0][1], rtol=1e-4, atol=1e-5)
+
+
+aria_matches()
+aria_matches(shared_tasks=1)  # isolated: the second task's gradient is its adapter's alone, on the shards as unsharded
 unprepared = ARIA(ARIAConfig(adapter_dim=8))
 net = shard(unprepared.prepare(load_model("tiny")[0]))
 try:  # never shown the stream: its adapters would be added to a model already sharded
-    unprepared.before_task(net, TrainingContext(task=tasks[0]))
+    unprepared.before_task(net, TrainingContext(task=Task(name="t", train=[{"text": "x"}], probes=[Probe("x", "x")])))
     raise AssertionError("aria added an adapter to a sharded model")
 except MethodError as error:
     assert "start_stream" in str(error)
 if main:
-    print("aria: gradients, fisher, prototypes, routes and routed logits equal; adapters not added after sharding", flush=True)
+    print("aria: gradients, fisher, prototypes, routes and routed logits equal, isolated too; adapters not added after "
+          "sharding", flush=True)
 dist.barrier()  # every process done with its collectives before the group goes
 dist.destroy_process_group()

@@ -88,3 +88,27 @@ def test_the_temporalwiki_benchmark_runs_every_seed_on_the_importers_own_sample(
     assert all(len(report["imported"][seed]["lines"]) == 5 and "dropped" in report["imported"][seed] for seed in ("0", "1"))
     assert report["mean_sd"]["full_ft"]["plasticity"]["n"] == 2 and "cloze" in report["mean_sd"]["rag"]["by_form"]
     assert not (tmp_path / "runs").exists()  # the run directories go once the JSON is written
+
+
+def test_the_conflicting_rules_benchmark_scores_aria_against_the_joint_bound_and_resumes(tmp_path, monkeypatch):
+    """benchmarks/conflicting.py on the tiny model: full_ft, aria and isolated aria per seed with the joint bound; a
+    --resume with one more variant trains only that variant and keeps the rest as they were."""
+    script, out, runs = SCRIPT.parent / "conflicting.py", tmp_path / "c.json", tmp_path / "runs"
+    argv = [str(script), "--model", "tiny", "--seeds", "0", "--epochs", "1", "--train-examples", "8", "--probes", "4",
+            "--runs", str(runs), "--output", str(out)]
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    first = json.loads(out.read_text())
+    assert set(first["summary"]) == {"full_ft", "aria", "aria_isolated", "joint"}
+    iso, aria = (first["per_seed"]["0"]["methods"][m]["timings"] for m in ("aria_isolated", "aria"))
+    assert iso[0]["trainable_parameters"] == aria[0]["trainable_parameters"]  # the first task trains the shared pathways
+    assert all(t["trainable_parameters"] < iso[0]["trainable_parameters"] / 100 for t in iso[1:])  # then its adapter alone
+    assert not list(runs.glob("seed-0/compare/*/checkpoints")) and not (runs / "seed-0" / "joint").exists()
+    kept = (runs / "seed-0" / "compare" / "aria" / "result.json").stat().st_mtime_ns
+    monkeypatch.setattr(sys, "argv", [*argv, "--resume", "--variants", "aria_r4:shared_tasks=1,fast_rank=4"])
+    runpy.run_path(str(script), run_name="__main__")
+    second = json.loads(out.read_text())
+    assert (runs / "seed-0" / "compare" / "aria" / "result.json").stat().st_mtime_ns == kept
+    assert second["per_seed"]["0"]["joint"] == first["per_seed"]["0"]["joint"]
+    assert second["per_seed"]["0"]["methods"]["aria_r4"]["method_args"] == {"shared_tasks": "1", "fast_rank": "4"}

@@ -189,7 +189,8 @@ def test_under_fsdp_checkpoints_are_whole_and_ewc_smf_casm_and_aria_follow_the_s
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     for check in ("checkpoint: weights equal", "ewc: fisher, anchors, penalty and gradients equal",
                   "smf: selected slots, gradients and step equal", "casm: versions, routed logits and rollback equal",
-                  "aria: gradients, fisher, prototypes, routes and routed logits equal; adapters not added after sharding"):
+                  "aria: gradients, fisher, prototypes, routes and routed logits equal, isolated too; adapters not added "
+                  "after sharding"):
         assert check in done.stdout, done.stdout
 
 
