@@ -7,7 +7,7 @@ from the runs themselves), parameter overhead, gate statistics and adapter routi
 
     python benchmarks/aria.py                       # 3 seeds, the embedded model
     python benchmarks/aria.py --seeds 0,1,2,3,4 --epochs 5
-    python benchmarks/aria.py --methods full_ft,aria,aria_isolated --speed-rounds 0 --output benchmarks/results/aria_isolated.json
+    python benchmarks/aria.py --methods full_ft,aria,aria_isolated,aria_isolated_r16 --speed-rounds 0 --output benchmarks/results/aria_isolated.json
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ VARIANTS = {
     "aria_no_spc": ["spc_lambda=0"],
     "aria_no_adapters": ["adapter_dim=0"],
     "aria_no_gate": ["gate=false"],
-    "aria_isolated": ["shared_tasks=1"],  # not an ablation: later tasks train only their own adapter
+    # Not ablations: later tasks train only their own adapter, with the full-copy or a rank-16 fast pathway.
+    "aria_isolated": ["shared_tasks=1"],
+    "aria_isolated_r16": ["shared_tasks=1", "fast_rank=16"],
 }
 BASELINES = ["full_ft", "ewc", "replay"]
 

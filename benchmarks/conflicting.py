@@ -4,7 +4,8 @@ Each seed generates its own conflicting-rules stream (`retain generate conflicti
 `retain compare`, full_ft, ARIA with its defaults, and ARIA isolated after the first task (`shared_tasks=1`:
 later tasks train only their own adapter), plus any --variants; then one full fine-tune on every task's
 examples at once (the joint upper bound). Writes per seed and as mean ± sd: ACC, BWT, each task's accuracy
-when learned and at the end, routing accuracy, training seconds, step time and optimizer state against full_ft.
+when learned and at the end, routing accuracy, training seconds, step time and optimizer state against full_ft,
+and each method's parameters with every task's adapter.
 
     python benchmarks/conflicting.py                      # rule named in the prompt, seeds 0,1,2
     python benchmarks/conflicting.py --no-named           # only the items' content tells the task
@@ -23,6 +24,27 @@ from typing import Any
 from common import ROOT, compare, condense, joint_upper_bound, machine, mean_sd, retain, write
 
 VARIANTS = {"aria": [], "aria_isolated": ["shared_tasks=1"]}
+
+
+def parameters(model_name: str, variants: dict[str, list[str]], tasks: int) -> dict[str, dict[str, int]]:
+    """Each method's parameter count once it holds every task's adapter, and what it adds to the pretrained model."""
+    from retain import build_method, load_model
+    from retain.methods.aria import ARIA
+
+    counts = {}
+    for name, extra in {"full_ft": None, **variants}.items():
+        model, _ = load_model(model_name)
+        base = sum(p.numel() for p in model.parameters())
+        if extra is not None:
+            method = build_method("aria", dict(arg.split("=", 1) for arg in extra if arg))
+            assert isinstance(method, ARIA)
+            method.prepare(model)
+            for block in method.adapter_blocks:
+                for _ in range(tasks):
+                    block.add_adapter()
+        total = sum(p.numel() for p in model.parameters())
+        counts[name] = {"total": total, "added": total - base}
+    return counts
 
 
 def main() -> None:
@@ -102,6 +124,7 @@ def main() -> None:
         "train_examples": args.train_examples, "probes": args.probes, "epochs": args.epochs,
         "learning_rate": args.learning_rate, "variants": variants, "machine": machine(),
         "wall_seconds": time.time() - started, "summary": summary,
+        "parameters": parameters(args.model, variants, args.tasks),
         "per_seed": {str(seed): per_seed[seed] for seed in seeds},
     })
     print(f"{'method':16} {'ACC':>15} {'BWT':>16} {'step×':>6} routing")
