@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, compare, condense, machine, retain, write
+from common import ROOT, as_flags, compare, condense, machine, retain, task_training, write
 
 from retain import ContinualTrainer, ContinualTrainingArguments, build_method, load_model, load_stream
 
@@ -84,8 +84,7 @@ def main() -> None:
     started = time.time()
 
     def training(seed: int) -> dict[str, Any]:
-        return dict(seed=seed, learning_rate=args.learning_rate, per_device_train_batch_size=8, per_device_eval_batch_size=32,
-                    lr_scheduler_type="constant", warmup_steps=0, disable_tqdm=True, report_to="none")
+        return task_training(seed, args.learning_rate, args.epochs)
 
     streams = {}
     for seed in seeds:
@@ -101,9 +100,8 @@ def main() -> None:
     variant_args = [f"{name}.{arg}" for name, extra in VARIANTS.items() if name in chosen for arg in extra]
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in seeds:
-        flags = [text for key, value in (training(seed) | {"num_train_epochs": args.epochs}).items()
-                 for text in (f"--{key}", str(value))]
-        compare(streams[seed], args.runs / f"seed-{seed}", methods, [*flags, "--model", args.model, "--overwrite"], variant_args)
+        compare(streams[seed], args.runs / f"seed-{seed}", methods, [*as_flags(training(seed)), "--model", args.model, "--overwrite"],
+                variant_args)
         per_seed[seed] = condense(args.runs / f"seed-{seed}")
 
     names = list(per_seed[seeds[0]])

@@ -93,6 +93,18 @@ def training_options(args: argparse.Namespace) -> list[str]:
             "--bf16", "false"]  # fp32 on every machine, so that CPU and GPU numbers compare (retain's GPU default is bf16)
 
 
+def task_training(seed: int, learning_rate: float, epochs: int) -> dict[str, Any]:
+    """The ContinualTrainingArguments the task benchmarks (aria.py, conflicting.py) share: constant lr, batch 8."""
+    return dict(seed=seed, learning_rate=learning_rate, num_train_epochs=epochs, per_device_train_batch_size=8,
+                per_device_eval_batch_size=32, lr_scheduler_type="constant", warmup_steps=0, disable_tqdm=True,
+                report_to="none")
+
+
+def as_flags(training: dict[str, Any]) -> list[str]:
+    """ContinualTrainingArguments fields as `retain compare` options: {"seed": 0} → ["--seed", "0"]."""
+    return [text for key, value in training.items() for text in (f"--{key}", str(value))]
+
+
 def preset_name(args: argparse.Namespace) -> str:
     """The preset, with the number of facts when overridden: full-200facts."""
     return f"{args.preset}-{args.facts}facts" if args.facts else args.preset

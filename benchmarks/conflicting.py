@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, compare, condense, joint_upper_bound, machine, mean_sd, retain, write
+from common import ROOT, as_flags, compare, condense, joint_upper_bound, machine, mean_sd, retain, task_training, write
 
 VARIANTS = {"aria": [], "aria_isolated": ["shared_tasks=1"]}
 
@@ -81,12 +81,9 @@ def main() -> None:
                    str(args.train_examples), "--probes", str(args.probes), "--named" if args.named else "--no-named",
                    "--output", str(stream)]):
             raise SystemExit("could not generate the stream")
-        training = dict(seed=seed, learning_rate=args.learning_rate, num_train_epochs=args.epochs, per_device_train_batch_size=8,
-                        per_device_eval_batch_size=32, lr_scheduler_type="constant", warmup_steps=0, disable_tqdm=True,
-                        report_to="none")
-        flags = [text for key, value in training.items() for text in (f"--{key}", str(value))]
+        training = task_training(seed, args.learning_rate, args.epochs)
         compare(stream, runs / f"seed-{seed}" / "compare", ["full_ft", *(f"{name}=aria" for name in variants)],
-                [*flags, "--model", args.model, *([] if args.resume else ["--overwrite"])],
+                [*as_flags(training), "--model", args.model, *([] if args.resume else ["--overwrite"])],
                 [f"{name}.{arg}" for name, extra in variants.items() for arg in extra if arg])
         joint = runs / f"seed-{seed}" / "joint.json"
         if not (args.resume and joint.is_file()):

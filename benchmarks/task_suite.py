@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import ROOT, compare, condense, joint_upper_bound, machine, print_table, retain, write
+from common import ROOT, as_flags, compare, condense, joint_upper_bound, machine, print_table, retain, write
 
 
 def main() -> None:
@@ -30,8 +30,7 @@ def main() -> None:
         raise SystemExit("could not generate the task suite")
     training = dict(seed=args.seed, num_train_epochs=args.epochs, learning_rate=1e-4, per_device_train_batch_size=8,
                     per_device_eval_batch_size=32, lr_scheduler_type="constant", warmup_steps=0, disable_tqdm=True)
-    flags = [text for key, value in training.items() for text in (f"--{key}", str(value))]
-    seconds = compare(stream_dir, args.runs, args.methods.split(","), [*flags, "--model", args.model, "--overwrite"])
+    seconds = compare(stream_dir, args.runs, args.methods.split(","), [*as_flags(training), "--model", args.model, "--overwrite"])
     methods = condense(args.runs)
 
     upper = joint_upper_bound(stream_dir, args.model, training, args.runs / "joint")
