@@ -115,3 +115,10 @@ def test_the_conflicting_rules_benchmark_scores_aria_against_the_joint_bound_and
     assert second["per_seed"]["0"]["methods"]["aria_r4"]["method_args"] == {"shared_tasks": "1", "fast_rank": "4"}
     sizes = second["parameters"]  # the full-copy fast pathway adds more than a rank-4 one; full_ft adds nothing
     assert sizes["full_ft"]["added"] == 0 < sizes["aria_r4"]["added"] < sizes["aria"]["added"] == sizes["aria_isolated"]["added"]
+    joint_only = tmp_path / "j.json"  # the joint bound alone, trained longer: nothing else trains, nothing is overwritten
+    monkeypatch.setattr(sys, "argv", [*argv[:-2], "--output", str(joint_only), "--joint-only", "--joint-epochs", "2"])
+    runpy.run_path(str(script), run_name="__main__")
+    longer = json.loads(joint_only.read_text())
+    assert set(longer["summary"]) == {"joint"} and longer["joint_epochs"] == 2 and second["joint_epochs"] == 1
+    assert (runs / "seed-0" / "compare" / "aria" / "result.json").stat().st_mtime_ns == kept
+    assert not (runs / "seed-0" / "joint").exists() and json.loads(out.read_text()) == second
