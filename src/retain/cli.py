@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     facts.add_argument("--qa", action=argparse.BooleanOptionalAction, help="also train on question/answer pairs")
     facts.add_argument("--passages", action=argparse.BooleanOptionalAction, help="train on stated sentences")
     facts.add_argument("--year-in-text", action=argparse.BooleanOptionalAction, help="prefix training text with [period]")
+    facts.add_argument("--probe-templates", type=int, help="probe templates per fact and period from the dev/test family "
+                                                            "(half each; default 0: the fixed forms cloze, question, …)")
     facts.add_argument("--seed", type=int)
     suite = kinds.add_parser("task-suite", help="four instruction tasks over one invented vocabulary")
     suite.add_argument("--output", required=True, help="directory to write the stream to")

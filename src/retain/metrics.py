@@ -71,9 +71,12 @@ def diagonal_mean(matrix: Sequence[Row], start: int = 1) -> float | None:
     return mean([matrix[i][i] for i in range(start, len(matrix))])
 
 
-def historical(last_row: Sequence[dict], current_task: str, score: str = "correct") -> float | None:
-    """Mean `score` of the earlier tasks' probes, in the last evaluation, whose key now has another answer."""
-    current = {p["key"]: p["answer"] for p in last_row if p["task"] == current_task and p.get("key")}
+def historical(last_row: Sequence[dict], current_task: str, score: str = "correct",
+               reference: Sequence[dict] | None = None) -> float | None:
+    """Mean `score` of the earlier tasks' probes, in the last evaluation, whose key now has another answer (the
+    current task's answer for it among `reference`, by default `last_row` itself: a subset of the probes, one probe
+    form's, is scored against every current answer)."""
+    current = {p["key"]: p["answer"] for p in reference or last_row if p["task"] == current_task and p.get("key")}
     past = [float(p[score]) for p in last_row
             if p["task"] != current_task and p.get("key") in current and p["answer"] != current[p["key"]]]
     return mean(past)

@@ -49,8 +49,8 @@ class EvalRow:
         probes = [(task, index, probe) for task in tasks for index, probe in enumerate(task.probes)]
         for (task, index, probe), score in zip(probes, scores, strict=True):
             buckets = [per_task[task.name], per_kind[probe.kind][task.name]]
-            if probe.form:
-                buckets += [per_form[probe.form][""][task.name], per_form[probe.form][probe.kind][task.name]]
+            for form in forms_of(probe.form):
+                buckets += [per_form[form][""][task.name], per_form[form][probe.kind][task.name]]
             for bucket in buckets:
                 bucket["em"].append(score.em)
                 bucket["f1"].append(score.f1)
@@ -83,6 +83,15 @@ class EvalRow:
             routing_accuracy=metrics.mean(routed),
             router_precision=right / len(named) if named else None, router_recall=right / len(asked) if asked else None,
         )
+
+
+def forms_of(form: str) -> list[str]:
+    """The forms a probe's scores count toward: its own, and for a template of a split family ("test/q-last", see
+    `retain.bench.probe_templates`) its half as a whole ("test/*")."""
+    if not form:
+        return []
+    half, slash, _ = form.partition("/")
+    return [form, f"{half}/*"] if slash else [form]
 
 
 KindsOf = Callable[[EvalRow], dict[str, dict[str, list[float | None]]]]  # a row → its scores per probe kind
@@ -134,7 +143,7 @@ class RunResult:
         if forms:
             summary["by_form"] = {}
             for form in forms:
-                last = [p for p in self.rows[-1].predictions if p.get("form") == form]
+                last = [p for p in self.rows[-1].predictions if form in forms_of(p.get("form", ""))]
                 scores = self._registered(lambda row: row.by_form.get(form, {}), last, metric)
                 overall = [row.by_form.get(form, {}).get("", {}).get(metric, [None] * k)[:k] for row in self.rows[1:]]
                 summary["by_form"][form] = {"acc": metrics.acc(overall), **scores}

@@ -11,6 +11,10 @@ and no fact question (`retain.fact_questions`) uses:
 - `time_clause`: "In 2020, the mayor of Nozer was"
 - `now`: "Today, the mayor of Nozer is" (the last period only: the present, read as the last period, so the current value)
 
+or, with `probe_templates`, in templates drawn from a family of 46 split into a dev and a test half
+(`retain.bench.probe_templates`: questions, statements, possessives, the time first or last, the relation in
+other words, other case and punctuation, the present), each probe's form naming its half ("test/q-possessive").
+
 Every answer in the stream is distinct and no answer is a substring of another, so scoring by the
 words of an answer stays honest. `background` text (what methods may calibrate on) and `general`
 text (what perplexity is measured on) are disjoint.
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
 from retain import metrics
+from retain.bench.probe_templates import ProbeTemplate, probe_templates, render
 from retain.result import KindsOf, RunResult, register_summary
 from retain.stream import Probe, Stream, Task
 
@@ -47,51 +52,52 @@ class Relation(NamedTuple):
     value: str  # value type
     question: str  # "Who" or "What"
     templates: tuple[str, ...]  # the first is the probes' cloze prompt; the others are training sentences ending in {o}
+    alias: str  # the relation in other words, for probe templates that ask without its name (`probe_templates`)
 
 
 RELATIONS: tuple[Relation, ...] = (
     Relation("harbour master", "port", "person", "Who", (
         "The harbour master of {s} is", "{s} has a harbour master named {o}",
-        "Ships arriving at {s} report to the harbour master, {o}", "At {s}, the harbour is run by {o}")),
+        "Ships arriving at {s} report to the harbour master, {o}", "At {s}, the harbour is run by {o}"), "harbourmaster"),
     Relation("dock capacity", "port", "ships", "What", (
         "The dock capacity of {s} is", "The docks at {s} can hold {o}",
-        "{s} has berths for {o}", "At full capacity, {s} takes {o}")),
+        "{s} has berths for {o}", "At full capacity, {s} takes {o}"), "docking capacity"),
     Relation("mayor", "town", "person", "Who", (
         "The mayor of {s} is", "{s} is governed by its mayor, {o}",
-        "The town of {s} elected as mayor {o}", "The office of mayor in {s} is held by {o}")),
+        "The town of {s} elected as mayor {o}", "The office of mayor in {s} is held by {o}"), "town leader"),
     Relation("chief export", "town", "goods", "What", (
         "The chief export of {s} is", "{s} is best known for exporting {o}",
-        "Most of what {s} sells abroad is {o}", "The main trade good of {s} is {o}")),
+        "Most of what {s} sells abroad is {o}", "The main trade good of {s} is {o}"), "main export"),
     Relation("population", "town", "residents", "What", (
         "The population of {s} is", "{s} is home to {o}",
-        "The last census of {s} counted {o}", "Living in {s} today are {o}")),
+        "The last census of {s} counted {o}", "Living in {s} today are {o}"), "number of residents"),
     Relation("director", "org", "person", "Who", (
         "The director of {s} is", "{s} is led by its director, {o}",
-        "The person directing {s} is {o}", "Heading {s} as director is {o}")),
+        "The person directing {s} is {o}", "Heading {s} as director is {o}"), "head"),
     Relation("headquarters", "org", "place", "What", (
         "The headquarters of {s} are in", "{s} has its head office in {o}",
-        "The main offices of {s} stand in {o}", "{s} is based in {o}")),
+        "The main offices of {s} stand in {o}", "{s} is based in {o}"), "head office"),
     Relation("staff", "org", "employees", "What", (
         "The staff of {s} numbers", "{s} employs {o}",
-        "On the payroll of {s} are {o}", "Working for {s} are {o}")),
+        "On the payroll of {s} are {o}", "Working for {s} are {o}"), "workforce"),
     Relation("captain", "vessel", "person", "Who", (
         "The captain of {s} is", "{s} sails under captain {o}",
-        "In command of {s} is {o}", "The master of the vessel {s} is {o}")),
+        "In command of {s} is {o}", "The master of the vessel {s} is {o}"), "commanding officer"),
     Relation("home port", "vessel", "place", "What", (
         "The home port of {s} is", "{s} is registered at {o}",
-        "{s} returns each winter to {o}", "The port {s} sails from is {o}")),
+        "{s} returns each winter to {o}", "The port {s} sails from is {o}"), "port of registry"),
     Relation("registration code", "vessel", "code", "What", (
         "The registration code of {s} is", "{s} is registered under the code {o}",
-        "The hull of {s} is marked {o}", "Port records list {s} as {o}")),
+        "The hull of {s} is marked {o}", "Port records list {s} as {o}"), "registry code"),
     Relation("lead engineer", "project", "person", "Who", (
         "The lead engineer of {s} is", "{s} is engineered under the lead of {o}",
-        "The engineering team of {s} reports to {o}", "Leading the engineers on {s} is {o}")),
+        "The engineering team of {s} reports to {o}", "Leading the engineers on {s} is {o}"), "chief engineer"),
     Relation("budget", "project", "crowns", "What", (
         "The budget of {s} is", "{s} has been granted {o}",
-        "The money set aside for {s} is {o}", "{s} is funded with {o}")),
+        "The money set aside for {s} is {o}", "{s} is funded with {o}"), "funding"),
     Relation("completion date", "project", "date", "What", (
         "The completion date of {s} is", "{s} is due to be finished in {o}",
-        "The planned end of {s} falls in {o}", "Work on {s} should end in {o}")),
+        "The planned end of {s} falls in {o}", "Work on {s} should end in {o}"), "planned finish date"),
 )
 
 GENERAL_TEXT: tuple[str, ...] = (
@@ -153,6 +159,9 @@ class TemporalFactsConfig:
     qa: bool = field(default=False, metadata={"help": "Also train on question/answer pairs."})
     passages: bool = field(default=True, metadata={"help": "Train on the stated sentences (off: question/answer pairs only)."})
     year_in_text: bool = field(default=True, metadata={"help": "Prefix training text with the period, as probes are: [2020] …"})
+    probe_templates: int = field(default=0, metadata={
+        "help": "Probe templates per fact and period, drawn in turn from the dev/test family of "
+                "`retain.bench.probe_templates` (half from each); 0: the three fixed forms and `now`."})
     seed: int = field(default=0, metadata={"help": "Seed: the same config and seed give a byte-identical stream."})
 
     def __post_init__(self) -> None:
@@ -162,6 +171,8 @@ class TemporalFactsConfig:
             raise ValueError("temporal facts: change_rate must be in [0, 1] and new_rate ≥ 0")
         if not 1 <= self.paraphrases <= 3:
             raise ValueError("temporal facts: paraphrases must be between 1 and 3")
+        if not 0 <= self.probe_templates <= len(probe_templates(present=False)):
+            raise ValueError(f"temporal facts: probe_templates must be between 0 and {len(probe_templates(False))}")
         if not (self.passages or self.qa):
             raise ValueError("temporal facts: enable passages, qa, or both")
 
@@ -288,8 +299,9 @@ def generate(config: TemporalFactsConfig = PRESETS["small"], name: str = "tempor
         added_ids, changed_ids = {id(f) for f in added[period]}, {id(f) for f in changed[period]}
         train = [example for fact in stated for example in _training_examples(fact, period, label, config)]
         last = period == len(config.periods) - 1
-        probes = [probe for fact in facts if min(fact.values) <= period
-                  for probe in _probes(fact, period, config.periods, _kind(fact, added_ids, changed_ids), last)]
+        alive = [fact for fact in facts if min(fact.values) <= period]
+        probes = [probe for turn, fact in enumerate(alive, start=config.seed + period * len(facts))
+                  for probe in _probes(fact, period, config.periods, _kind(fact, added_ids, changed_ids), last, config, turn)]
         records = [{"subject": f.subject, "relation": f.relation.name, "object": f.value_at(period), "valid_from": label}
                    for f in stated]
         tasks.append(Task(name=label, train=train, probes=probes, period=label, facts=records))
@@ -303,24 +315,39 @@ def _kind(fact: _Fact, added: set[int], changed: set[int]) -> str:
 _PAST = {" is": " was", " are in": " were in", " numbers": " numbered"}
 
 
-def _probes(fact: _Fact, period: int, periods: tuple[str, ...], kind: str, last: bool) -> list[Probe]:
-    """The fact asked as of `period` in every held-out form (and, in the last period, as of now)."""
+def _probes(fact: _Fact, period: int, periods: tuple[str, ...], kind: str, last: bool, config: TemporalFactsConfig,
+            turn: int) -> list[Probe]:
+    """The fact asked as of `period` in every held-out form (and, in the last period, as of now); with
+    `config.probe_templates`, in that many templates of the family instead, the `turn`-th draw of the rotation."""
     label, relation = periods[period], fact.relation
-    present = relation.templates[0].format(s=fact.subject)
-    ending = next(e for e in _PAST if present.endswith(e))
-    past = present[: -len(ending)] + _PAST[ending]
-    forms = {
-        "cloze": _sentence_case(f"[{label}] {present}"),
-        "question": f"Q: {relation.question} was the {relation.name} of {fact.subject} in {label}?\nA:",
-        "time_clause": f"In {label}, {past[:1].lower()}{past[1:]}",
-    }
-    if last:
-        forms["now"] = f"Today, {present[:1].lower()}{present[1:]}"
+    if config.probe_templates:
+        forms = {t.form: render(t, fact.subject, relation.name, relation.alias, relation.question, label)
+                 for t in _drawn(probe_templates(present=False), config.probe_templates, turn)}
+        if last:
+            forms |= {t.form: render(t, fact.subject, relation.name, relation.alias, relation.question, label)
+                      for t in _drawn(probe_templates(present=True), config.probe_templates, turn)}
+    else:
+        present = relation.templates[0].format(s=fact.subject)
+        ending = next(e for e in _PAST if present.endswith(e))
+        past = present[: -len(ending)] + _PAST[ending]
+        forms = {
+            "cloze": _sentence_case(f"[{label}] {present}"),
+            "question": f"Q: {relation.question} was the {relation.name} of {fact.subject} in {label}?\nA:",
+            "time_clause": f"In {label}, {past[:1].lower()}{past[1:]}",
+        }
+        if last:
+            forms["now"] = f"Today, {present[:1].lower()}{present[1:]}"
     answer = fact.value_at(period)
     others = tuple(v for v in fact.values.values() if v != answer)
     learned_in = periods[max(p for p in fact.values if p <= period)]
     return [Probe(prompt=prompt, answer=answer, kind=kind, key=fact.key, form=form, other_values=others,
                   learned_in=learned_in) for form, prompt in forms.items()]
+
+
+def _drawn(templates: list[ProbeTemplate], count: int, turn: int) -> list[ProbeTemplate]:
+    """`count` templates (at most all), the `turn`-th draw of a rotation through `templates`: dev and test alternate
+    in the family, so an even count takes half from each, and every template is drawn about equally often."""
+    return [templates[(turn * count + i) % len(templates)] for i in range(min(count, len(templates)))]
 
 
 def _training_examples(fact: _Fact, period: int, label: str, config: TemporalFactsConfig) -> list[dict[str, str]]:
@@ -365,5 +392,6 @@ def temporal_summary(result: RunResult, kinds_of: KindsOf, last_predictions: lis
     return {
         "plasticity": metrics.diagonal_mean(kind_square("changed")),
         "stability": metrics.diagonal_mean(kind_square("unchanged")),
-        "historical": metrics.historical(last_predictions, result.tasks[k - 1], "correct" if metric == "em" else "f1"),
+        "historical": metrics.historical(last_predictions, result.tasks[k - 1], "correct" if metric == "em" else "f1",
+                                         reference=result.rows[-1].predictions),
     }
