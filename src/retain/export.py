@@ -45,7 +45,7 @@ FORMATS: tuple[str, ...] = ("merged", "adapter", "retain")
 MARKER = "retain-export.json"
 MODELING = Path(__file__).parent / "assets" / "modeling_retain.py"
 # Retain's own modules the modeling code imports, shipped unchanged beside it (they import nothing else of retain).
-SHIPPED = (Path(__file__).parent / "knowledge.py", Path(__file__).parent / "text.py")
+SHIPPED = tuple(Path(__file__).parent / name for name in ("knowledge.py", "text.py", "relations.py"))
 
 
 PARTS = (BottleneckAdapter, LowRankDelta)  # modules of retain's inside the layers the modeling code rebuilds

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any, Literal, NamedTuple
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
-from .text import at_time, normalize_answer, query_time, time_key
+from .text import at_time, normalize_answer, query_time, time_key, wording
 
 
 def is_multi_valued(fact: Mapping[str, Any]) -> bool:
@@ -109,11 +109,13 @@ class FactRegistry:
         valid = [v for v in self.chain(subject, relation) if v.valid_at(time)]
         return valid[-1] if valid else None
 
-    def find(self, text: str, time: str | None = None) -> FactVersion | None:
+    def find(self, text: str, time: str | None = None, relate: RelationScorer | None = None) -> FactVersion | None:
         """The version a text asks about, valid at `time` (None: the current one): the fact whose subject and
         relation both occur in the text, normalised (case, punctuation, articles, a possessive's "'s"), the longest
         such match. Failing that, the fact whose subject and relation occur with the fewest spelling slips (`slips`:
-        "Velmora Prot", "harbourmaster"); None if none does, or if two facts match equally well (it abstains)."""
+        "Velmora Prot", "harbourmaster"). Failing that, with `relate`, the fact of the subject the text names whose
+        relation `relate` says the rest of the text means ("the workforce of X" → X's staff), if it is sure. None if
+        none of these finds one fact (it abstains)."""
         words = f" {_normalized(_POSSESSIVE.sub('', text))} "
         live = [v for v in self.versions
                 if not v.retracted and (v.valid_until is None if time is None else v.valid_at(time))]
@@ -122,11 +124,11 @@ class FactRegistry:
             return max(asked, key=lambda v: (len(v.subject) + len(v.relation), v.id))
         near = [(s + r, v) for v in live if (s := slips(v.subject, words)) is not None
                 and (r := slips(v.relation, words)) is not None]
-        if not near:
-            return None
-        fewest = min(n for n, _ in near)
-        pairs = {(_normalized(v.subject), _normalized(v.relation)) for n, v in near if n == fewest}
-        return max((v for n, v in near if n == fewest), key=lambda v: v.id) if len(pairs) == 1 else None
+        if near:
+            fewest = min(n for n, _ in near)
+            pairs = {(_normalized(v.subject), _normalized(v.relation)) for n, v in near if n == fewest}
+            return max((v for n, v in near if n == fewest), key=lambda v: v.id) if len(pairs) == 1 else None
+        return None if relate is None else _by_meaning(text, words, live, relate)
 
     def observe(self, subject: str, relation: str, obj: str, valid_from: str, multi_valued: bool = False) -> Observation:
         """Record a stated fact: a new pair is an addition, the same normalised object a confirmation,
@@ -203,6 +205,30 @@ class FactRegistry:
         return cls.from_state(json.loads(Path(path).read_text()))
 
 
+# (the words of a query left once its subject and time are taken out, candidate relations) → for each relation, how
+# sure it is that the words ask about it (0 to 1; `retain.methods.casm` reads it off the model's own states).
+RelationScorer = Callable[[str, Sequence[str]], list[float]]
+
+
+def _by_meaning(text: str, words: str, live: list[FactVersion], relate: RelationScorer) -> FactVersion | None:
+    """The live version of the subject `text` names (verbatim or with slips, the longest such subject) whose relation
+    `relate` scores highest on the rest of the text; None if no subject is named or `relate` gives no relation 0.5."""
+    named = [(len(v.subject), v) for v in live if f" {_normalized(v.subject)} " in words]
+    named = named or [(len(v.subject) - s, v) for v in live if (s := slips(v.subject, words)) is not None]
+    if not named:
+        return None
+    longest = max(n for n, _ in named)
+    subject = next(v.subject for n, v in named if n == longest)
+    candidates = [v for n, v in named if v.subject == subject]
+    rest = f" {wording(_POSSESSIVE.sub('', text))} ".replace(f" {_normalized(subject)} ", " ")
+    relations = sorted({v.relation for v in candidates})
+    scores = relate(" ".join(rest.split()), relations)
+    best = max(range(len(relations)), key=scores.__getitem__)
+    if scores[best] < 0.5:
+        return None
+    return max((v for v in candidates if v.relation == relations[best]), key=lambda v: v.id)
+
+
 def version_at(periods: list[str], time: str | None) -> int:
     """The index of the newest of `periods` (oldest first) that began at or before `time` (the first for earlier
     times; the latest for None)."""
@@ -223,7 +249,8 @@ class Read(NamedTuple):
     fact: FactVersion | None = None
 
 
-def read(prompt: str, periods: list[str], registry: FactRegistry, scope: str = "facts", as_of: str | None = None) -> Read:
+def read(prompt: str, periods: list[str], registry: FactRegistry, scope: str = "facts", as_of: str | None = None,
+         relate: RelationScorer | None = None) -> Read:
     """How `prompt` is read by a memory with one version per period of `periods`.
 
     When the registry knows the fact the prompt asks about, the version read is the one written in the period
@@ -238,7 +265,7 @@ def read(prompt: str, periods: list[str], registry: FactRegistry, scope: str = "
     clock = periods[-1] if periods else None  # what "now" and "last year" count from
     time = as_of or query_time(prompt, clock)
     named = version_at(periods, time)
-    fact = registry.find(prompt, time)
+    fact = registry.find(prompt, time, relate)
     if fact is None:
         general = time is None and scope == "facts"
         return Read(named, None if general else named, prompt)

@@ -23,6 +23,7 @@ import transformers
 from torch import nn
 
 from .knowledge import FactRegistry, read
+from .relations import RelationMatcher, input_embedder
 from .text import dated
 
 BASE = getattr(transformers, "__BASE__")  # the architecture the run trained (set by `retain export`)
@@ -166,7 +167,11 @@ class RetainForCausalLM(BASE):
         prompts = [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(input_ids, mask)]
         if as_of is not None:
             prompts = [dated(p, as_of) for p in prompts]
-        reads = [read(p, self._casm["periods"], self._registry, self._casm["scope"]) for p in prompts]
+        relate = None
+        if self._casm.get("by_meaning"):
+            relate = RelationMatcher(input_embedder(self.get_input_embeddings().weight,
+                                                    lambda text: tokenizer(text)["input_ids"]))
+        reads = [read(p, self._casm["periods"], self._registry, self._casm["scope"], relate=relate) for p in prompts]
         inputs = {"input_ids": input_ids, "attention_mask": mask}
         if [r.text for r in reads] != prompts or as_of is not None:
             side, tokenizer.padding_side = tokenizer.padding_side, "left"

@@ -37,12 +37,13 @@ from torch import nn
 
 from retain.evaluation import exact_match
 from retain.fact_questions import question
-from retain.knowledge import FactRegistry, FactVersion, Read, read, version_at
+from retain.knowledge import FactRegistry, FactVersion, Read, RelationScorer, read, version_at
 from retain.methods.base import (
     Encode, Exported, Method, MethodError, Routing, StreamData, TaskData, TrainingContext, check_periods, register, task_period,
 )
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 from retain.nn.versioned_table import VersionedTable
+from retain.relations import RelationMatcher, input_embedder
 from retain.stream import Stream, Task
 from retain.text import first_statement, normalize_answer, time_key
 
@@ -51,6 +52,10 @@ class CASMConfig(SMFConfig):
     scope: Literal["facts", "all"] = field(default="facts", metadata={
         "help": "'facts': a query that names no time and no fact the registry knows reads no memory (the "
                 "pretrained model), so text about nothing learned is untouched; 'all': it reads the latest memory."})
+
+    by_meaning: bool = field(default=True, metadata={
+        "help": "When a query names a known subject but none of its relations verbatim, find the relation it means "
+                "from the model's input embeddings (`retain.relations`); off: the subject and relation must appear."})
 
     def writer_config(self) -> SMFConfig:
         """The SMF options of the memory writer."""
@@ -157,15 +162,18 @@ class CASM(Method):
         """The newest period that began at or before `time` (the first period for earlier times; the latest for None)."""
         return version_at(self.periods, time)
 
-    def read(self, prompt: str) -> Read:
+    def read(self, prompt: str, relate: RelationScorer | None = None) -> Read:
         """How `prompt` is read (`retain.knowledge.read`): which version, and as what text."""
-        return read(prompt, self.periods, self.registry, self.config.scope, self.as_of)
+        return read(prompt, self.periods, self.registry, self.config.scope, self.as_of, relate)
 
     def route(self, model: nn.Module, prompts: Sequence[str], encode: Encode) -> Routing | None:
         """Each prompt reads its memory version; its route is the period of that version ("pretrained" for none)."""
         if not self.periods:
             return None
-        reads = [self.read(prompt) for prompt in prompts]
+        relate = None
+        if self.config.by_meaning:
+            relate = RelationMatcher(input_embedder(model.get_input_embeddings().weight, _token_ids(encode)))
+        reads = [self.read(prompt, relate) for prompt in prompts]
         self.table.read([r.version for r in reads])
         return Routing(texts=[r.text for r in reads],
                        names=["pretrained" if r.version is None else self.periods[r.version] for r in reads],
@@ -179,6 +187,7 @@ class CASM(Method):
             tensors = {f"casm_{part}_{v}": copy[i] for v, copy in enumerate(self.table.copies)
                        for i, part in enumerate(("rows", "values"))}
             return Exported(routing={"casm": {"periods": self.periods, "scope": self.config.scope,
+                                              "by_meaning": self.config.by_meaning,
                                               "copies": [len(rows) for rows, _ in self.table.copies],
                                               "facts": self.registry.state()}}, tensors=tensors)
         time_key(as_of)
@@ -212,6 +221,11 @@ class CASM(Method):
         self.periods, self.observations = list(state["periods"]), list(state["observations"])
         self.table.load_state_dict({"versions": len(self.periods), "copies": state["copies"]})
         self.registry = FactRegistry.from_state(state["registry"])
+
+
+def _token_ids(encode: Encode) -> Callable[[str], list[int]]:
+    """A text's token ids, through the evaluator's `encode` (which pads a batch: one text has no padding)."""
+    return lambda text: encode([text])["input_ids"][0].tolist()
 
 
 def _stated_prefix(answer: str, passages: list[str]) -> str | None:

@@ -1,0 +1,135 @@
+"""The fact router's relation matcher (`retain.relations`): its settings fitted on dev pairs, then scored on the
+temporal-facts stream's probe templates, which no choice looked at.
+
+1. Fit: for each layer, temperature and "none" similarity of a grid, the mean log-likelihood of the right option on
+   `DEV_PAIRS`, each paraphrase asked against three relations, with its own (the answer) or without it (the answer
+   is "none"). The best setting is printed beside the one in `retain.relations`.
+2. Score, with the settings in `retain.relations`: the router (`retain.knowledge.read`) on every template of the
+   family (`--probe-templates` all of them), over a `medium` stream's facts, with and without the matcher: per
+   template, precision and recall of (fact, period): did it name the probe's fact and read the period that taught
+   the answer. No training is involved: the registry holds the stream's facts, the model is the pretrained one.
+
+    python benchmarks/relations.py --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import random
+from dataclasses import replace
+from pathlib import Path
+
+from common import ROOT, machine, mean_sd, write
+
+from retain import load_model
+from retain.bench.temporal_facts import PRESETS, generate
+from retain.knowledge import FactRegistry, read
+import torch
+
+from retain.relations import DEV_PAIRS, NONE_SIMILARITY, TEMPERATURE, RelationMatcher, input_embedder
+from retain.text import normalize_answer
+
+
+def dev_cases(seed: int = 0) -> list[tuple[str, list[str], int | None]]:
+    """(paraphrase, three candidate relations, the index of the right one or None)."""
+    rng = random.Random(seed)
+    relations = [r for r, _ in DEV_PAIRS]
+    cases = []
+    for i, (relation, paraphrase) in enumerate(DEV_PAIRS):
+        others = rng.sample([r for r in relations if r != relation], 3)
+        with_it = [relation, *others[:2]]
+        rng.shuffle(with_it)
+        cases += [(paraphrase, with_it, with_it.index(relation)), (paraphrase, others, None)]
+    return cases
+
+
+def layer_embedder(model, tokenizer, layer: int):
+    """Texts → the unit mean of the model's states after decoder layer `layer` (0: the input embeddings)."""
+    if layer == 0:
+        return input_embedder(model.get_input_embeddings().weight, tokenizer.encode)
+
+    @torch.no_grad()
+    def embed(texts):
+        states = [model(torch.tensor([tokenizer.encode(f" {t}")]), output_hidden_states=True).hidden_states[layer][0]
+                  for t in texts]
+        return torch.nn.functional.normalize(torch.stack([s.mean(0) for s in states]), dim=-1)
+
+    return embed
+
+
+def fit(model, tokenizer) -> dict:
+    """The grid's best setting by mean log-likelihood of the right option on the dev cases, and its accuracy."""
+    cases = dev_cases()
+    results = []
+    for layer in range(0, 7):
+        matcher = RelationMatcher(layer_embedder(model, tokenizer, layer))
+        sims = [matcher.similarities(normalize_answer(p), c) for p, c, _ in cases]
+        for temperature, none in itertools.product((0.02, 0.05, 0.1, 0.2), (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)):
+            loglik = right = 0.0
+            for s, (_, _, answer) in zip(sims, cases):
+                logits = [x / temperature for x in s.tolist()] + [none / temperature]
+                top = max(logits)
+                log_z = top + math.log(sum(math.exp(v - top) for v in logits))
+                target = len(logits) - 1 if answer is None else answer
+                loglik += logits[target] - log_z
+                right += max(range(len(logits)), key=logits.__getitem__) == target
+            results.append({"layer": layer, "temperature": temperature, "none_similarity": none,
+                            "loglik": loglik / len(cases), "accuracy": right / len(cases)})
+    best = max(results, key=lambda r: r["loglik"])
+    chosen = next(r for r in results if (r["layer"], r["temperature"], r["none_similarity"])
+                  == (0, TEMPERATURE, NONE_SIMILARITY))
+    return {"best": best, "in_use": chosen, "cases": len(cases)}
+
+
+def router_scores(seed: int, matcher: RelationMatcher | None) -> dict[str, dict[str, float]]:
+    """Per template (and per half), the router's precision and recall of (fact, period) on a `medium` stream."""
+    stream = generate(replace(PRESETS["medium"], probe_templates=38, seed=seed))
+    registry, periods = FactRegistry(), []
+    for task in stream.tasks:
+        periods.append(task.period)
+        registry.observe_facts(task.facts, task.period)
+    counts: dict[str, list[int]] = {}
+    for task in stream.tasks:
+        for probe in task.probes:
+            seen = read(probe.prompt, periods, registry, relate=matcher)
+            key = normalize_answer(" | ".join(probe.key.split(" | ")[:2]))
+            named = seen.fact is not None
+            right = named and normalize_answer(f"{seen.fact.subject} | {seen.fact.relation}") == key \
+                and periods[seen.version] == probe.learned_in
+            for form in (probe.form, probe.form.split("/")[0] + "/*"):
+                c = counts.setdefault(form, [0, 0, 0])
+                c[0] += right
+                c[1] += named
+                c[2] += 1
+    return {form: {"precision": r / n if n else None, "recall": r / total}
+            for form, (r, n, total) in sorted(counts.items())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "relations.json")
+    args = parser.parse_args()
+    model, tokenizer = load_model(args.model)
+    model.eval()
+    calibration = fit(model, tokenizer)
+    print("fit:", calibration)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    per_seed = {}
+    for seed in seeds:
+        per_seed[seed] = {"verbatim": router_scores(seed, None),
+                          "by_meaning": router_scores(seed, RelationMatcher(layer_embedder(model, tokenizer, 0)))}
+        for router, scores in per_seed[seed].items():
+            print(seed, router, {h: scores[h] for h in ("dev/*", "test/*")})
+    forms = sorted(per_seed[seeds[0]]["verbatim"])
+    summary = {router: {form: {m: mean_sd([per_seed[s][router][form][m] for s in seeds]) for m in ("precision", "recall")}
+                        for form in forms} for router in ("verbatim", "by_meaning")}
+    write(args.output, {"benchmark": "relations", "model": args.model, "seeds": seeds, "machine": machine(),
+                        "calibration": calibration, "mean_sd": summary, "per_seed": per_seed})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Which relation a query's words mean, read off the model's own states.
+
+The fact router's fallback (`retain.knowledge.FactRegistry.find`) when a query names a fact's subject but not its
+relation verbatim: "the workforce of the Dorin Institute" asks about its staff. Each run of one to three content
+words left in the query is embedded as the model embeds it (the mean of its tokens' input embeddings, which no
+method here trains), as is each candidate relation; a relation's similarity is that of its closest run. A "none of these" option with a fixed
+similarity competes with them, and a softmax at a fixed temperature turns the similarities into a confidence: the
+router reads a relation only when it is more likely than every other option, none included.
+
+The layer (input embeddings, against the states after each of the first six decoder layers), temperature and "none"
+similarity were chosen on `DEV_PAIRS` (relations and paraphrases of our own, none of them a probe's wording:
+`benchmarks/relations.py` refits them and scores the router). Like `knowledge.py`, this module imports nothing else
+of retain: `retain export` ships it beside an exported model, which routes as CASM does.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+Embed = Callable[[Sequence[str]], torch.Tensor]  # texts → one unit vector each
+
+# Words that ask, point or link rather than name a relation.
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at as for to by from with and or was were is are be been has had have do does did who whom whose "
+    "what which when where how could would will can you me tell know i id like please its their his her it this that "
+    "these those now today currently present right back during year years ago last then there here s q".split())
+
+# (relation, the same relation in other words): what the matcher's settings were chosen on.
+DEV_PAIRS: tuple[tuple[str, str], ...] = (
+    ("spouse", "wife"), ("employer", "company they work for"), ("birthplace", "place of birth"),
+    ("capital", "seat of government"), ("head coach", "manager"), ("chairperson", "chair"), ("owner", "proprietor"),
+    ("author", "writer"), ("founder", "creator"), ("member count", "number of members"), ("league", "division"),
+    ("headmaster", "school principal"), ("currency", "money used"), ("religion", "faith"), ("occupation", "job"),
+    ("team", "club"),
+)
+TEMPERATURE, NONE_SIMILARITY = 0.1, 0.5
+
+
+def spans(words: str, longest: int = 3) -> list[str]:
+    """Every run of one to `longest` consecutive content words (not `FUNCTION_WORDS`) of normalised `words`."""
+    runs = [list(group) for is_content, group in itertools.groupby(words.split(), lambda w: w not in FUNCTION_WORDS)
+            if is_content]
+    return list(dict.fromkeys(" ".join(run[i : i + n]) for run in runs for n in range(1, longest + 1)
+                              for i in range(len(run) - n + 1)))
+
+
+def input_embedder(weight: torch.Tensor, tokenize: Callable[[str], list[int]]) -> Embed:
+    """Texts → the unit mean of their tokens' rows of `weight` (a model's input embeddings), each text tokenized as
+    words inside a sentence are (after a space)."""
+
+    @torch.no_grad()
+    def embed(texts: Sequence[str]) -> torch.Tensor:
+        means = [weight[torch.tensor(tokenize(f" {text}"), device=weight.device)].float().mean(0) for text in texts]
+        return nn.functional.normalize(torch.stack(means), dim=-1).cpu()
+
+    return embed
+
+
+class RelationMatcher:
+    """A `knowledge.RelationScorer`: how sure it is that a query's words ask about each relation, from `embed`."""
+
+    def __init__(self, embed: Embed, temperature: float = TEMPERATURE, none_similarity: float = NONE_SIMILARITY) -> None:
+        self.embed, self.temperature, self.none_similarity = embed, temperature, none_similarity
+
+    def similarities(self, words: str, relations: Sequence[str]) -> torch.Tensor:
+        """Each relation's cosine similarity to its closest run of `words` (-1 when `words` has none)."""
+        runs = spans(words)
+        if not runs:
+            return torch.full((len(relations),), -1.0)
+        return (self.embed(runs) @ self.embed(list(relations)).T).max(0).values
+
+    def __call__(self, words: str, relations: Sequence[str]) -> list[float]:
+        logits = torch.cat([self.similarities(words, relations), torch.tensor([self.none_similarity])])
+        return (logits / self.temperature).softmax(0)[:-1].tolist()

@@ -1,0 +1,62 @@
+import torch
+
+from retain.knowledge import FactRegistry, read
+from retain.relations import RelationMatcher, input_embedder, spans
+
+# A toy embedding: each word a direction; a relation and its paraphrase share one.
+DIRECTIONS = {"staff": 0, "workforce": 0, "director": 1, "head": 1, "headquarters": 2, "tell": 3, "colour": 4}
+
+
+def embed(texts):
+    vectors = torch.zeros(len(texts), 5)
+    for i, text in enumerate(texts):
+        for word in text.split():
+            vectors[i, DIRECTIONS.get(word, 3)] += 1
+    return torch.nn.functional.normalize(vectors, dim=-1)
+
+
+def registry():
+    facts = FactRegistry()
+    for relation, value in [("staff", "310 employees"), ("director", "Tam Dorrel"), ("headquarters", "Quessary")]:
+        facts.observe("the Dorin Institute", relation, value, "2018")
+    facts.observe("Nozer", "mayor", "Ilse Brandvik", "2018")
+    facts.observe("the Dorin Institute", "director", "Oona Terrelle", "2020")
+    return facts
+
+
+def test_spans_are_runs_of_content_words():
+    assert spans("could you tell me who workforce was in") == ["workforce"]
+    assert spans("number of residents") == ["number", "residents"]
+    assert spans("port of registry code") == ["port", "registry", "code", "registry code"]
+
+
+def test_the_relation_a_query_means_is_found_among_its_subjects_facts_or_none():
+    matcher = RelationMatcher(embed)
+    facts = registry()
+    found = facts.find("Could you tell me the workforce of the Dorin Institute in 2020?", "2020", matcher)
+    assert (found.relation, found.object) == ("staff", "310 employees")
+    assert facts.find("Who was the head of the Dorin Institute in 2018?", "2018", matcher).object == "Tam Dorrel"
+    assert facts.find("Who is the head of the Dorin Institute now?", None, matcher).object == "Oona Terrelle"
+    # Verbatim only without a matcher; no subject, or a relation it knows no fact of, reads no fact.
+    assert facts.find("The workforce of the Dorin Institute was", "2020") is None
+    assert facts.find("The workforce of Velmora Port was", "2020", matcher) is None
+    assert facts.find("The colour of the Dorin Institute was", "2020", matcher) is None
+    # The period read follows the fact found: the 2020 director, the 2018 staff.
+    periods = ["2018", "2020"]
+    assert read("In 2020, the head of the Dorin Institute was", periods, facts, relate=matcher).version == 1
+    assert read("In 2020, the workforce of the Dorin Institute was", periods, facts, relate=matcher).version == 0
+
+
+def test_a_confidence_is_a_probability_against_none_of_these():
+    matcher = RelationMatcher(embed, temperature=0.1, none_similarity=0.5)
+    sure = matcher("workforce", ["staff", "director"])
+    assert sure[0] > 0.9 and sum(sure) < 1
+    unsure = matcher("colour", ["staff", "director"])
+    assert max(unsure) < 0.5  # nothing it means: "none of these" wins
+    assert matcher("who was", ["staff"]) == [matcher("", ["staff"])[0]]  # no content word: no evidence
+
+
+def test_input_embedder_means_token_rows():
+    weight = torch.eye(4)
+    vectors = input_embedder(weight, lambda text: [1, 2] if text == " a b" else [3])(["a b", "c"])
+    torch.testing.assert_close(vectors, torch.tensor([[0, 0.7071, 0.7071, 0], [0, 0, 0, 1.0]]), atol=1e-4, rtol=0)
