@@ -59,6 +59,8 @@ def temporal_parser(description: str, name: str, methods: str) -> argparse.Argum
     parser.add_argument("--fact-questions", type=int, default=DEFAULT_WORDINGS, choices=range(len(WORDINGS) + 1),
                         help="training wordings of each new or changed fact, for every method alike (retain's --fact_questions)")
     parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument("--probe-templates", type=int, default=0,
+                        help="probes in N templates of the dev/test family per fact and period (0: the fixed forms)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method-arg", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
                         help="extra method options; with NAME=METHOD variants in --methods this sweeps a method")
@@ -75,6 +77,7 @@ def compare_on_temporal_facts(args: argparse.Namespace, edit_stream: Callable[[P
     runs = args.runs or ROOT / "runs" / f"bench-{args.name}-{preset_name(args)}"
     stream = runs / "stream"
     facts = ["--facts", str(args.facts)] if args.facts else []
+    facts += ["--probe-templates", str(args.probe_templates)] if getattr(args, "probe_templates", 0) else []
     if retain(["generate", "temporal-facts", "--preset", args.preset, *facts, "--seed", str(args.seed), "--output", str(stream)]):
         raise SystemExit("could not generate the stream")
     if edit_stream is not None:
@@ -106,8 +109,10 @@ def as_flags(training: dict[str, Any]) -> list[str]:
 
 
 def preset_name(args: argparse.Namespace) -> str:
-    """The preset, with the number of facts when overridden: full-200facts."""
-    return f"{args.preset}-{args.facts}facts" if args.facts else args.preset
+    """The preset, with the number of facts when overridden and the probe templates when used: full-200facts,
+    small-templates8."""
+    name = f"{args.preset}-{args.facts}facts" if args.facts else args.preset
+    return f"{name}-templates{args.probe_templates}" if getattr(args, "probe_templates", 0) else name
 
 
 def result_path(args: argparse.Namespace) -> Path:

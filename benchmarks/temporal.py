@@ -48,6 +48,7 @@ def main() -> None:
     per_seed = run_seeds(args, seeds, root)
     report = {"benchmark": "temporal", "preset": preset_name(args), "model": args.model, "seeds": seeds,
               "epochs": args.epochs, "batch_size": args.batch_size, "fact_questions": args.fact_questions,
+              "probe_templates": args.probe_templates,
               "machine": machine(), "wall_seconds": time.time() - started,
               "same_data": "every method trains on the same passages and fact questions; no probe wording is trained on",
               "mean_sd": aggregate(per_seed), "per_seed": per_seed}

@@ -61,6 +61,8 @@ def test_closed_versions_stay_bit_identical(make_model, tokenizer, training_args
     for version, snapshot in enumerate(closed):
         assert torch.equal(method.table.values_at(version), snapshot), version
     assert reports[-1]["rows_copied_on_write"] > 0
+    rows, width = reports[-1]["rows_copied_on_write"], closed[0].shape[1]
+    assert reports[-1]["stored_bytes"] == rows * 8 + rows * width * closed[0].element_size() and reports[0]["stored_bytes"] == 0
     # Period 1 copied exactly the rows it wrote (a written row whose gradient was zero is copied yet unchanged), so
     # every row it changed, and no row it left unwritten: those stay shared between the versions.
     copied, written = set(method.table.copies[0][0].tolist()), set(method.writer.written[1].tolist())

@@ -11,10 +11,11 @@ from retain.methods.options import build_method, method_options
 from retain.methods.rag import RAG, RAGConfig
 from retain.methods.replay import Replay, ReplayConfig
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
+from retain.methods.snapshot import Snapshot, SnapshotConfig
 
 __all__ = [
     "ARIA", "ARIAConfig", "CASM", "CASMConfig", "Composed", "ConfigError", "EWC", "EWCConfig", "FullFTConfig",
     "FullFineTuning", "LoRA", "LoRAConfig", "METHODS", "Method", "MethodConfig", "MethodError", "RAG", "RAGConfig",
-    "Replay", "ReplayConfig", "SMFConfig", "SparseMemoryFinetuning", "TaskData", "TrainingContext", "build_method",
+    "Replay", "ReplayConfig", "SMFConfig", "Snapshot", "SnapshotConfig", "SparseMemoryFinetuning", "TaskData", "TrainingContext", "build_method",
     "method_options",
 ]

@@ -131,7 +131,7 @@ class CASM(Method):
             "facts_contradicted": counts["contradiction"], "facts_unplaced": counts.get("unplaced", 0),
             "examples_dropped": counts["examples_dropped"],
             "facts_asked_model": counts["asked_model"], "model_answers_unsupported": counts["unsupported"],
-            "rows_copied_on_write": self.table.copied_rows()}
+            "rows_copied_on_write": self.table.copied_rows(), "stored_bytes": float(self.table.copied_bytes())}
 
     def _ask_model(self, task: Task, complete: Callable[[Sequence[str]], list[str]]) -> None:
         """A task that brings text but no facts: ask the model, as trained on it, about every current fact whose

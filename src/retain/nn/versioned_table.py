@@ -55,6 +55,13 @@ class VersionedTable:
         """Rows the last closed period copied on write."""
         return len(self.copies[-1][0]) if self.versions >= 2 and self.copies else 0
 
+    def copied_bytes(self) -> int:
+        """Bytes the last closed period's copy keeps (its rows' indices and earlier values)."""
+        if self.versions < 2 or not self.copies:
+            return 0
+        rows, values = self.copies[-1]
+        return rows.numel() * rows.element_size() + values.numel() * values.element_size()
+
     def values_at(self, version: int) -> torch.Tensor:
         """The value table as period `version` closed (the last one: the live values)."""
         if version >= len(self.copies):
