@@ -26,9 +26,9 @@ from retain.runstate import atomic_write  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# Per-method settings shared by the benchmarks. LoRA's small update needs a larger step to learn
-# in the same number of epochs.
-METHOD_LR = {"lora": "1e-3"}
+# Per-method settings shared by the benchmarks. LoRA's small update (and each of snapshot's LoRA adapters) needs a
+# larger step to learn in the same number of epochs.
+METHOD_LR = {"lora": "1e-3", "snapshot": "1e-3"}
 METHOD_ARGS = {"ewc": ["fisher_samples=32"], "replay": ["buffer_size=64", "ratio=0.25"], "smf": []}
 
 

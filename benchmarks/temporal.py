@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -139,7 +140,11 @@ def aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
         runs = [seeds[method] for seeds in per_seed.values() if method in seeds]
         forms = sorted({form for r in runs for form in r["summary"].get("by_form", {})})
         out[method] = {
-            **{key: mean_sd([r["summary"].get(key) for r in runs]) for key in (*KEYS, "acc", "bwt", "routing_accuracy")},
+            **{key: mean_sd([r["summary"].get(key) for r in runs])
+               for key in (*KEYS, "acc", "bwt", "routing_accuracy", "router_precision", "router_recall", "locality")},
+            # What each period adds to storage (a versioned method's copy, a snapshot's adapter), mean over periods.
+            "stored_bytes_per_period": mean_sd([statistics.fmean([t["stored_bytes"] for t in r["timings"]]) for r in runs
+                                                if all("stored_bytes" in t for t in r["timings"])]),
             "by_form": {form: {key: mean_sd([r["summary"]["by_form"].get(form, {}).get(key) for r in runs]) for key in KEYS}
                         for form in forms},
             "general_ppl_change": mean_sd([r["summary"]["general_ppl_change"] for r in runs]),

@@ -17,11 +17,12 @@ from retain.runstate import atomic_write  # noqa: E402
 
 _COLUMNS = [  # (summary key, header)
     ("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "forget"),
-    ("plasticity", "plast"), ("stability", "stab"), ("historical", "hist"),
+    ("plasticity", "plast"), ("stability", "stab"), ("historical", "hist"), ("locality", "local"),
 ]
 LEGEND = ("ACC: final mean score; BWT/FWT: backward/forward transfer; forget: Chaudhry forgetting; "
           "plast: changed facts right after their period; stab: unchanged facts, as of each period; "
-          "hist: superseded facts asked about the past, after the last period; ppl: general-text perplexity "
+          "hist: superseded facts asked about the past, after the last period; local: questions no task teaches "
+          "answered as before training; ppl: general-text perplexity "
           "before → after; train s / tokens: total training time and tokens over the stream (fact questions "
           "included); time×: training seconds per token relative to the baseline method in the same comparison.")
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from retain import metrics
 from retain.stream import Task
-from retain.text import normalize_answer
+from retain.text import first_statement, normalize_answer
 
 if TYPE_CHECKING:
     from retain.evaluation import ProbeScore
@@ -33,10 +33,11 @@ class EvalRow:
     router_recall: float | None = None
     # form → kind ("" for all kinds) → {"em": per task, "f1": per task}, for probes that name their form
     by_form: dict[str, dict[str, dict[str, list[float | None]]]] = field(default_factory=dict)
+    locality: list[str] = field(default_factory=list)  # the answers to the stream's locality prompts
 
     @classmethod
     def from_scores(cls, label: str, tasks: Sequence[Task], scores: Sequence[ProbeScore], trained: set[str],
-                    general_ppl: float | None = None, eval_seconds: float = 0.0) -> EvalRow:
+                    general_ppl: float | None = None, eval_seconds: float = 0.0, locality: Sequence[str] = ()) -> EvalRow:
         """The row of `scores`, one per probe of `tasks` in order: means per task, per kind and per form, the
         predictions, and routing accuracy over probes whose answer a task in `trained` taught."""
         def by_task() -> dict[str, dict[str, list[float]]]:
@@ -82,6 +83,7 @@ class EvalRow:
             general_ppl=general_ppl, eval_seconds=eval_seconds, predictions=predictions,
             routing_accuracy=metrics.mean(routed),
             router_precision=right / len(named) if named else None, router_recall=right / len(asked) if asked else None,
+            locality=[first_statement(answer) for answer in locality],
         )
 
 
@@ -149,6 +151,14 @@ class RunResult:
                 summary["by_form"][form] = {"acc": metrics.acc(overall), **scores}
         return summary
 
+    def locality(self) -> float | None:
+        """Of the stream's locality prompts, the share answered after the last task as the untrained model answered
+        them (their first statements, normalised); None without locality prompts."""
+        if len(self.rows) < 2 or not self.rows[0].locality or len(self.rows[-1].locality) != len(self.rows[0].locality):
+            return None
+        pairs = zip(self.rows[0].locality, self.rows[-1].locality)
+        return metrics.mean([float(normalize_answer(a) == normalize_answer(b)) for a, b in pairs])
+
     def _registered(self, kinds_of: KindsOf, last_predictions: list[dict[str, Any]], metric: str) -> dict[str, Any]:
         found: dict[str, Any] = {}
         for summarize in SUMMARIES:
@@ -200,6 +210,7 @@ class RunResult:
                 "routing_accuracy": metrics.mean([row.routing_accuracy for row in self.rows[1:]]),
                 "router_precision": metrics.mean([row.router_precision for row in self.rows[1:]]),
                 "router_recall": metrics.mean([row.router_recall for row in self.rows[1:]]),
+                "locality": self.locality(),
             },
             "by_form": {
                 form: {kind: {m: [row.by_form.get(form, {}).get(kind, {}).get(m) for row in self.rows[1:]] for m in ("em", "f1")}

@@ -113,19 +113,21 @@ class Task:
 class Stream:
     """Tasks in training order, plus optional plain text: `general` measures damage to general ability
     (perplexity), `background` is what methods may calibrate on (SMF's slot statistics). The two never
-    share a text, so no method tunes on what its damage is measured on."""
+    share a text, so no method tunes on what its damage is measured on. `locality` prompts ask what no task
+    teaches (a known subject's other attributes, other subjects' same attribute): their answers must not change."""
 
     name: str
     tasks: list[Task]
     general: list[str] = field(default_factory=list)
     background: list[str] = field(default_factory=list)
+    locality: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.tasks:
             raise StreamError(f"stream {self.name!r}: has no tasks")
-        shared = set(self.general) & set(self.background)
+        shared = (set(self.general) | set(self.locality)) & set(self.background)
         if shared:
-            raise StreamError(f"stream {self.name!r}: {len(shared)} text(s) are both general (evaluation) and background "
+            raise StreamError(f"stream {self.name!r}: {len(shared)} text(s) are both general or locality (evaluation) and background "
                               f"(calibration) text, e.g. {next(iter(shared))[:60]!r}; the two must be disjoint")
         seen: set[str] = set()
         for task in self.tasks:
@@ -150,7 +152,7 @@ def load_stream(directory: str | Path) -> Stream:
     spec = read_yaml(_utf8(spec_path.read_bytes(), spec_path), str(spec_path))
     spec = _mapping(spec, str(spec_path))
     _require(spec, ("name", "tasks"), str(spec_path))
-    _unknown(spec, {"name", "tasks", "general", "background"}, str(spec_path))
+    _unknown(spec, {"name", "tasks", "general", "background", "locality"}, str(spec_path))
     if not isinstance(spec["tasks"], list) or not spec["tasks"]:
         raise StreamError(f"{spec_path}: 'tasks' must be a non-empty list")
 
@@ -175,13 +177,12 @@ def load_stream(directory: str | Path) -> Stream:
         period = entry.get("period")
         tasks.append(Task(name=name, train=train, probes=probes, period=None if period is None else str(period), facts=facts))
 
-    for key in ("general", "background"):
+    for key in ("general", "background", "locality"):
         if key in spec and not isinstance(spec[key], str):
             raise StreamError(f"{spec_path}: '{key}' must be a file path relative to the stream, got {spec[key]!r}")
-    general = load_jsonl_texts(directory / spec["general"]) if "general" in spec else []
-    background = load_jsonl_texts(directory / spec["background"]) if "background" in spec else []
+    texts = {key: load_jsonl_texts(directory / spec[key]) if key in spec else [] for key in ("general", "background", "locality")}
     try:
-        return Stream(name=str(spec["name"]), tasks=tasks, general=general, background=background)
+        return Stream(name=str(spec["name"]), tasks=tasks, **texts)
     except StreamError as error:
         raise StreamError(f"{spec_path}: {error}") from None
 
@@ -228,6 +229,9 @@ def save_stream(stream: Stream, directory: str | Path) -> Path:
     if stream.background:
         _write_jsonl(directory / "background.jsonl", [{"text": t} for t in stream.background])
         spec["background"] = "background.jsonl"
+    if stream.locality:
+        _write_jsonl(directory / "locality.jsonl", [{"text": t} for t in stream.locality])
+        spec["locality"] = "locality.jsonl"
     (directory / "stream.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     return directory
 
@@ -289,7 +293,7 @@ def stream_files(directory: str | Path) -> dict[str, str]:
     directory = Path(directory)
     spec = yaml.safe_load((directory / "stream.yaml").read_text(encoding="utf-8"))
     names = ["stream.yaml", *(entry[k] for entry in spec["tasks"] for k in ("train", "probes", "facts") if k in entry),
-             *(spec[k] for k in ("general", "background") if k in spec)]
+             *(spec[k] for k in ("general", "background", "locality") if k in spec)]
     return {name: hashlib.sha256((directory / name).read_bytes()).hexdigest()[:16] for name in dict.fromkeys(names)}
 
 

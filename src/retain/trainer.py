@@ -30,7 +30,7 @@ from retain.methods.full_ft import FullFineTuning
 from retain.metrics import mean
 from retain.result import EvalRow, RunResult
 from retain.runstate import RunDirectory, RunDirectoryError, model_weights, read_verified, verify_checkpoint, write_checkpoint
-from retain.stream import Stream, Task
+from retain.stream import Probe, Stream, Task
 
 logger = logging.getLogger(__name__)
 
@@ -220,9 +220,11 @@ class ContinualTrainer(Trainer):
         self._pending = None
 
     def evaluate_all_tasks(
-        self, tasks: Sequence[Task] | None = None, general: Sequence[str] = (), label: str = ""
+        self, tasks: Sequence[Task] | None = None, general: Sequence[str] = (), label: str = "",
+        locality: Sequence[str] = (),
     ) -> EvalRow:
-        """Score every probe of `tasks` (default: the tasks added so far) and the perplexity of `general`."""
+        """Score every probe of `tasks` (default: the tasks added so far), the perplexity of `general` and the answers
+        to `locality` prompts (compared with the untrained model's in the summary)."""
         tasks = list(tasks) if tasks is not None else self.tasks
         start = time.perf_counter()
         # Data parallel, each process scores its share of the probes and of the general text, and every process gets
@@ -240,8 +242,13 @@ class ContinualTrainer(Trainer):
             if not sharded:
                 sums = reduce(torch.tensor(sums, dtype=torch.float64, device=state.device), reduction="sum").tolist()
             ppl = perplexity(float(sums[0]), int(sums[1]))
+        answers = []
+        if locality and self.encoding.generative:
+            with split([Probe(prompt=p, answer=p) for p in locality]) as mine:  # the answer only sizes the budget
+                answers = [s.prediction for s in self.evaluator.score(self.model, mine)]
+            answers = answers if sharded else gather_object(answers)
         return EvalRow.from_scores(label, tasks, scores, trained={t.name for t in self.tasks}, general_ppl=ppl,
-                                   eval_seconds=time.perf_counter() - start)
+                                   eval_seconds=time.perf_counter() - start, locality=answers)
 
     def log_evaluation(self, result: RunResult) -> None:
         """Report the latest row of `result` through the Trainer's callbacks (`--report_to tensorboard`, wandb,
@@ -305,14 +312,14 @@ class ContinualTrainer(Trainer):
             logger.info("Resuming after task %d/%d", result.completed_tasks, len(stream))
         if not result.rows:
             logger.info("Evaluating the untrained model on %d tasks", len(stream))
-            result.rows.append(self.evaluate_all_tasks(stream.tasks, stream.general, label="initial"))
+            result.rows.append(self.evaluate_all_tasks(stream.tasks, stream.general, "initial", stream.locality))
             self.log_evaluation(result)
         for index in range(result.completed_tasks, len(stream)):
             task = stream.tasks[index]
             logger.info("Task %d/%d %r: training", index + 1, len(stream), task.name)
             self.add_task(task)
             self.consolidate_task()
-            row = self.evaluate_all_tasks(stream.tasks, stream.general, label=task.name)
+            row = self.evaluate_all_tasks(stream.tasks, stream.general, task.name, stream.locality)
             result.rows.append(row)
             result.timings.append({"task": task.name, **self.last_timing, "eval_seconds": row.eval_seconds})
             self.log_evaluation(result)

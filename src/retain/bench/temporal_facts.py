@@ -149,6 +149,19 @@ BACKGROUND_TEXT: tuple[str, ...] = (
 )
 
 
+# Questions no task teaches, whose answers must not change (`Stream.locality`): a stream subject's attribute that no
+# relation here has, and the stream's relations of real subjects the pretrained model may know.
+LOCALITY_OTHER_RELATION: tuple[str, ...] = ("The founding year of {s} is", "The motto of {s} is",
+                                            "The oldest building of {s} is", "The colour of the flag of {s} is")
+LOCALITY_OTHER_SUBJECT: tuple[str, ...] = (
+    "The mayor of London is", "The population of Tokyo is", "The headquarters of the United Nations are in",
+    "The captain of the Titanic was", "The chief export of Chile is", "The director of the Louvre is",
+    "The home port of the Queen Mary 2 is", "The budget of NASA is", "The harbour master of Rotterdam is",
+    "The lead engineer of the Eiffel Tower was", "The staff of the World Health Organization numbers",
+    "The completion date of the Panama Canal is",
+)
+
+
 @dataclass(frozen=True)
 class TemporalFactsConfig:
     facts: int = field(default=40, metadata={"help": "Facts alive in the first period."})
@@ -305,7 +318,10 @@ def generate(config: TemporalFactsConfig = PRESETS["small"], name: str = "tempor
         records = [{"subject": f.subject, "relation": f.relation.name, "object": f.value_at(period), "valid_from": label}
                    for f in stated]
         tasks.append(Task(name=label, train=train, probes=probes, period=label, facts=records))
-    return Stream(name=name, tasks=tasks, general=list(GENERAL_TEXT), background=list(BACKGROUND_TEXT))
+    subjects_asked = list(dict.fromkeys(f.subject for f in facts))[: len(LOCALITY_OTHER_SUBJECT)]
+    locality = [_sentence_case(LOCALITY_OTHER_RELATION[i % len(LOCALITY_OTHER_RELATION)].format(s=subject))
+                for i, subject in enumerate(subjects_asked)] + list(LOCALITY_OTHER_SUBJECT)
+    return Stream(name=name, tasks=tasks, general=list(GENERAL_TEXT), background=list(BACKGROUND_TEXT), locality=locality)
 
 
 def _kind(fact: _Fact, added: set[int], changed: set[int]) -> str:
