@@ -99,6 +99,10 @@ def test_a_known_fact_is_read_where_its_version_was_written(make_model, tokenize
     assert routing.names == ["2018", "2022"] and routing.texts == [f"[2018] {mayor}", f"[2022] {mayor}"]
     assert method.table.memory.table_of.tolist() == [0, -1]
     assert method.route(trainer.model, ["The capital of Atlantis is"], ENCODE).names == ["pretrained"]
+    # read_as="question": the fact found is asked in the first training wording, whatever the asker's words.
+    method.config.read_as = "question"
+    assert method.route(trainer.model, prompts, ENCODE).texts == ["[2018] Quessary — mayor:", "[2022] Quessary — mayor:"]
+    assert method.export(None).routing["casm"]["question"] == "{subject} — {relation}:"
 
 
 def test_casm_adds_no_training_example_of_its_own(make_model, tokenizer, training_args, stream):

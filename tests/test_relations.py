@@ -60,3 +60,14 @@ def test_input_embedder_means_token_rows():
     weight = torch.eye(4)
     vectors = input_embedder(weight, lambda text: [1, 2] if text == " a b" else [3])(["a b", "c"])
     torch.testing.assert_close(vectors, torch.tensor([[0, 0.7071, 0.7071, 0], [0, 0, 0, 1.0]]), atol=1e-4, rtol=0)
+
+
+def test_a_found_fact_can_be_read_as_its_training_question():
+    from retain.fact_questions import WORDINGS, question
+
+    facts, periods = registry(), ["2018", "2020"]
+    asked = "Could you tell me who the head of the Dorin Institute was back in 2021?"
+    seen = read(asked, periods, facts, relate=RelationMatcher(embed), question=WORDINGS[0])
+    assert seen.text == question("the Dorin Institute", "director", "2020") == "[2020] The Dorin Institute — director:"
+    assert read(asked, periods, facts, relate=RelationMatcher(embed)).text.endswith("back in 2020?")  # the asker's words
+    assert read("Plants turn light into sugar.", periods, facts, question=WORDINGS[0]).text == "Plants turn light into sugar."

@@ -250,7 +250,7 @@ class Read(NamedTuple):
 
 
 def read(prompt: str, periods: list[str], registry: FactRegistry, scope: str = "facts", as_of: str | None = None,
-         relate: RelationScorer | None = None) -> Read:
+         relate: RelationScorer | None = None, question: str | None = None) -> Read:
     """How `prompt` is read by a memory with one version per period of `periods`.
 
     When the registry knows the fact the prompt asks about, the version read is the one written in the period
@@ -258,7 +258,9 @@ def read(prompt: str, periods: list[str], registry: FactRegistry, scope: str = "
     period's text was: its time becomes the period, with the period's tag in front, as every training text of the
     period had it. "[2022] The mayor of Nozer is", about a mayor unchanged since 2018, reads the 2018 memory as
     "[2018] The mayor of Nozer is"; "Q: Who was the mayor of Nozer in 2022?" as "[2018] Q: Who was the mayor of
-    Nozer in 2018?". Only the time is rewritten: the wording stays the asker's, and no object enters the text. A
+    Nozer in 2018?". Only the time is rewritten: the wording stays the asker's, and no object enters the text.
+    With `question` (a training wording: "{subject} — {relation}:"), the fact found is asked in it instead, dated
+    the same way ("[2018] Nozer — mayor:"): the asker's wording is gone, and still no object is in the text. A
     prompt naming neither a time nor a known fact reads no memory (None) under `scope="facts"` ("all": the
     latest). Otherwise the period named is read, and the text is the prompt.
     """
@@ -271,5 +273,8 @@ def read(prompt: str, periods: list[str], registry: FactRegistry, scope: str = "
         return Read(named, None if general else named, prompt)
     written = version_at(periods, fact.valid_from)
     period = periods[written]
+    if question is not None:
+        asked = question.format(subject=fact.subject, relation=fact.relation)
+        return Read(named, written, f"[{period}] {asked[:1].upper()}{asked[1:]}", fact)
     text = at_time(prompt, period, clock)
     return Read(named, written, text if text.startswith(f"[{period}]") else f"[{period}] {text}", fact)

@@ -171,7 +171,8 @@ class RetainForCausalLM(BASE):
         if self._casm.get("by_meaning"):
             relate = RelationMatcher(input_embedder(self.get_input_embeddings().weight,
                                                     lambda text: tokenizer(text)["input_ids"]))
-        reads = [read(p, self._casm["periods"], self._registry, self._casm["scope"], relate=relate) for p in prompts]
+        reads = [read(p, self._casm["periods"], self._registry, self._casm["scope"], relate=relate,
+                      question=self._casm.get("question")) for p in prompts]
         inputs = {"input_ids": input_ids, "attention_mask": mask}
         if [r.text for r in reads] != prompts or as_of is not None:
             side, tokenizer.padding_side = tokenizer.padding_side, "left"

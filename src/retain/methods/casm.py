@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from retain.evaluation import exact_match
-from retain.fact_questions import question
+from retain.fact_questions import WORDINGS, question
 from retain.knowledge import FactRegistry, FactVersion, Read, RelationScorer, read, version_at
 from retain.methods.base import (
     Encode, Exported, Method, MethodError, Routing, StreamData, TaskData, TrainingContext, check_periods, register, task_period,
@@ -56,6 +56,11 @@ class CASMConfig(SMFConfig):
     by_meaning: bool = field(default=True, metadata={
         "help": "When a query names a known subject but none of its relations verbatim, find the relation it means "
                 "from the model's input embeddings (`retain.relations`); off: the subject and relation must appear."})
+
+    read_as: Literal["asked", "question"] = field(default="asked", metadata={
+        "help": "How a query whose fact the registry finds is read: 'asked', in the asker's words with its time "
+                "rewritten to the period; 'question', as the first training wording of the fact questions "
+                "(\"[2018] Nozer — mayor:\"), whatever the asker's words."})
 
     def writer_config(self) -> SMFConfig:
         """The SMF options of the memory writer."""
@@ -164,7 +169,11 @@ class CASM(Method):
 
     def read(self, prompt: str, relate: RelationScorer | None = None) -> Read:
         """How `prompt` is read (`retain.knowledge.read`): which version, and as what text."""
-        return read(prompt, self.periods, self.registry, self.config.scope, self.as_of, relate)
+        return read(prompt, self.periods, self.registry, self.config.scope, self.as_of, relate, self._question())
+
+    def _question(self) -> str | None:
+        """The training wording a query is read in (`read_as="question"`), else None: the asker's."""
+        return WORDINGS[0] if self.config.read_as == "question" else None
 
     def route(self, model: nn.Module, prompts: Sequence[str], encode: Encode) -> Routing | None:
         """Each prompt reads its memory version; its route is the period of that version ("pretrained" for none)."""
@@ -187,7 +196,7 @@ class CASM(Method):
             tensors = {f"casm_{part}_{v}": copy[i] for v, copy in enumerate(self.table.copies)
                        for i, part in enumerate(("rows", "values"))}
             return Exported(routing={"casm": {"periods": self.periods, "scope": self.config.scope,
-                                              "by_meaning": self.config.by_meaning,
+                                              "by_meaning": self.config.by_meaning, "question": self._question(),
                                               "copies": [len(rows) for rows, _ in self.table.copies],
                                               "facts": self.registry.state()}}, tensors=tensors)
         time_key(as_of)

@@ -21,6 +21,7 @@ from peft import PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from retain.fact_questions import WORDINGS
 from retain.knowledge import FactRegistry, read
 from retain.methods.base import (
     Encode, Exported, Method, MethodConfig, MethodError, Routing, TaskData, TrainingContext, check_periods, register,
@@ -40,6 +41,8 @@ class SnapshotConfig(MethodConfig):
     scope: Literal["facts", "all"] = field(default="facts", metadata={
         "help": "As CASM's: 'facts' reads a prompt naming no time and no known fact with no adapter; 'all': the latest."})
     by_meaning: bool = field(default=True, metadata={"help": "As CASM's: find a relation asked in other words."})
+    read_as: Literal["asked", "question"] = field(default="asked", metadata={
+        "help": "As CASM's: read a query whose fact is found in the asker's words or as a training question."})
 
 
 @register
@@ -113,7 +116,8 @@ class Snapshot(Method):
         if self.config.by_meaning:
             weight = model.get_input_embeddings().weight
             relate = RelationMatcher(input_embedder(weight, lambda text: encode([text])["input_ids"][0].tolist()))
-        reads = [read(p, self.periods, self.registry, self.config.scope, None, relate) for p in prompts]
+        question = WORDINGS[0] if self.config.read_as == "question" else None
+        reads = [read(p, self.periods, self.registry, self.config.scope, None, relate, question) for p in prompts]
         self.routed = [BASE if r.version is None else self._adapter(r.version) for r in reads]
         return Routing(texts=[r.text for r in reads],
                        names=["pretrained" if r.version is None else self.periods[r.version] for r in reads],
