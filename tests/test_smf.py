@@ -177,7 +177,7 @@ def test_smf_needs_background_text_that_is_not_general_text(make_model, tokenize
     with pytest.raises(ValueError, match="SMFConfig.background: 1 of the texts of .*background.jsonl are the stream's general text"):
         stream_trainer(make_model, tokenizer, training_args, small_stream, SMALL | {"background": str(file)})
     small_stream.background = background
-    with pytest.raises(StreamError, match="both general .evaluation. and background"):
+    with pytest.raises(StreamError, match="both general or locality .evaluation. and background"):
         Stream(name="s", tasks=small_stream.tasks, general=small_stream.general, background=small_stream.general[:1])
 
 
