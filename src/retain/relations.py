@@ -60,6 +60,12 @@ def input_embedder(weight: torch.Tensor, tokenize: Callable[[str], list[int]]) -
     return embed
 
 
+def model_matcher(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, torch.Tensor]]) -> RelationMatcher:
+    """A matcher over `model`'s input embeddings, tokenizing as `encode` (a batch of one text has no padding)."""
+    tokenize = lambda text: encode([text])["input_ids"][0].tolist()  # noqa: E731
+    return RelationMatcher(input_embedder(model.get_input_embeddings().weight, tokenize))
+
+
 class RelationMatcher:
     """A `knowledge.RelationScorer`: how sure it is that a query's words ask about each relation, from `embed`."""
 

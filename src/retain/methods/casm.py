@@ -43,7 +43,7 @@ from retain.methods.base import (
 )
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 from retain.nn.versioned_table import VersionedTable
-from retain.relations import RelationMatcher, input_embedder
+from retain.relations import model_matcher
 from retain.stream import Stream, Task
 from retain.text import first_statement, normalize_answer, time_key
 
@@ -179,9 +179,7 @@ class CASM(Method):
         """Each prompt reads its memory version; its route is the period of that version ("pretrained" for none)."""
         if not self.periods:
             return None
-        relate = None
-        if self.config.by_meaning:
-            relate = RelationMatcher(input_embedder(model.get_input_embeddings().weight, _token_ids(encode)))
+        relate = model_matcher(model, encode) if self.config.by_meaning else None
         reads = [self.read(prompt, relate) for prompt in prompts]
         self.table.read([r.version for r in reads])
         return Routing(texts=[r.text for r in reads],
@@ -230,11 +228,6 @@ class CASM(Method):
         self.periods, self.observations = list(state["periods"]), list(state["observations"])
         self.table.load_state_dict({"versions": len(self.periods), "copies": state["copies"]})
         self.registry = FactRegistry.from_state(state["registry"])
-
-
-def _token_ids(encode: Encode) -> Callable[[str], list[int]]:
-    """A text's token ids, through the evaluator's `encode` (which pads a batch: one text has no padding)."""
-    return lambda text: encode([text])["input_ids"][0].tolist()
 
 
 def _stated_prefix(answer: str, passages: list[str]) -> str | None:

@@ -27,7 +27,7 @@ from retain.methods.base import (
     Encode, Exported, Method, MethodConfig, MethodError, Routing, TaskData, TrainingContext, check_periods, register,
     task_period,
 )
-from retain.relations import RelationMatcher, input_embedder
+from retain.relations import model_matcher
 from retain.stream import Stream
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -112,10 +112,7 @@ class Snapshot(Method):
     def route(self, model: nn.Module, prompts: Sequence[str], encode: Encode) -> Routing | None:
         if not self.periods:
             return None
-        relate = None
-        if self.config.by_meaning:
-            weight = model.get_input_embeddings().weight
-            relate = RelationMatcher(input_embedder(weight, lambda text: encode([text])["input_ids"][0].tolist()))
+        relate = model_matcher(model, encode) if self.config.by_meaning else None
         question = WORDINGS[0] if self.config.read_as == "question" else None
         reads = [read(p, self.periods, self.registry, self.config.scope, None, relate, question) for p in prompts]
         self.routed = [BASE if r.version is None else self._adapter(r.version) for r in reads]
