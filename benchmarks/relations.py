@@ -1,13 +1,15 @@
 """The fact router's relation matcher (`retain.relations`): its settings fitted on dev pairs, then scored on the
 temporal-facts stream's probe templates, which no choice looked at.
 
-1. Fit: for each layer, temperature and "none" similarity of a grid, the mean log-likelihood of the right option on
-   `DEV_PAIRS`, each paraphrase asked against three relations, with its own (the answer) or without it (the answer
-   is "none"). The best setting is printed beside the one in `retain.relations`.
+1. Fit: for each embedding (the input embeddings raw, centred, or less their top 1–10 principal directions; the
+   states after each of the first six decoder layers), temperature and "none" similarity of a grid, the mean
+   log-likelihood of the right option on `DEV_PAIRS`, each paraphrase asked against three relations, with its own
+   (the answer) or without it (the answer is "none"), and on `DEV_UNRELATED`, each asked against one and three
+   relations (the answer is "none"). The best setting is printed beside the one in `retain.relations`.
 2. Score, with the settings in `retain.relations`: the router (`retain.knowledge.read`) on every template of the
    family (`--probe-templates` all of them), over a `medium` stream's facts, with and without the matcher: per
    template, precision and recall of (fact, period): did it name the probe's fact and read the period that taught
-   the answer. No training is involved: the registry holds the stream's facts, the model is the pretrained one.
+   the answer; and the share of the stream's locality questions that read no memory ("recall" of `locality`). No training is involved: the registry holds the stream's facts, the model is the pretrained one.
 
     python benchmarks/relations.py --seeds 0,1,2
 """
@@ -18,6 +20,7 @@ import argparse
 import itertools
 import math
 import random
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +31,8 @@ from retain.bench.temporal_facts import PRESETS, generate
 from retain.knowledge import FactRegistry, read
 import torch
 
-from retain.relations import DEV_PAIRS, NONE_SIMILARITY, TEMPERATURE, RelationMatcher, input_embedder
+from retain.relations import (COMMON_DIRECTIONS, DEV_PAIRS, DEV_UNRELATED, NONE_SIMILARITY, TEMPERATURE, RelationMatcher,
+                               input_embedder)
 from retain.text import normalize_answer
 
 
@@ -42,13 +46,14 @@ def dev_cases(seed: int = 0) -> list[tuple[str, list[str], int | None]]:
         with_it = [relation, *others[:2]]
         rng.shuffle(with_it)
         cases += [(paraphrase, with_it, with_it.index(relation)), (paraphrase, others, None)]
-    return cases
+    return cases + [(other, rng.sample(relations, k), None) for other in DEV_UNRELATED for k in (1, 3)]
 
 
-def layer_embedder(model, tokenizer, layer: int):
-    """Texts → the unit mean of the model's states after decoder layer `layer` (0: the input embeddings)."""
+def layer_embedder(model, tokenizer, layer: int, common: int | None = COMMON_DIRECTIONS):
+    """Texts → the unit mean of the model's states after decoder layer `layer` (0: the input embeddings, less their
+    mean and `common` top directions, raw for None)."""
     if layer == 0:
-        return input_embedder(model.get_input_embeddings().weight, tokenizer.encode)
+        return input_embedder(model.get_input_embeddings().weight, tokenizer.encode, common)
 
     @torch.no_grad()
     def embed(texts):
@@ -63,10 +68,11 @@ def fit(model, tokenizer) -> dict:
     """The grid's best setting by mean log-likelihood of the right option on the dev cases, and its accuracy."""
     cases = dev_cases()
     results = []
-    for layer in range(0, 7):
-        matcher = RelationMatcher(layer_embedder(model, tokenizer, layer))
+    embeddings = [(0, common) for common in (None, 0, 1, 2, 5, 10)] + [(layer, None) for layer in range(1, 7)]
+    for layer, common in embeddings:
+        matcher = RelationMatcher(layer_embedder(model, tokenizer, layer, common))
         sims = [matcher.similarities(normalize_answer(p), c) for p, c, _ in cases]
-        for temperature, none in itertools.product((0.02, 0.05, 0.1, 0.2), (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)):
+        for temperature, none in itertools.product((0.02, 0.05, 0.1, 0.2), (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)):
             loglik = right = 0.0
             for s, (_, _, answer) in zip(sims, cases):
                 logits = [x / temperature for x in s.tolist()] + [none / temperature]
@@ -75,11 +81,11 @@ def fit(model, tokenizer) -> dict:
                 target = len(logits) - 1 if answer is None else answer
                 loglik += logits[target] - log_z
                 right += max(range(len(logits)), key=logits.__getitem__) == target
-            results.append({"layer": layer, "temperature": temperature, "none_similarity": none,
+            results.append({"layer": layer, "common_directions": common, "temperature": temperature, "none_similarity": none,
                             "loglik": loglik / len(cases), "accuracy": right / len(cases)})
     best = max(results, key=lambda r: r["loglik"])
-    chosen = next(r for r in results if (r["layer"], r["temperature"], r["none_similarity"])
-                  == (0, TEMPERATURE, NONE_SIMILARITY))
+    chosen = next(r for r in results if (r["layer"], r["common_directions"], r["temperature"], r["none_similarity"])
+                  == (0, COMMON_DIRECTIONS, TEMPERATURE, NONE_SIMILARITY))
     return {"best": best, "in_use": chosen, "cases": len(cases)}
 
 
@@ -103,8 +109,11 @@ def router_scores(seed: int, matcher: RelationMatcher | None) -> dict[str, dict[
                 c[0] += right
                 c[1] += named
                 c[2] += 1
-    return {form: {"precision": r / n if n else None, "recall": r / total}
-            for form, (r, n, total) in sorted(counts.items())}
+    scores = {form: {"precision": r / n if n else None, "recall": r / total} for form, (r, n, total) in sorted(counts.items())}
+    # A locality question names a stream subject or relation but no fact the stream has: any memory it reads is wrong.
+    scores["locality"] = {"precision": None, "recall": statistics.fmean(
+        read(prompt, periods, registry, relate=matcher).version is None for prompt in stream.locality)}
+    return scores
 
 
 def main() -> None:
@@ -123,7 +132,7 @@ def main() -> None:
         per_seed[seed] = {"verbatim": router_scores(seed, None),
                           "by_meaning": router_scores(seed, RelationMatcher(layer_embedder(model, tokenizer, 0)))}
         for router, scores in per_seed[seed].items():
-            print(seed, router, {h: scores[h] for h in ("dev/*", "test/*")})
+            print(seed, router, {h: scores[h] for h in ("dev/*", "test/*", "locality")})
     forms = sorted(per_seed[seeds[0]]["verbatim"])
     summary = {router: {form: {m: mean_sd([per_seed[s][router][form][m] for s in seeds]) for m in ("precision", "recall")}
                         for form in forms} for router in ("verbatim", "by_meaning")}

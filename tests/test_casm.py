@@ -207,7 +207,9 @@ def test_state_round_trips_through_a_checkpoint(make_model, tokenizer, training_
 
 @pytest.mark.parametrize("scope", ["facts", "all"])
 def test_text_about_nothing_learned_reads_the_pretrained_model(make_model, tokenizer, training_args, stream, scope):
-    trainer, method = casm_trainer(make_model, tokenizer, training_args, FEED_FORWARD | {"scope": scope})
+    # Relations are found verbatim here: a random model's embeddings give the matcher (tested in test_relations.py)
+    # no meaning to abstain by.
+    trainer, method = casm_trainer(make_model, tokenizer, training_args, FEED_FORWARD | {"scope": scope, "by_meaning": False})
     general = "Velmora and Quessary, Ilse Brandvik and Oona Terrelle."  # words it learned, but no fact it knows
     batch = tokenizer([general, f"[2018] {HARBOUR}"], return_tensors="pt", padding=True)
     with torch.no_grad():

@@ -58,8 +58,23 @@ def test_a_confidence_is_a_probability_against_none_of_these():
 
 def test_input_embedder_means_token_rows():
     weight = torch.eye(4)
-    vectors = input_embedder(weight, lambda text: [1, 2] if text == " a b" else [3])(["a b", "c"])
+    vectors = input_embedder(weight, lambda text: [1, 2] if text == " a b" else [3], common=None)(["a b", "c"])
     torch.testing.assert_close(vectors, torch.tensor([[0, 0.7071, 0.7071, 0], [0, 0, 0, 1.0]]), atol=1e-4, rtol=0)
+
+
+def test_what_every_token_shares_is_taken_out():
+    # Every row leans the same way (a large shared direction) and differs in one small one of its own: raw, any two
+    # tokens look alike; less the mean and the top direction, unrelated tokens are orthogonal and a token matches itself.
+    generator = torch.Generator().manual_seed(0)
+    own = torch.randn(64, 16, generator=generator)
+    weight = own * 0.1 + 3.0 * torch.randn(64, 1, generator=generator).abs() * torch.ones(16)
+    raw = input_embedder(weight, lambda text: [int(text)], common=None)(["1", "2"])
+    assert raw[0] @ raw[1] > 0.9
+    clean = input_embedder(weight, lambda text: [int(text)], common=1)(["1", "2", "1"])
+    assert abs(clean[0] @ clean[1]) < 0.5 and clean[0] @ clean[2] > 0.999
+    weight[:, 0] += 100.0  # trained in place: the directions are computed again, not read from the cache
+    moved = input_embedder(weight, lambda text: [int(text)], common=1)(["1", "2"])
+    assert abs(moved[0] @ moved[1]) < 0.5
 
 
 def test_a_found_fact_can_be_read_as_its_training_question():

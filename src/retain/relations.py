@@ -3,12 +3,14 @@
 The fact router's fallback (`retain.knowledge.FactRegistry.find`) when a query names a fact's subject but not its
 relation verbatim: "the workforce of the Dorin Institute" asks about its staff. Each run of one to three content
 words left in the query is embedded as the model embeds it (the mean of its tokens' input embeddings, which no
-method here trains), as is each candidate relation; a relation's similarity is that of its closest run. A "none of these" option with a fixed
+method here trains, less what every token shares: the vocabulary's mean and its top principal directions, which
+otherwise make any two rare words look alike, "motto" like "mayor"), as is each candidate relation; a relation's similarity is that of its closest run. A "none of these" option with a fixed
 similarity competes with them, and a softmax at a fixed temperature turns the similarities into a confidence: the
 router reads a relation only when it is more likely than every other option, none included.
 
-The layer (input embeddings, against the states after each of the first six decoder layers), temperature and "none"
-similarity were chosen on `DEV_PAIRS` (relations and paraphrases of our own, none of them a probe's wording:
+The layer (input embeddings, against the states after each of the first six decoder layers), the directions taken
+out, temperature and "none" similarity were chosen on `DEV_PAIRS` and `DEV_UNRELATED` (relations, paraphrases and
+other attributes of our own, none of them a probe's or a locality question's wording:
 `benchmarks/relations.py` refits them and scores the router). Like `knowledge.py`, this module imports nothing else
 of retain: `retain export` ships it beside an exported model, which routes as CASM does.
 """
@@ -20,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 Embed = Callable[[Sequence[str]], torch.Tensor]  # texts → one unit vector each
 
@@ -37,7 +40,10 @@ DEV_PAIRS: tuple[tuple[str, str], ...] = (
     ("headmaster", "school principal"), ("currency", "money used"), ("religion", "faith"), ("occupation", "job"),
     ("team", "club"),
 )
-TEMPERATURE, NONE_SIMILARITY = 0.1, 0.5
+# Attributes none of DEV_PAIRS' relations means: asked against them, the answer is "none of these".
+DEV_UNRELATED: tuple[str, ...] = ("nickname", "anthem", "mascot", "climate", "area", "elevation", "postcode", "website",
+                                  "patron saint", "twin town", "age", "height")
+TEMPERATURE, NONE_SIMILARITY, COMMON_DIRECTIONS = 0.1, 0.3, 5
 
 
 def spans(words: str, longest: int = 3) -> list[str]:
@@ -48,16 +54,39 @@ def spans(words: str, longest: int = 3) -> list[str]:
                               for i in range(len(run) - n + 1)))
 
 
-def input_embedder(weight: torch.Tensor, tokenize: Callable[[str], list[int]]) -> Embed:
+def input_embedder(weight: torch.Tensor, tokenize: Callable[[str], list[int]],
+                   common: int | None = COMMON_DIRECTIONS) -> Embed:
     """Texts → the unit mean of their tokens' rows of `weight` (a model's input embeddings), each text tokenized as
-    words inside a sentence are (after a space)."""
+    words inside a sentence are (after a space); with `common`, less the rows' mean and their `common` top principal
+    directions ("all but the top", Mu & Viswanath 2018)."""
 
     @torch.no_grad()
     def embed(texts: Sequence[str]) -> torch.Tensor:
-        means = [weight[torch.tensor(tokenize(f" {text}"), device=weight.device)].float().mean(0) for text in texts]
-        return nn.functional.normalize(torch.stack(means), dim=-1).cpu()
+        means = torch.stack([weight[torch.tensor(tokenize(f" {text}"), device=weight.device)].float().mean(0)
+                             for text in texts])
+        if common is not None:
+            mean, top = shared_directions(weight, common)
+            means = means - mean
+            means = means - (means @ top) @ top.T
+        return nn.functional.normalize(means, dim=-1).cpu()
 
     return embed
+
+
+_SHARED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight → (its version, k, mean, top directions)
+
+
+@torch.no_grad()
+def shared_directions(weight: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of `weight`'s rows and their top `k` principal directions (columns), computed once per tensor and
+    version: a matcher is built for every batch read."""
+    cached = _SHARED.get(weight)
+    if cached is None or cached[:2] != (weight._version, k):
+        mean = weight.float().mean(0)
+        scatter = sum((chunk.float() - mean).T @ (chunk.float() - mean) for chunk in weight.split(8192))
+        _, vectors = torch.linalg.eigh(scatter)  # ascending eigenvalues: the top directions come last
+        cached = _SHARED[weight] = (weight._version, k, mean, vectors[:, max(vectors.shape[1] - k, 0):])
+    return cached[2], cached[3]
 
 
 def model_matcher(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, torch.Tensor]]) -> RelationMatcher:
