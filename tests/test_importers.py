@@ -9,10 +9,12 @@ import pytest
 from retain import ContinualTrainer, build_method, load_stream
 from retain.cli import main
 from retain.evaluation import exact_match
+from retain.fact_questions import WORDINGS, fact_questions
 from retain.importers.casm import import_casm
 from retain.importers.temporalwiki import import_temporalwiki
 from retain.knowledge import FactRegistry
 from retain.methods import METHODS
+from retain.text import wording
 
 FIXTURES = Path(__file__).parent / "fixtures"  # invented files in the datasets' layouts
 CASM_DIR, TWIKI = FIXTURES / "casm-synthetic", FIXTURES / "temporalwiki"
@@ -55,6 +57,32 @@ def test_casm_facts_cut_is_consistent_across_files(tmp_path):
         assert {p.key.split(" | ")[0] for p in task.probes} <= {"Saltmere Tram Company", "Kestrel Head Beacon"}
     template, _ = import_casm(CASM_DIR, passages="template")
     assert template.tasks[0].train[0]["text"] == "In 2018, the tram count of Saltmere Tram Company is 22 trams."
+
+
+def test_casm_probes_in_the_template_family_both_halves_and_now_last(tmp_path, capsys):
+    assert main(["import", "casm", str(CASM_DIR), "--output", str(tmp_path / "s"), "--probe-templates", "4"]) == 0
+    stream = load_stream(tmp_path / "s")
+    signal = [p for p in stream.tasks[1].probes if p.key == "Kestrel Head Beacon | signal colour"]
+    forms = [p.form for p in signal]
+    assert forms[0] == "cloze" and len(forms) == 5  # the dataset's own prompt and four templates
+    assert sum(f.startswith("dev/") for f in forms) == sum(f.startswith("test/") for f in forms) == 2
+    assert all("signal colour of Kestrel Head Beacon" in p.prompt or "Kestrel Head Beacon's signal colour" in p.prompt
+               or p.form.startswith(("dev/upper", "test/upper", "dev/spaced", "test/spaced")) for p in signal[1:])
+    assert {(p.answer, p.learned_in) for p in signal} == {("blue", "2020")}
+    every = {p.form for task in stream.tasks for p in task.probes}
+    assert not any("/alt-" in f or f.endswith("-alt") for f in every)  # no relation in other words to ask by
+    now = {p.form for task in stream.tasks for p in task.probes if "/now-" in p.form}
+    assert now and now <= {p.form for p in stream.tasks[-1].probes}
+    # No template is a training text's wording, even near (its time out, case and articles aside): neither a
+    # passage's nor a fact question's.
+    both, _ = import_casm(CASM_DIR, passages="both", templates=32)
+    texts = [f" {wording(' '.join(e.values()))} " for task in both.tasks
+             for e in [*task.train, *fact_questions(task.facts, task.period, wordings=len(WORDINGS))]]
+    templated = {p.prompt for task in both.tasks for p in task.probes if p.form != "cloze"}
+    assert len(templated) > 100 and not [p for p in templated if any(f" {wording(p)} " in t for t in texts)]
+    assert main(["import", "casm", str(CASM_DIR), "--output", str(tmp_path / "t"), "--probe-templates", "33"]) == 2
+    assert "--probe-templates: expected 0 to 32" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
 
 
 def test_casm_older_folder_name_gives_the_same_stream(casm_copy):

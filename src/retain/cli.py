@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     casm.add_argument("--facts", type=int, help="keep the first N facts (and their passages and probes)")
     casm.add_argument("--passages", default="augmented", choices=["augmented", "template", "both"],
                       help="train on the augmented passages (default), the one-sentence templates, or both")
+    casm.add_argument("--probe-templates", type=int, default=0,
+                      help="probe each fact in N templates of the dev/test family (half each) instead of the question "
+                           "and time-clause forms, and in N about now in the last period")
     twiki = sources.add_parser("temporalwiki", help="TemporalWiki's 2021 monthly diff sets and probe triples")
     twiki.add_argument("--diffsets", required=True, help="the TWiki_Diffsets folder (aug_sep.csv … nov_dec.csv)")
     twiki.add_argument("--probes", required=True, help="the twiki_probes folder (<months>_changed/unchanged.csv)")
@@ -274,7 +277,8 @@ def _upgrade(run: Path) -> None:
 
 def _import(args: argparse.Namespace) -> None:
     if args.source == "casm":
-        stream, report = import_casm(args.directory, facts=args.facts, passages=args.passages)
+        stream, report = import_casm(args.directory, facts=args.facts, passages=args.passages,
+                                     templates=args.probe_templates)
     else:
         stream, report = import_temporalwiki(args.diffsets, args.probes, per_period=args.per_period, seed=args.seed)
     write_imported(stream, args.output)

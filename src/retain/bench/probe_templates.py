@@ -14,9 +14,13 @@ two digits (for "'20").
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from collections.abc import Callable
+from typing import Literal, NamedTuple, TypeVar
 
 from retain.text import spoken_time
+
+
+T = TypeVar("T")
 
 
 class ProbeTemplate(NamedTuple):
@@ -107,6 +111,27 @@ def render(template: ProbeTemplate, subject: str, relation: str, alias: str, wh:
     return text if template.name.startswith(("lower", "upper")) else text[:1].upper() + text[1:]
 
 
-def probe_templates(present: bool) -> list[ProbeTemplate]:
-    """The templates that ask as of a period (`present` False) or about now (True), dev and test alternating."""
-    return [t for t in TEMPLATES if t.present == present]
+def probe_templates(present: bool, other_words: bool = True) -> list[ProbeTemplate]:
+    """The templates that ask as of a period (`present` False) or about now (True), dev and test alternating; without
+    `other_words`, not those that ask for the relation in other words (a relation with no alias)."""
+    return [t for t in TEMPLATES if t.present == present and (other_words or "{alt}" not in t.text)]
+
+
+def drawn(templates: list[T], count: int, turn: int) -> list[T]:
+    """`count` templates (at most all), the `turn`-th draw of a rotation through `templates`: dev and test alternate
+    in the family, so an even count takes half from each, and every template is drawn about equally often."""
+    return [templates[(turn * count + i) % len(templates)] for i in range(min(count, len(templates)))]
+
+
+def asked(subject: str, relation: str, alias: str | None, wh: str, period: str, count: int, turn: int, now: bool,
+          allowed: Callable[[str], bool] = lambda prompt: True) -> dict[str, str]:
+    """Form → prompt: (subject, relation) asked as of `period` in `count` templates, the `turn`-th draw, and with
+    `now` in `count` templates about the present too; without an `alias`, none that asks in other words; only
+    prompts `allowed` (an importer's check that no training text already says them)."""
+    prompts = {}
+    for present in [False, True] if now else [False]:
+        family = [(t, render(t, subject, relation, alias or relation, wh, period))
+                  for t in probe_templates(present, alias is not None)]
+        kept = [pair for pair in family if allowed(pair[1])]
+        prompts |= {t.form: prompt for t, prompt in drawn(kept, count, turn)}
+    return prompts

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
 from retain import metrics
-from retain.bench.probe_templates import ProbeTemplate, probe_templates, render
+from retain.bench.probe_templates import asked, probe_templates
 from retain.result import KindsOf, RunResult, register_summary
 from retain.stream import Probe, Stream, Task
 
@@ -337,11 +337,8 @@ def _probes(fact: _Fact, period: int, periods: tuple[str, ...], kind: str, last:
     `config.probe_templates`, in that many templates of the family instead, the `turn`-th draw of the rotation."""
     label, relation = periods[period], fact.relation
     if config.probe_templates:
-        forms = {t.form: render(t, fact.subject, relation.name, relation.alias, relation.question, label)
-                 for t in _drawn(probe_templates(present=False), config.probe_templates, turn)}
-        if last:
-            forms |= {t.form: render(t, fact.subject, relation.name, relation.alias, relation.question, label)
-                      for t in _drawn(probe_templates(present=True), config.probe_templates, turn)}
+        forms = asked(fact.subject, relation.name, relation.alias, relation.question, label, config.probe_templates, turn,
+                      now=last)
     else:
         present = relation.templates[0].format(s=fact.subject)
         ending = next(e for e in _PAST if present.endswith(e))
@@ -358,12 +355,6 @@ def _probes(fact: _Fact, period: int, periods: tuple[str, ...], kind: str, last:
     learned_in = periods[max(p for p in fact.values if p <= period)]
     return [Probe(prompt=prompt, answer=answer, kind=kind, key=fact.key, form=form, other_values=others,
                   learned_in=learned_in) for form, prompt in forms.items()]
-
-
-def _drawn(templates: list[ProbeTemplate], count: int, turn: int) -> list[ProbeTemplate]:
-    """`count` templates (at most all), the `turn`-th draw of a rotation through `templates`: dev and test alternate
-    in the family, so an even count takes half from each, and every template is drawn about equally often."""
-    return [templates[(turn * count + i) % len(templates)] for i in range(min(count, len(templates)))]
 
 
 def _training_examples(fact: _Fact, period: int, label: str, config: TemporalFactsConfig) -> list[dict[str, str]]:

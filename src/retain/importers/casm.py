@@ -8,7 +8,11 @@ template sentence per fact]}`) and `augmented/synthetic/<period>.csv` (or the ol
 Each period's task trains on its passages (`--passages augmented`, `template` or `both`), lists every
 fact's value then in `facts.jsonl` (valid from the period that value began), and probes with the
 dataset's own prompts (form `cloze`), plus a question and a time-clause wording of each (held-out
-forms no passage uses). Kinds: the first period's probes are `new`, later ones `changed` or
+forms no passage uses), or, with `templates` N, N templates of the dev/test family
+(`retain.bench.probe_templates`; and N about now in the last period) drawn in turn. The dataset names no
+relation in other words, so the templates that ask that way are left out, and asks "What" of every relation; a
+template whose wording one of the fact's passages holds (its time aside: "[2022] The tram count of X is" where a
+passage says "The tram count of X is 22 trams") is not drawn for that fact, so no probe is trained on. Kinds: the first period's probes are `new`, later ones `changed` or
 `unchanged` as the dataset marks them. `--facts N` keeps the first N facts of the raw file, and so
 the first N rows of every passage file and the probes about those facts.
 
@@ -23,17 +27,23 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from retain.bench.probe_templates import asked, probe_templates
 from retain.importers import ImportReport, question_probes, read_csv, read_json
 from retain.stream import Probe, Stream, StreamError, Task
-from retain.text import normalize_answer, time_key
+from retain.text import normalize_answer, time_key, wording
 
 Passages = Literal["augmented", "template", "both"]
 _VALUE = re.compile(r"value_(.+)")
 AUGMENTED_FOLDERS = ("augmented/synthetic", "augmented_synthetic")  # the newer layout first
 
 
-def import_casm(directory: str | Path, facts: int | None = None, passages: Passages = "augmented") -> tuple[Stream, ImportReport]:
+def import_casm(directory: str | Path, facts: int | None = None, passages: Passages = "augmented",
+                templates: int = 0) -> tuple[Stream, ImportReport]:
     directory = Path(directory)
+    most = len(probe_templates(present=False, other_words=False))
+    if not 0 <= templates <= most:
+        raise StreamError(f"--probe-templates: expected 0 to {most} (the family's dated templates with the relation "
+                          f"named), got {templates}")
     if passages not in ("augmented", "template", "both"):
         raise StreamError(f"--passages: expected augmented, template or both, got {passages!r}")
     if facts is not None and facts < 1:
@@ -50,7 +60,8 @@ def import_casm(directory: str | Path, facts: int | None = None, passages: Passa
         for period in periods:
             rows = [row["text"] for row, _ in read_csv(folder / f"{period}.csv", ["text"])]
             _align(rows, folder / f"{period}.csv", period, raw, texts, report)
-    probes = _probes(directory / "probes.json", periods, raw, report)
+    said = [" ".join(f" {wording(t)} " for period in periods for t in texts[period][index]) for index in range(len(raw))]
+    probes = _probes(directory / "probes.json", periods, raw, report, templates, said)
     tasks = []
     for index, period in enumerate(periods):
         train = [{"text": t} for per_fact in texts[period] for t in per_fact]
@@ -118,12 +129,14 @@ def _align(rows: list[str], path: Path, period: str, raw: list[dict], texts: dic
             report.drop(f"passages that name neither their fact's entity nor its value ({path.name})")
 
 
-def _probes(path: Path, periods: list[str], raw: list[dict[str, Any]], report: ImportReport) -> dict[str, list[Probe]]:
-    """The dataset's probes of each period, about the facts kept, each with its held-out question forms."""
+def _probes(path: Path, periods: list[str], raw: list[dict[str, Any]], report: ImportReport,
+            templates: int, said: list[str]) -> dict[str, list[Probe]]:
+    """The dataset's probes of each period, about the facts kept, each with its held-out question forms (or
+    `templates` of the family, the rotation turning once per probe, none whose wording `said[fact]` holds)."""
     data = read_json(path)
     if not isinstance(data, dict):
         raise StreamError(f"{path}: expected {{period: {{\"changed\": [...], \"unchanged\": [...]}}}}")
-    facts = {(normalize_answer(f["entity"]), normalize_answer(f["relation"])): f for f in raw}
+    facts = {(normalize_answer(f["entity"]), normalize_answer(f["relation"])): (i, f) for i, f in enumerate(raw)}
     probes: dict[str, list[Probe]] = {}
     for index, period in enumerate(periods):
         groups = data.get(period)
@@ -136,17 +149,25 @@ def _probes(path: Path, periods: list[str], raw: list[dict[str, Any]], report: I
                 if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record[k].strip()
                                                            for k in ("prompt", "ground_truth", "subject", "relation")):
                     raise StreamError(f"{where}: expected 'prompt', 'ground_truth', 'subject' and 'relation' strings")
-                fact = facts.get((normalize_answer(record["subject"]), normalize_answer(record["relation"])))
-                if fact is None:
+                found = facts.get((normalize_answer(record["subject"]), normalize_answer(record["relation"])))
+                if found is None:
                     report.drop("probes about facts not kept (--facts) or not in synthetic_facts_raw.json")
                     continue
+                fact_index, fact = found
                 answer = record["ground_truth"]
                 kind = "new" if index == 0 else "changed" if record.get("is_changed") else "unchanged"
                 fields = dict(answer=answer, kind=kind, key=f"{fact['entity']} | {fact['relation']}",
                               other_values=tuple(dict.fromkeys(v for p in periods if (v := fact[f"value_{p}"]) != answer)),
                               learned_in=_began(fact, periods, index))
-                probes[period] += [Probe(prompt=record["prompt"], form="cloze", **fields),
-                                   *question_probes(fact["entity"], fact["relation"], period, **fields)]
+                probes[period].append(Probe(prompt=record["prompt"], form="cloze", **fields))
+                if templates:
+                    turn = sum(len(p) for p in probes.values())
+                    forms = asked(fact["entity"], fact["relation"], None, "What", period, templates, turn,
+                                  now=index == len(periods) - 1,
+                                  allowed=lambda prompt: f" {wording(prompt)} " not in said[fact_index])
+                    probes[period] += [Probe(prompt=prompt, form=form, **fields) for form, prompt in forms.items()]
+                else:
+                    probes[period] += question_probes(fact["entity"], fact["relation"], period, **fields)
         if not probes[period]:
             raise StreamError(f"{path}: no probe of period {period} is about a fact kept")
     return probes
