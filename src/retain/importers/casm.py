@@ -23,6 +23,7 @@ name) and counted as renamed. One that names neither is taken as misaligned and 
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -138,6 +139,7 @@ def _probes(path: Path, periods: list[str], raw: list[dict[str, Any]], report: I
         raise StreamError(f"{path}: expected {{period: {{\"changed\": [...], \"unchanged\": [...]}}}}")
     facts = {(normalize_answer(f["entity"]), normalize_answer(f["relation"])): (i, f) for i, f in enumerate(raw)}
     probes: dict[str, list[Probe]] = {}
+    turns = itertools.count()
     for index, period in enumerate(periods):
         groups = data.get(period)
         if not isinstance(groups, dict):
@@ -161,8 +163,7 @@ def _probes(path: Path, periods: list[str], raw: list[dict[str, Any]], report: I
                               learned_in=_began(fact, periods, index))
                 probes[period].append(Probe(prompt=record["prompt"], form="cloze", **fields))
                 if templates:
-                    turn = sum(len(p) for p in probes.values())
-                    forms = asked(fact["entity"], fact["relation"], None, "What", period, templates, turn,
+                    forms = asked(fact["entity"], fact["relation"], None, "What", period, templates, next(turns),
                                   now=index == len(periods) - 1,
                                   allowed=lambda prompt: f" {wording(prompt)} " not in said[fact_index])
                     probes[period] += [Probe(prompt=prompt, form=form, **fields) for form, prompt in forms.items()]
