@@ -80,7 +80,7 @@ def test_facts_are_sorted_from_the_data_and_confirmations_do_not_train(make_mode
 
 
 def test_a_known_fact_is_read_where_its_version_was_written(make_model, tokenizer, training_args, stream):
-    trainer, method = casm_trainer(make_model, tokenizer, training_args)
+    trainer, method = casm_trainer(make_model, tokenizer, training_args, SMALL | {"read_as": "asked"})
     trainer.fit(stream)
     mayor = "The mayor of Quessary is"
     assert method.read(f"[2022] {mayor}")[:3] == (2, 2, f"[2022] {mayor}")  # changed in 2022
@@ -99,7 +99,8 @@ def test_a_known_fact_is_read_where_its_version_was_written(make_model, tokenize
     assert routing.names == ["2018", "2022"] and routing.texts == [f"[2018] {mayor}", f"[2022] {mayor}"]
     assert method.table.memory.table_of.tolist() == [0, -1]
     assert method.route(trainer.model, ["The capital of Atlantis is"], ENCODE).names == ["pretrained"]
-    # read_as="question": the fact found is asked in the first training wording, whatever the asker's words.
+    # read_as="question" (the default): the fact found is asked in the first training wording, whatever the asker's
+    # words.
     method.config.read_as = "question"
     assert method.route(trainer.model, prompts, ENCODE).texts == ["[2018] Quessary — mayor:", "[2022] Quessary — mayor:"]
     assert method.export(None).routing["casm"]["question"] == "{subject} — {relation}:"
@@ -137,8 +138,8 @@ def test_a_task_without_facts_asks_the_model_what_changed(make_model, tokenizer,
     assert method.registry.current("Velmora", "harbour master").object == "Ruben Haldane"  # the part a passage states
     assert method.registry.at("Velmora", "harbour master", "2019").object == "Ilse Brandvik"
     assert method.registry.current("Quessary", "mayor").object == "Oona Terrelle"
-    assert method.read(f"[2020] {HARBOUR}")[:3] == (1, 1, f"[2020] {HARBOUR}")
-    assert method.read("[2020] The mayor of Quessary is")[:3] == (1, 0, "[2018] The mayor of Quessary is")
+    assert method.read(f"[2020] {HARBOUR}")[:3] == (1, 1, "[2020] Velmora — harbour master:")
+    assert method.read("[2020] The mayor of Quessary is")[:3] == (1, 0, "[2018] Quessary — mayor:")
 
 
 def test_unrouted_completions_read_the_live_model(make_model, tokenizer, training_args, stream):

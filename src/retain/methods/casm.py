@@ -57,10 +57,10 @@ class CASMConfig(SMFConfig):
         "help": "When a query names a known subject but none of its relations verbatim, find the relation it means "
                 "from the model's input embeddings (`retain.relations`); off: the subject and relation must appear."})
 
-    read_as: Literal["asked", "question"] = field(default="asked", metadata={
-        "help": "How a query whose fact the registry finds is read: 'asked', in the asker's words with its time "
-                "rewritten to the period; 'question', as the first training wording of the fact questions "
-                "(\"[2018] Nozer — mayor:\"), whatever the asker's words."})
+    read_as: Literal["asked", "question"] = field(default="question", metadata={
+        "help": "How a query whose fact the registry finds is read: 'question', as the first training wording of "
+                "the fact questions (\"[2018] Nozer — mayor:\"), whatever the asker's words; 'asked', in the "
+                "asker's words with its time rewritten to the period."})
 
     def writer_config(self) -> SMFConfig:
         """The SMF options of the memory writer."""

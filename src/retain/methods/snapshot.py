@@ -41,7 +41,7 @@ class SnapshotConfig(MethodConfig):
     scope: Literal["facts", "all"] = field(default="facts", metadata={
         "help": "As CASM's: 'facts' reads a prompt naming no time and no known fact with no adapter; 'all': the latest."})
     by_meaning: bool = field(default=True, metadata={"help": "As CASM's: find a relation asked in other words."})
-    read_as: Literal["asked", "question"] = field(default="asked", metadata={
+    read_as: Literal["asked", "question"] = field(default="question", metadata={
         "help": "As CASM's: read a query whose fact is found in the asker's words or as a training question."})
 
 
