@@ -18,10 +18,11 @@ by `benchmarks/casm.py --text-only-after-first`.
 
 At inference the time in the query ("[2020] …", "in 2020", "as of March 2021", or `as_of`) picks
 the newest period that began at or before it; no time reads the live (latest) memory. When the
-registry knows the fact a query asks about (its subject and relation appear in it), the query reads
-the version of the period in which the fact's then-valid version was stated, with that period's time
-in its text, exactly as it was learned: a fact that has not changed since 2018 is read from 2018's
-version whatever later year is asked about.
+registry knows the fact a query asks about (its subject and relation appear in it, or by meaning:
+`retain.relations`), the query reads the version of the period in which the fact's then-valid version
+was stated, asked as that period's first training question ("[2018] Nozer — mayor:", `read_as`), exactly
+as it was learned, whatever the asker's wording: a fact that has not changed since 2018 is read from
+2018's version whatever later year is asked about.
 `rollback()` withdraws the latest period: its facts are retracted in the registry and every row it
 wrote gets back the value it had before.
 """
