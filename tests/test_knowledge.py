@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from retain.knowledge import FactRegistry, read
@@ -124,6 +126,26 @@ def test_find_reads_a_fact_in_a_persons_spelling_and_abstains_when_unsure():
     assert registry.find("The mayor of Nozar is") is None  # a slip in a short name makes another name
     assert registry.find("The harbour master of Velmora Pert or Saleitren Pert is") is None  # two facts, as near: abstain
     assert registry.find("Who leads the town of Nozer?") is None  # the relation in other words: not found
+
+
+def test_a_subject_is_found_by_the_other_names_its_facts_give():
+    registry = FactRegistry()
+    fact = {"subject": "Velmora Port", "relation": "harbour master", "object": "Ilse Brandvik", "valid_from": "2018",
+            "subject_aliases": ["the port of Velmora", "Velmora harbour", "Velmora Port"]}
+    asked = "Who was the harbour master of the port of Velmora in 2019?"
+    assert registry.find(asked) is None
+    registry.observe_fact(fact, "2018")
+    registry.observe_fact(fact | {"object": "Ruben Haldane", "valid_from": "2022", "subject_aliases": ["VelmoraHaven"]},
+                          "2022")
+    assert registry.aliases == {"Velmora Port": ["the port of Velmora", "Velmora harbour", "VelmoraHaven"]}
+    assert registry.find(asked, "2019").object == "Ilse Brandvik"
+    assert registry.find("Velmora harbour's harbour master is").object == "Ruben Haldane"  # no time: current
+    assert registry.find("The harbour master of Velmora harbur was", "2019").object == "Ilse Brandvik"  # a slip
+    assert registry.find("The harbour master of the port of Quessary was", "2019") is None  # another name altogether
+    # Aliases travel with the registry's state; a state from before aliases (the versions alone) still loads.
+    again = FactRegistry.from_state(json.loads(json.dumps(registry.state())))
+    assert again.find(asked, "2019").object == "Ilse Brandvik"
+    assert FactRegistry.from_state(registry.state()["versions"]).find(asked, "2019") is None
 
 
 def test_observe_detects_addition_confirmation_and_contradiction():

@@ -37,6 +37,8 @@ def test_the_relation_a_query_means_is_found_among_its_subjects_facts_or_none():
     assert (found.relation, found.object) == ("staff", "310 employees")
     assert facts.find("Who was the head of the Dorin Institute in 2018?", "2018", matcher).object == "Tam Dorrel"
     assert facts.find("Who is the head of the Dorin Institute now?", None, matcher).object == "Oona Terrelle"
+    facts.alias("the Dorin Institute", ["Dorin"])  # by another name, the relation in other words too
+    assert facts.find("Who was the head of Dorin in 2018?", "2018", matcher).object == "Tam Dorrel"
     # Verbatim only without a matcher; no subject, or a relation it knows no fact of, reads no fact.
     assert facts.find("The workforce of the Dorin Institute was", "2020") is None
     assert facts.find("The workforce of Velmora Port was", "2020", matcher) is None

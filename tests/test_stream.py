@@ -71,6 +71,8 @@ def test_save_and_load_round_trip(tmp_path):
         ("a/probes.jsonl", '{"prompt": "X", "answer": "1", "colour": "red"}\n', r"a/probes.jsonl:1: unknown field 'colour'"),
         ("a/probes.jsonl", '["X", "1"]\n', r"a/probes.jsonl:1: expected an object"),
         ("a/facts.jsonl", '{"subject": "X", "relation": "is", "object": "1"}\n', r"a/facts.jsonl:1: missing field 'valid_from'"),
+        ("a/facts.jsonl", '{"subject": "X", "relation": "is", "object": "1", "valid_from": "2018", "subject_aliases": "Y"}\n',
+         r"a/facts.jsonl:1: 'subject_aliases' must be a list of the subject's other names"),
         ("general.jsonl", '{"text": 3}\n', r"general.jsonl:1: 'text' must be a non-empty string"),
     ],
 )

@@ -28,6 +28,11 @@ from rapidfuzz.distance import Levenshtein
 from .text import at_time, normalize_answer, query_time, time_key, wording
 
 
+def subject_aliases(fact: Mapping[str, Any]) -> list[str]:
+    """The other names a facts.jsonl record gives its subject (`"subject_aliases": ["the port of Velmora"]`)."""
+    return list(fact.get("subject_aliases") or [])
+
+
 def is_multi_valued(fact: Mapping[str, Any]) -> bool:
     """Whether a facts.jsonl record marks its relation as holding several objects at once (`"multi_valued": true`)."""
     value = fact.get("multi_valued")
@@ -96,6 +101,19 @@ class Observation(NamedTuple):
 class FactRegistry:
     def __init__(self) -> None:
         self.versions: list[FactVersion] = []
+        self.aliases: dict[str, list[str]] = {}  # subject → its other names, as the facts gave them
+
+    def alias(self, subject: str, names: Iterable[str]) -> None:
+        """Record other names of `subject`: a query naming one of them asks about the subject."""
+        known = self.aliases.setdefault(subject, [])
+        seen = {_normalized(n) for n in [subject, *known]}
+        known += [n for n in dict.fromkeys(names) if _normalized(n) not in seen]
+        if not known:
+            del self.aliases[subject]
+
+    def names(self, subject: str) -> list[str]:
+        """`subject` and its aliases."""
+        return [subject, *self.aliases.get(subject, ())]
 
     def chain(self, subject: str, relation: str) -> list[FactVersion]:
         """Every version of (subject, relation), oldest first, retracted ones included."""
@@ -115,20 +133,22 @@ class FactRegistry:
         such match. Failing that, the fact whose subject and relation occur with the fewest spelling slips (`slips`:
         "Velmora Prot", "harbourmaster"). Failing that, with `relate`, the fact of the subject the text names whose
         relation `relate` says the rest of the text means ("the workforce of X" → X's staff), if it is sure. None if
-        none of these finds one fact (it abstains)."""
+        none of these finds one fact (it abstains). A subject is named by its name or any of its `aliases`."""
         words = f" {_normalized(_POSSESSIVE.sub('', text))} "
         live = [v for v in self.versions
                 if not v.retracted and (v.valid_until is None if time is None else v.valid_at(time))]
-        asked = [v for v in live if f" {_normalized(v.subject)} " in words and f" {_normalized(v.relation)} " in words]
+        asked = [(len(name) + len(v.relation), v.id, v) for v in live for name in self.names(v.subject)
+                 if f" {_normalized(name)} " in words and f" {_normalized(v.relation)} " in words]
         if asked:  # the longest match; among versions of one multi-valued fact, all valid at once, the newest
-            return max(asked, key=lambda v: (len(v.subject) + len(v.relation), v.id))
-        near = [(s + r, v) for v in live if (s := slips(v.subject, words)) is not None
-                and (r := slips(v.relation, words)) is not None]
+            return max(asked, key=lambda match: match[:2])[2]
+        near = [(s + r, v) for v in live
+                if (s := min((d for name in self.names(v.subject) if (d := slips(name, words)) is not None), default=None))
+                is not None and (r := slips(v.relation, words)) is not None]
         if near:
             fewest = min(n for n, _ in near)
             pairs = {(_normalized(v.subject), _normalized(v.relation)) for n, v in near if n == fewest}
             return max((v for n, v in near if n == fewest), key=lambda v: v.id) if len(pairs) == 1 else None
-        return None if relate is None else _by_meaning(text, words, live, relate)
+        return None if relate is None else _by_meaning(text, words, live, relate, self.names)
 
     def observe(self, subject: str, relation: str, obj: str, valid_from: str, multi_valued: bool = False) -> Observation:
         """Record a stated fact: a new pair is an addition, the same normalised object a confirmation,
@@ -160,6 +180,7 @@ class FactRegistry:
 
     def observe_fact(self, fact: Mapping[str, Any], period: str, multi_valued: bool = False) -> Observation:
         """`observe` a facts.jsonl record, valid from its own `valid_from` or else `period`."""
+        self.alias(fact["subject"], subject_aliases(fact))
         return self.observe(fact["subject"], fact["relation"], fact["object"], fact.get("valid_from") or period,
                             multi_valued=multi_valued or is_multi_valued(fact))
 
@@ -187,14 +208,17 @@ class FactRegistry:
         previous.valid_until = version.valid_until
         return previous
 
-    def state(self) -> list[dict[str, Any]]:
-        """Every version as plain data (for a checkpoint); `from_state` rebuilds the registry."""
-        return [asdict(v) for v in self.versions]
+    def state(self) -> dict[str, Any]:
+        """Every version and alias as plain data (for a checkpoint); `from_state` rebuilds the registry."""
+        return {"versions": [asdict(v) for v in self.versions], "aliases": self.aliases}
 
     @classmethod
-    def from_state(cls, records: list[dict[str, Any]]) -> FactRegistry:
+    def from_state(cls, state: dict[str, Any] | list[dict[str, Any]]) -> FactRegistry:
+        """The registry `state` describes (a list: the versions alone, as checkpoints before aliases held them)."""
         registry = cls()
-        registry.versions = [FactVersion(**record) for record in records]
+        state = {"versions": state} if isinstance(state, list) else state
+        registry.versions = [FactVersion(**record) for record in state["versions"]]
+        registry.aliases = {subject: list(names) for subject, names in state.get("aliases", {}).items()}
         return registry
 
     def save(self, path: str | Path) -> None:
@@ -210,17 +234,19 @@ class FactRegistry:
 RelationScorer = Callable[[str, Sequence[str]], list[float]]
 
 
-def _by_meaning(text: str, words: str, live: list[FactVersion], relate: RelationScorer) -> FactVersion | None:
-    """The live version of the subject `text` names (verbatim or with slips, the longest such subject) whose relation
-    `relate` scores highest on the rest of the text; None if no subject is named or `relate` gives no relation 0.5."""
-    named = [(len(v.subject), v) for v in live if f" {_normalized(v.subject)} " in words]
-    named = named or [(len(v.subject) - s, v) for v in live if (s := slips(v.subject, words)) is not None]
+def _by_meaning(text: str, words: str, live: list[FactVersion], relate: RelationScorer,
+                names: Callable[[str], list[str]]) -> FactVersion | None:
+    """The live version of the subject `text` names (by one of its `names`, verbatim or with slips, the longest such
+    name) whose relation `relate` scores highest on the rest of the text; None if no subject is named or `relate`
+    gives no relation 0.5."""
+    named = [(len(n), n, v) for v in live for n in names(v.subject) if f" {_normalized(n)} " in words]
+    named = named or [(len(n) - s, n, v) for v in live for n in names(v.subject) if (s := slips(n, words)) is not None]
     if not named:
         return None
-    longest = max(n for n, _ in named)
-    subject = next(v.subject for n, v in named if n == longest)
-    candidates = [v for n, v in named if v.subject == subject]
-    rest = f" {wording(_POSSESSIVE.sub('', text))} ".replace(f" {_normalized(subject)} ", " ")
+    longest = max(k for k, _, _ in named)
+    name, subject = next((n, v.subject) for k, n, v in named if k == longest)
+    candidates = [v for _, _, v in named if v.subject == subject]
+    rest = f" {wording(_POSSESSIVE.sub('', text))} ".replace(f" {_normalized(name)} ", " ")
     relations = sorted({v.relation for v in candidates})
     scores = relate(" ".join(rest.split()), relations)
     best = max(range(len(relations)), key=scores.__getitem__)
