@@ -9,7 +9,8 @@ temporal-facts stream's probe templates, which no choice looked at.
 2. Score, with the settings in `retain.relations`: the router (`retain.knowledge.read`) on every template of the
    family (`--probe-templates` all of them), over a `medium` stream's facts, with and without the matcher: per
    template, precision and recall of (fact, period): did it name the probe's fact and read the period that taught
-   the answer; and the share of the stream's locality questions that read no memory ("recall" of `locality`). No training is involved: the registry holds the stream's facts, the model is the pretrained one.
+   the answer; and the share of the stream's locality questions that read no memory ("recall" of `locality`). No
+   training is involved: the registry holds the stream's facts, the model is the pretrained one.
 
     python benchmarks/relations.py --seeds 0,1,2
 """

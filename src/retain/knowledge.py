@@ -105,15 +105,18 @@ class FactRegistry:
 
     def alias(self, subject: str, names: Iterable[str]) -> None:
         """Record other names of `subject`: a query naming one of them asks about the subject."""
-        known = self.aliases.setdefault(subject, [])
-        seen = {_normalized(n) for n in [subject, *known]}
-        known += [n for n in dict.fromkeys(names) if _normalized(n) not in seen]
-        if not known:
-            del self.aliases[subject]
+        seen = {_normalized(n) for n in self.names(subject)}
+        new = [n for n in dict.fromkeys(names) if _normalized(n) not in seen]
+        if new:
+            self.aliases[subject] = [*self.aliases.get(subject, ()), *new]
 
     def names(self, subject: str) -> list[str]:
         """`subject` and its aliases."""
         return [subject, *self.aliases.get(subject, ())]
+
+    def _slips(self, subject: str, words: str) -> int | None:
+        """The fewest `slips` with which `words` names `subject` by any of its names; None if it names it by none."""
+        return min((d for name in self.names(subject) if (d := slips(name, words)) is not None), default=None)
 
     def chain(self, subject: str, relation: str) -> list[FactVersion]:
         """Every version of (subject, relation), oldest first, retracted ones included."""
@@ -141,9 +144,8 @@ class FactRegistry:
                  if f" {_normalized(name)} " in words and f" {_normalized(v.relation)} " in words]
         if asked:  # the longest match; among versions of one multi-valued fact, all valid at once, the newest
             return max(asked, key=lambda match: match[:2])[2]
-        near = [(s + r, v) for v in live
-                if (s := min((d for name in self.names(v.subject) if (d := slips(name, words)) is not None), default=None))
-                is not None and (r := slips(v.relation, words)) is not None]
+        near = [(s + r, v) for v in live if (s := self._slips(v.subject, words)) is not None
+                and (r := slips(v.relation, words)) is not None]
         if near:
             fewest = min(n for n, _ in near)
             pairs = {(_normalized(v.subject), _normalized(v.relation)) for n, v in near if n == fewest}

@@ -4,9 +4,10 @@ The fact router's fallback (`retain.knowledge.FactRegistry.find`) when a query n
 relation verbatim: "the workforce of the Dorin Institute" asks about its staff. Each run of one to three content
 words left in the query is embedded as the model embeds it (the mean of its tokens' input embeddings, which no
 method here trains, less what every token shares: the vocabulary's mean and its top principal directions, which
-otherwise make any two rare words look alike, "motto" like "mayor"), as is each candidate relation; a relation's similarity is that of its closest run. A "none of these" option with a fixed
-similarity competes with them, and a softmax at a fixed temperature turns the similarities into a confidence: the
-router reads a relation only when it is more likely than every other option, none included.
+otherwise make any two rare words look alike, "motto" like "mayor"), as is each candidate relation; a relation's
+similarity is that of its closest run. A "none of these" option with a fixed similarity competes with them, and a
+softmax at a fixed temperature turns the similarities into a confidence: the router reads a relation only when it
+is more likely than every other option, none included.
 
 The layer (input embeddings, against the states after each of the first six decoder layers), the directions taken
 out, temperature and "none" similarity were chosen on `DEV_PAIRS` and `DEV_UNRELATED` (relations, paraphrases and

@@ -12,9 +12,10 @@ forms no passage uses), or, with `templates` N, N templates of the dev/test fami
 (`retain.bench.probe_templates`; and N about now in the last period) drawn in turn. The dataset names no
 relation in other words, so the templates that ask that way are left out, and asks "What" of every relation; a
 template whose wording one of the fact's passages holds (its time aside: "[2022] The tram count of X is" where a
-passage says "The tram count of X is 22 trams") is not drawn for that fact, so no probe is trained on. Kinds: the first period's probes are `new`, later ones `changed` or
-`unchanged` as the dataset marks them. `--facts N` keeps the first N facts of the raw file, and so
-the first N rows of every passage file and the probes about those facts.
+passage says "The tram count of X is 22 trams") is not drawn for that fact, so no probe is trained on. Kinds:
+the first period's probes are `new`, later ones `changed` or `unchanged` as the dataset marks them. `--facts N`
+keeps the first N facts of the raw file, and so the first N rows of every passage file and the probes about those
+facts.
 
 Row alignment: a passage row that names its fact's entity is kept. One that names the entity some
 other way but states the fact's value for that period is kept too (it teaches the fact under another
