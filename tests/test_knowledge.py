@@ -33,6 +33,7 @@ def test_query_time_reads_each_form(text, expected):
     ("In 2020 the harbour master of Velmora Port was", "In 2018 the harbour master of Velmora Port was"),
     ("as of March 2021, the harbour master is", "as of 2018, the harbour master is"),
     ("The docks can hold 2020 ships", "[2018] The docks can hold 2020 ships"),
+    ("Who led Velmora Port before 2020?", "Who led Velmora Port 2018?"),  # "before" is part of the time it names
 ])
 def test_at_time_replaces_the_time_query_time_reads_or_names_one(text, expected):
     assert at_time(text, "2018") == expected
@@ -59,6 +60,15 @@ def test_at_time_replaces_the_time_query_time_reads_or_names_one(text, expected)
     ("Who runs Velmora Port at present?", "2021-12"),
     ("Who led Velmora Port from 2015 to 2017?", "2017"),  # a range: its end
     ("Who led Velmora Port between 2015 and 2017?", "2017"),
+    ("Velmora Port's harbour master, 2016-2018?", "2018"),
+    ("Who was harbour master of Velmora Port in mid-2019?", "2019"),
+    ("Who was harbour master of Velmora Port before 2020?", "2019"),  # the year before
+    ("Who took over Velmora Port after 2019?", "2020"),
+    ("Who was harbour master of Velmora Port three years back?", "2018"),
+    ("Who was harbour master of Velmora Port a couple of years ago?", "2019"),
+    ("Who was harbour master of Velmora Port the year before last?", "2019"),
+    ("Who was harbour master of Velmora Port the previous year?", "2020"),
+    ("Who runs Velmora Port, as things stand?", "2021-12"),
     # not times
     ("Who is the harbour master of Velmora Port?", None),
     ("Who may be the harbour master of Velmora Port?", None),

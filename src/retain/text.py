@@ -2,8 +2,8 @@
 
 Times are period labels such as "2018", "2021-03" or "March 2021", ordered as (year, month) with a
 bare year meaning its start (month 0). A query names its time however a person writes it: a "[2020] "
-tag, "in 2020", "as of March 2021", "2019-05-03", "the year 2018", "'18", "twenty eighteen", or relative to a
-clock ("last year", "two years ago", "now", "currently").
+tag, "in 2020", "as of March 2021", "2019-05-03", "the year 2018", "'18", "twenty eighteen", "mid-2019", "before
+2020", or relative to a clock ("last year", "two years back", "the year before last", "now", "as things stand").
 """
 
 from __future__ import annotations
@@ -25,8 +25,18 @@ MONTHS = {m: i for i, m in enumerate(
 _MONTH_NAMES = "|".join(MONTHS)
 _TAG = re.compile(r"^\s*\[(?P<label>[^\]]+)\]")
 _PRESENT = re.compile(r"\b(?:right now|now|today|currently|at present|presently|nowadays|these days|at the moment|"
-                      r"at this time|this year)\b", re.IGNORECASE)
+                      r"at this time|at the present time|this year|as things stand|as it stands|as we speak)\b",
+                      re.IGNORECASE)
 _THE_YEAR = re.compile(r"\bthe year (?=\d{4}\b)", re.IGNORECASE)
+# Ways to write a time that dateparser does not read, each rewritten in words it does.
+_IDIOMS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\b(early|mid|late)-(?=[12]\d{3}\b)", re.IGNORECASE), r"\1 "),  # "mid-2019"
+    (re.compile(r"\b([12]\d{3})\s*[-–—]\s*([12]\d{3})\b"), r"\1 to \2"),  # "2019-2021", a range
+    (re.compile(r"\bthe year before last\b", re.IGNORECASE), "two years ago"),
+    (re.compile(r"\b(?:a )?couple of years\b", re.IGNORECASE), "two years"),
+    (re.compile(r"\b(\w+ (?:years?|months?)) back\b", re.IGNORECASE), r"\1 ago"),  # "three years back"
+    (re.compile(r"\b(?:the )?previous (year|month)\b", re.IGNORECASE), r"last \1"),
+)
 _SHORT_YEAR = re.compile(r"(?<![\w'’])['’](\d{2})\b")
 _ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
          "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
@@ -36,7 +46,8 @@ _SPOKEN_YEAR = re.compile(rf"\b(?:(?P<century>nineteen|twenty)[- ](?:(?:oh|o)[- 
                           rf"|two thousand(?: and)?(?: (?P<after>{_BELOW_100}))?)\b", re.IGNORECASE)
 # Words a date parser takes into a time's span that belong to the sentence around it.
 _AROUND = {"in", "of", "on", "at", "from", "and", "the", "since", "by", "during", "to", "until", "as", "for", "back",
-           "around", "early", "late", "mid"}
+           "around", "early", "late", "mid", "before", "after"}
+_BEFORE, _AFTER = re.compile(r"\bbefore\s*$", re.IGNORECASE), re.compile(r"\bafter\s*$", re.IGNORECASE)
 _RELATIVE = re.compile(r"\b(?:ago|last|next|previous|past|yesterday|tomorrow)\b", re.IGNORECASE)
 _BEFORE_YEAR = re.compile(r"(?:^|[\[(,:;–-]|\b(?:in|of|since|during|by|from|to|until|around|before|after|early|late|mid|"
                           r"and|spring|summer|autumn|fall|winter))\s*$", re.IGNORECASE)
@@ -111,8 +122,9 @@ def find_time(text: str, clock: str | None = None) -> TimeSpan | None:
     the times: years, months, ISO and numeric dates, and, against `clock` (a period label: what "now" means),
     relative times ("last year", "two years ago", "last month") and the present ("now", "today", "currently").
     Without a clock, relative times name nothing. A year is read as a year ("2019" → "2019"), anything finer as its
-    month. Several times (a range, "from 2015 to 2017") are read at the latest of them: the version that held at the
-    range's end. Spans a date parser takes for a time that a question uses otherwise are not times: a month name in
+    month; "before 2020" as 2019 and "after 2019" as 2020. Several times (a range, "from 2015 to 2017", "2015-2017")
+    are read at the latest of them: the version that held at the range's end. A decade ("the late 2010s") names
+    no time. Spans a date parser takes for a time that a question uses otherwise are not times: a month name in
     lower case ("who may lead"), one not after a preposition or before a capitalised word ("the March Hare
     Society"), a weekday ("FC Sun City"), a decade ("the 1990s Club").
     """
@@ -142,6 +154,8 @@ def _times(text: str, clock: str | None) -> tuple[TimeSpan, ...]:
             pass
     base = _clock_date(clock)
     text = _THE_YEAR.sub("", text)
+    for idiom, words in _IDIOMS:
+        text = idiom.sub(words, text)
     text = _SPOKEN_YEAR.sub(lambda m: str(_spoken_year(m)), text)
     text = _SHORT_YEAR.sub(lambda m: str(_full_year(int(m[1]), base)), text)
     found = [TimeSpan(clock, text, m.start(), m.end()) for m in _PRESENT.finditer(text)] if clock else []
@@ -165,8 +179,17 @@ def _times(text: str, clock: str | None) -> tuple[TimeSpan, ...]:
         if not _is_time(core, masked[:start], masked[start + len(core) :], clock is not None):
             continue
         yearly = re.fullmatch(r"[12]\d{3}", core) or re.search(r"\b(?:years?|decades?)\b", core, re.IGNORECASE)
-        found.append(TimeSpan(str(date.year) if yearly else f"{date.year}-{date.month:02d}", text, start,
-                              start + len(core)))
+        # "before 2020" asks about the year before it, "after 2019" about the year after (a month: the month); the word is
+        # part of the time, so that a text dated anew does not say "before" the period it names.
+        shift = _BEFORE.search(masked[:start]) or _AFTER.search(masked[:start])
+        step = 0 if shift is None else -1 if shift[0].lower().startswith("before") else 1
+        end, start = start + len(core), start if shift is None else shift.start()
+        if yearly:
+            label = str(date.year + step)
+        else:
+            year, month = divmod(date.year * 12 + date.month - 1 + step, 12)
+            label = f"{year}-{month + 1:02d}"
+        found.append(TimeSpan(label, text, start, end))
     return tuple(found)
 
 
