@@ -104,6 +104,14 @@ def test_a_known_fact_is_read_where_its_version_was_written(make_model, tokenize
     method.config.read_as = "question"
     assert method.route(trainer.model, prompts, ENCODE).texts == ["[2018] Quessary — mayor:", "[2022] Quessary — mayor:"]
     assert method.export(None).routing["casm"]["question"] == "{subject} — {relation}:"
+    # A conversation's follow-up names neither subject nor relation: it asks about the fact of the turn before, at
+    # its own time; alone, it reads the period it names with no fact found.
+    first = "Q: Who was the mayor of Quessary in 2020?\nA:"
+    [asked] = [method.follow_up("And in 2022?", [first])]
+    assert asked == "[2022] Quessary — mayor:"
+    assert method.route(trainer.model, [asked], ENCODE).facts == ["Quessary | mayor"]
+    assert method.route(trainer.model, ["And in 2022?"], ENCODE).facts == [""]
+    assert method.follow_up("And the mayor of Ulm?", [first]) == "And the mayor of Ulm?"  # a name of its own
 
 
 def test_casm_adds_no_training_example_of_its_own(make_model, tokenizer, training_args, stream):
@@ -274,7 +282,13 @@ def test_ask_as_of_reads_that_period(tmp_path, capsys):
     assert last["route"] == "2018"
     [answer] = ask(out, [last["prompt"].removeprefix("[2018] ")], max_new_tokens=4, as_of="2018")
     assert answer.strip() and last["prediction"].strip().startswith(answer.strip())
+    # A conversation: the follow-up is answered as the question about the fact of the turn before.
+    fact = last["prompt"].removeprefix("[2018] ")
+    _, followed = ask(out, [fact, "And in 2018?"], max_new_tokens=4, conversation=True)
+    assert followed == answer
     capsys.readouterr()
+    assert main(["ask", "--run", str(out), "--max-new-tokens", "4", "--conversation", fact, "And in 2018?"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == f"And in 2018? → {answer}"
     assert main(["ask", "--run", str(out), "--as-of", "someday", "x"]) == 2
     assert "cannot read a time from 'someday'" in capsys.readouterr().err
 

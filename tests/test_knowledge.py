@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from retain.knowledge import FactRegistry, read
+from retain.knowledge import FactRegistry, follow_up, read
 from retain.text import at_time, dated, query_time, time_key
 
 
@@ -205,3 +205,29 @@ def test_retract_restores_the_previous_version(tmp_path):
     again = FactRegistry.load(tmp_path / "facts.json")
     assert again.versions == registry.versions
     assert again.at("X", "r", "2021").object == "a"
+
+
+def test_a_follow_up_asks_about_the_fact_the_conversation_is_on():
+    registry = FactRegistry()
+    registry.observe("Velmora Port", "harbour master", "Ilse Brandvik", "2018")
+    registry.observe("Velmora Port", "harbour master", "Ruben Haldane", "2020")
+    registry.observe("Velmora Port", "dock capacity", "40 ships", "2018")
+    registry.observe("Nozer", "mayor", "Oona Terrelle", "2018")
+    periods = ["2018", "2020", "2022"]
+    asked = ["Who was the harbour master of Velmora Port in 2018?"]
+    assert follow_up("And now?", asked, periods, registry) == "[2022] Velmora Port — harbour master:"
+    assert follow_up("Who was it in 2020?", asked, periods, registry) == "[2020] Velmora Port — harbour master:"
+    assert follow_up("What about its dock capacity?", asked, periods, registry) == "[2018] Velmora Port — dock capacity:"
+    assert follow_up("who is in charge there today?", asked, periods, registry) == "[2022] Velmora Port — harbour master:"
+    # A turn that names a subject, known or not, is its own question.
+    for own in ("Who was the harbour master of Velmora Port in 2020?", "Who is the mayor of Ulm?", "who is nozer's mayor?"):
+        assert follow_up(own, asked, periods, registry) == own
+    # The latest turn naming a known subject is followed; one naming a subject but no fact the two name together
+    # leaves the prompt as it is.
+    assert follow_up("Who was its harbour master in 2020?", ["Tell me about Velmora Port."], periods, registry) \
+        == "[2020] Velmora Port — harbour master:"
+    assert follow_up("And in 2020?", ["Tell me about Velmora Port."], periods, registry) == "And in 2020?"
+    assert follow_up("Who runs it now?", [*asked, "Tell me about Nozer."], periods, registry) == "Who runs it now?"
+    assert follow_up("Who runs it now?", [*asked, "What is the weather like?"], periods, registry) \
+        == "[2022] Velmora Port — harbour master:"
+    assert follow_up("And now?", [], periods, registry) == "And now?"

@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=24)
     ask.add_argument("--as-of", default=None, help="ask as of this time (e.g. 2018): prompts naming no time get a "
                                                    "\"[2018] \" prefix, the form the temporal streams use")
+    ask.add_argument("--conversation", action="store_true",
+                     help="the prompts are the turns of one conversation: a follow-up (\"And now?\") asks about the "
+                          "fact the turns before it were on")
     ask.add_argument("prompts", nargs="+", help="prompts to complete, e.g. \"[2018] The harbour master of Velmora Port is\"")
     out = commands.add_parser("export", help="write a run's model to a folder that transformers / PEFT load, with a model card")
     out.add_argument("run", help="a run directory of `retain run` or one method's of `retain compare`")
@@ -226,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             _export(args)
         elif args.command == "ask":
-            for prompt, answer in zip(args.prompts, recipes.ask(args.run, args.prompts, args.max_new_tokens, args.as_of)):
+            answers = recipes.ask(args.run, args.prompts, args.max_new_tokens, args.as_of, args.conversation)
+            for prompt, answer in zip(args.prompts, answers):
                 print(f"{prompt} → {answer}")
     except (ValueError, FileNotFoundError, *USER_ERRORS) as error:
         print(f"retain {args.command}: error: {_message(error)}", file=sys.stderr)

@@ -27,6 +27,8 @@ from rapidfuzz.distance import Levenshtein
 
 from .text import at_time, normalize_answer, query_time, time_key, wording
 
+_PROPER_NAME = re.compile(r"(?<!^)(?<![.?!]\s)\b[A-Z][a-z]")  # a capitalised word not starting a sentence
+
 
 def subject_aliases(fact: Mapping[str, Any]) -> list[str]:
     """The other names a facts.jsonl record gives its subject (`"subject_aliases": ["the port of Velmora"]`)."""
@@ -306,3 +308,37 @@ def read(prompt: str, periods: list[str], registry: FactRegistry, scope: str = "
         return Read(named, written, f"[{period}] {asked[:1].upper()}{asked[1:]}", fact)
     text = at_time(prompt, period, clock)
     return Read(named, written, text if text.startswith(f"[{period}]") else f"[{period}] {text}", fact)
+
+
+
+def follow_up(prompt: str, context: Sequence[str], periods: list[str], registry: FactRegistry,
+              relate: RelationScorer | None = None, question: str = "{subject} — {relation}:") -> str:
+    """A turn of a conversation made a question on its own. A prompt that names a subject the registry knows, or a
+    name of its own (a capitalised word after the first: "Who is the mayor of Ulm?"), is returned as it is. Otherwise
+    it follows the latest earlier turn (`context`, oldest first) that names a subject the registry knows: it asks
+    about the fact of that subject the two turns name together ("Tell me about Velmora Port." … "Who was its
+    harbour master in 2019?"), else about the earlier turn's own fact ("Who was the harbour master of Velmora Port in
+    2018?" … "And now?"), written as `question` and dated with the prompt's time, or failing that the earlier
+    turn's ("[2022] Velmora Port — harbour master:"). When neither names one, or no earlier turn names a known
+    subject, the prompt is returned as it is: it reads what `read` reads for it."""
+    clock = periods[-1] if periods else None
+    time = query_time(prompt, clock)
+
+    def names_a_subject(text: str) -> bool:
+        words = f" {_normalized(_POSSESSIVE.sub('', text))} "
+        return any(f" {_normalized(name)} " in words for v in registry.versions for name in registry.names(v.subject))
+
+    if names_a_subject(prompt) or _PROPER_NAME.search(prompt):
+        return prompt
+    for earlier in reversed(context):
+        if not names_a_subject(earlier):
+            continue
+        when = time or query_time(earlier, clock)
+        before = registry.find(earlier, when, relate)
+        fact = registry.find(f"{earlier} {prompt}" if before is None else f"{before.subject} {prompt}", when, relate)
+        fact = fact or before
+        if fact is None:
+            return prompt
+        asked = question.format(subject=fact.subject, relation=fact.relation)
+        return asked if when is None else f"[{when}] {asked}"
+    return prompt

@@ -164,11 +164,16 @@ class LoadedRun:
     method: Method
     result: RunResult
 
-    def ask(self, prompts: Sequence[str], max_new_tokens: int = 24, as_of: str | None = None) -> list[str]:
-        """Greedy answers (first statements) to `prompts`, routed by the method; `as_of` dates prompts naming no time."""
+    def ask(self, prompts: Sequence[str], max_new_tokens: int = 24, as_of: str | None = None,
+            conversation: bool = False) -> list[str]:
+        """Greedy answers (first statements) to `prompts`, routed by the method; `as_of` dates prompts naming no time.
+        With `conversation`, the prompts are the turns of one conversation: each is asked as the method's `follow_up`
+        of the turns before it ("Who was the harbour master of Velmora Port in 2018?", "And now?")."""
         if as_of is not None:
             time_key(as_of)  # a bad time fails here, with the time in the message
             prompts = [dated(p, as_of) for p in prompts]
+        if conversation:
+            prompts = [self.method.follow_up(p, prompts[:i]) for i, p in enumerate(prompts)]
         evaluator = Evaluator(self.tokenizer, route=self.method.route)
         return [first_statement(text) for text in evaluator.complete(self.model, list(prompts), max_new_tokens)]
 
@@ -186,11 +191,12 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     return LoadedRun(model, tokenizer, method, restored[1])
 
 
-def ask(run_dir: str | Path, prompts: Sequence[str], max_new_tokens: int = 24, as_of: str | None = None) -> list[str]:
+def ask(run_dir: str | Path, prompts: Sequence[str], max_new_tokens: int = 24, as_of: str | None = None,
+        conversation: bool = False) -> list[str]:
     """Greedy answers by the model of `run_dir`'s last checkpoint (see `LoadedRun.ask`)."""
     if as_of is not None:
         time_key(as_of)  # before the model is loaded
-    return load_run(run_dir).ask(prompts, max_new_tokens, as_of)
+    return load_run(run_dir).ask(prompts, max_new_tokens, as_of, conversation)
 
 
 def export(run_dir: str | Path, output: str | Path, format: str | None = None, as_of: str | None = None,

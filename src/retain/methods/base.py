@@ -144,6 +144,11 @@ class Method:
         method that routes on tokens). None: the prompts are read as they are, unrouted."""
         return None
 
+    def follow_up(self, prompt: str, context: Sequence[str]) -> str:
+        """A turn of a conversation (`retain ask --conversation`) as it is asked, given the turns before it (oldest
+        first): by default the conversation so far, a turn a line, for the model to read in context."""
+        return "\n".join([*context, prompt])
+
     def export(self, as_of: str | None) -> Exported:
         """Before an export: what the exported model needs besides its weights to read inputs as this method does
         (`Exported.routing`, `Exported.tensors`); with `as_of`, a versioned method instead makes the model read, for

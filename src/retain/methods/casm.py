@@ -38,7 +38,7 @@ from torch import nn
 
 from retain.evaluation import exact_match
 from retain.fact_questions import WORDINGS, question
-from retain.knowledge import FactRegistry, FactVersion, Read, RelationScorer, read, version_at
+from retain.knowledge import FactRegistry, FactVersion, Read, RelationScorer, follow_up, read, version_at
 from retain.methods.base import (
     Encode, Exported, Method, MethodError, Routing, StreamData, TaskData, TrainingContext, check_periods, register, task_period,
 )
@@ -171,6 +171,11 @@ class CASM(Method):
     def read(self, prompt: str, relate: RelationScorer | None = None) -> Read:
         """How `prompt` is read (`retain.knowledge.read`): which version, and as what text."""
         return read(prompt, self.periods, self.registry, self.config.scope, self.as_of, relate, self._question())
+
+    def follow_up(self, prompt: str, context: Sequence[str]) -> str:
+        """The turn on its own, naming the fact the conversation is on (`retain.knowledge.follow_up`): the memory is
+        read per query, and an earlier turn's words would change the time or fact the router reads off it."""
+        return follow_up(prompt, context, self.periods, self.registry, question=WORDINGS[0])
 
     def _question(self) -> str | None:
         """The training wording a query is read in (`read_as="question"`), else None: the asker's."""

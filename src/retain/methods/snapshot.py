@@ -22,7 +22,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from retain.fact_questions import WORDINGS
-from retain.knowledge import FactRegistry, read
+from retain.knowledge import FactRegistry, follow_up, read
 from retain.methods.base import (
     Encode, Exported, Method, MethodConfig, MethodError, Routing, TaskData, TrainingContext, check_periods, register,
     task_period,
@@ -119,6 +119,10 @@ class Snapshot(Method):
         return Routing(texts=[r.text for r in reads],
                        names=["pretrained" if r.version is None else self.periods[r.version] for r in reads],
                        facts=["" if r.fact is None else f"{r.fact.subject} | {r.fact.relation}" for r in reads])
+
+    def follow_up(self, prompt: str, context: Sequence[str]) -> str:
+        """As CASM's: the turn on its own, naming the fact the conversation is on."""
+        return follow_up(prompt, context, self.periods, self.registry, question=WORDINGS[0])
 
     def export(self, as_of: str | None) -> Exported:
         raise MethodError("snapshot is a benchmark control (one adapter per period, read by retain's router): it does "
