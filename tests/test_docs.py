@@ -105,7 +105,7 @@ def test_the_quick_start_runs_and_asks_about_its_own_stream(tmp_path, monkeypatc
     quick = readme[readme.index("## Quick start"):]
     lines = [shlex.split(line, comments=True) for line in quick[: quick.index("```python")].splitlines()
              if line.startswith("retain ")]
-    assert [words[1] for words in lines] == ["generate", "compare", "ask"]
+    assert [words[1] for words in lines] == ["generate", "compare", "ask", "ask"]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "examples").mkdir()
     shutil.copy(ROOT / "examples" / "demo.yaml", tmp_path / "examples")
@@ -113,12 +113,13 @@ def test_the_quick_start_runs_and_asks_about_its_own_stream(tmp_path, monkeypatc
             "--fact_questions", "1", "--method-arg", "casm.k=8", "casm.top_t=8"]
     for words in lines:
         assert main(words[1:] + (fast if words[1] == "compare" else [])) == 0, words
-    asked = lines[2][-1]
-    subject = re.search(r"of (.+?) is$", asked)[1]
     facts = [json.loads(line) for path in (tmp_path / "runs" / "stream").rglob("facts.jsonl")
              for line in path.read_text().splitlines()]
-    assert subject in {fact["subject"] for fact in facts}, f"{asked!r} asks about no entity of the generated stream"
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"{asked} → ")
+    for asked in (lines[2][-1], lines[3][-2]):  # the last `ask`'s last prompt is a follow-up of the one before
+        subject = re.search(r"of (.+?)(?: is| in \d{4}\?)$", asked)[1]
+        assert subject in {fact["subject"] for fact in facts}, f"{asked!r} asks about no entity of the generated stream"
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-3].startswith(f"{lines[2][-1]} → ") and printed[-1].startswith(f"{lines[3][-1]} → ")
 
 
 @pytest.fixture
