@@ -113,6 +113,10 @@ def test_the_routed_casm_export_answers_as_of_a_time_as_retain_ask_does(runs, tm
     expected = loaded.ask(texts + undated, max_new_tokens=6, as_of=period)
     assert answers(exported, AutoTokenizer.from_pretrained(folder), texts + undated, as_of=period) == expected
     assert json.loads((folder / "config.json").read_text())["retain"]["casm"]["periods"] == ["2018", "2020"]
+    # A follow-up in a conversation: the turns before it travel as `context`, as `retain ask --conversation` has them.
+    first, follow = re.sub(r"^\[\d{4}\] ", "", texts[0]), f"And in {period}?"
+    assert answers(exported, AutoTokenizer.from_pretrained(folder), [follow], context=[first]) \
+        == loaded.ask([first, follow], max_new_tokens=6, conversation=True)[1:]
 
 
 def test_a_pipeline_routes_the_casm_export(runs, tmp_path):

@@ -12,8 +12,9 @@ inputs are routed:
   nearest by cosine, chosen on the first forward of a sequence, as retain chooses it.
 - "casm": every period's version of the memory and the fact registry. `generate` reads each prompt's version as
   `retain ask` does: the time it names ("in 2018", "[2020]", `as_of=`), or the period that taught the fact it asks
-  about, with the prompt's time rewritten to that period (the returned sequences keep the prompt as given). A
-  forward outside `generate` reads the latest version.
+  about, with the prompt's time rewritten to that period (the returned sequences keep the prompt as given); with
+  `context=` (the turns before), a follow-up reads the fact the conversation is on. A forward outside `generate`
+  reads the latest version.
 """
 
 import copy
@@ -22,7 +23,7 @@ import torch
 import transformers
 from torch import nn
 
-from .knowledge import FactRegistry, read
+from .knowledge import FactRegistry, follow_up, read
 from .relations import RelationMatcher, input_embedder
 from .text import dated
 
@@ -157,16 +158,22 @@ class RetainForCausalLM(BASE):
             block.active = chosen
 
     @torch.no_grad()
-    def generate(self, input_ids=None, attention_mask=None, as_of=None, tokenizer=None, **kwargs):
+    def generate(self, input_ids=None, attention_mask=None, as_of=None, context=None, tokenizer=None, **kwargs):
         """`generate`, each prompt reading the memory version CASM reads for it; `as_of` dates prompts that name no
-        time (as `retain ask --as-of`). `tokenizer` (default: the folder's) turns prompts into text and back."""
+        time (as `retain ask --as-of`); `context`, the turns of a conversation before the prompts (one list of texts,
+        oldest first, for every prompt, or one per prompt), makes a follow-up ("And now?") ask about the fact they
+        were on (as `retain ask --conversation`). `tokenizer` (default: the folder's) turns prompts into text and back."""
         if self._casm is None or input_ids is None:
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, tokenizer=tokenizer, **kwargs)
         tokenizer = tokenizer or self._folder_tokenizer()
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        prompts = [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(input_ids, mask)]
-        if as_of is not None:
-            prompts = [dated(p, as_of) for p in prompts]
+        given = [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(input_ids, mask)]
+        prompts = given if as_of is None else [dated(p, as_of) for p in given]
+        if context is not None:
+            turns = [context] * len(prompts) if all(isinstance(turn, str) for turn in context) else context
+            question = self._casm.get("question") or "{subject} — {relation}:"
+            prompts = [follow_up(p, list(before), self._casm["periods"], self._registry, question=question)
+                       for p, before in zip(prompts, turns)]
         relate = None
         if self._casm.get("by_meaning"):
             relate = RelationMatcher(input_embedder(self.get_input_embeddings().weight,
@@ -174,7 +181,7 @@ class RetainForCausalLM(BASE):
         reads = [read(p, self._casm["periods"], self._registry, self._casm["scope"], relate=relate,
                       question=self._casm.get("question")) for p in prompts]
         inputs = {"input_ids": input_ids, "attention_mask": mask}
-        if [r.text for r in reads] != prompts or as_of is not None:
+        if [r.text for r in reads] != given:
             side, tokenizer.padding_side = tokenizer.padding_side, "left"
             inputs = dict(tokenizer([r.text for r in reads], return_tensors="pt", padding=True).to(input_ids.device))
             tokenizer.padding_side = side
