@@ -107,11 +107,11 @@ def test_a_known_fact_is_read_where_its_version_was_written(make_model, tokenize
     # A conversation's follow-up names neither subject nor relation: it asks about the fact of the turn before, at
     # its own time; alone, it reads the period it names with no fact found.
     first = "Q: Who was the mayor of Quessary in 2020?\nA:"
-    [asked] = [method.follow_up("And in 2022?", [first])]
+    asked = method.follow_up(trainer.model, "And in 2022?", [first], ENCODE)
     assert asked == "[2022] Quessary — mayor:"
     assert method.route(trainer.model, [asked], ENCODE).facts == ["Quessary | mayor"]
     assert method.route(trainer.model, ["And in 2022?"], ENCODE).facts == [""]
-    assert method.follow_up("And the mayor of Ulm?", [first]) == "And the mayor of Ulm?"  # a name of its own
+    assert method.follow_up(trainer.model, "And the mayor of Ulm?", [first], ENCODE) == "And the mayor of Ulm?"
 
 
 def test_casm_adds_no_training_example_of_its_own(make_model, tokenizer, training_args, stream):

@@ -220,7 +220,9 @@ def test_a_follow_up_asks_about_the_fact_the_conversation_is_on():
     assert follow_up("What about its dock capacity?", asked, periods, registry) == "[2018] Velmora Port — dock capacity:"
     assert follow_up("who is in charge there today?", asked, periods, registry) == "[2022] Velmora Port — harbour master:"
     # A turn that names a subject, known or not, is its own question.
-    for own in ("Who was the harbour master of Velmora Port in 2020?", "Who is the mayor of Ulm?", "who is nozer's mayor?"):
+    assert follow_up("And in March 2020, I wonder?", asked, periods, registry) == "[2020-03] Velmora Port — harbour master:"
+    for own in ("Who was the harbour master of Velmora Port in 2020?", "Who is the mayor of Ulm?", "who is nozer's mayor?",
+                "And the budget of NASA?"):
         assert follow_up(own, asked, periods, registry) == own
     # The latest turn naming a known subject is followed; one naming a subject but no fact the two name together
     # leaves the prompt as it is.

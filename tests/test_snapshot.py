@@ -56,7 +56,7 @@ def test_a_prompt_is_read_by_the_adapter_of_the_period_the_router_picks(make_mod
         torch.testing.assert_close(mixed[1], logits(model, tokenizer, routing.texts)[1])
     assert not torch.allclose(mixed[0], mixed[2])  # two periods' adapters answer differently
     # A follow-up reads the adapter of the fact the conversation is on, at the time it names.
-    followed = method.follow_up("And in 2018?", [f"[2020] {HARBOUR}"])
+    followed = method.follow_up(model, "And in 2018?", [f"[2020] {HARBOUR}"], ENCODE)
     assert method.route(model, [followed], ENCODE).names == ["2018"] and "And in 2018?" not in followed
     with pytest.raises(MethodError, match="does not export"):
         method.export(None)

@@ -149,8 +149,8 @@ class Evaluator:
         device = next(model.parameters()).device
         for start in range(0, len(probes), self.batch_size):
             batch = probes[start : start + self.batch_size]
-            texts, routes, _ = self._routed(model, [p.prompt for p in batch], self._encoder(device))
-            inputs = self._encoder(device)(texts)
+            texts, routes, _ = self._routed(model, [p.prompt for p in batch], self.encoder(device))
+            inputs = self.encoder(device)(texts)
             predicted = model(**inputs).logits.argmax(-1).tolist()
             for probe, index, route in zip(batch, predicted, routes):
                 label = self.class_labels[index]
@@ -158,7 +158,7 @@ class Evaluator:
                 scores.append(ProbeScore(label, hit, hit, route))
         return scores
 
-    def _encoder(self, device: torch.device, side: str | None = None, **options: Any) -> Encode:
+    def encoder(self, device: torch.device, side: str | None = None, **options: Any) -> Encode:
         """Texts → a padded batch on `device`, padded on `side` (left for generation; None: the tokenizer's own)."""
 
         def encode(texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -182,7 +182,7 @@ class Evaluator:
 
     def _generate(self, model: nn.Module, prompts: Sequence[str], max_new_tokens: int
                   ) -> tuple[list[str], list[str | None], list[str | None]]:
-        encode = self._encoder(next(model.parameters()).device, side="left")
+        encode = self.encoder(next(model.parameters()).device, side="left")
         texts, routes, facts = self._routed(model, prompts, encode)
         batch = encode(texts)
         output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
@@ -196,7 +196,7 @@ class Evaluator:
         completion does in training ("Verdict:" + " positive").
         """
         device = next(model.parameters()).device
-        texts, routes, _ = self._routed(model, [probe.prompt] * len(probe.choices), self._encoder(device))
+        texts, routes, _ = self._routed(model, [probe.prompt] * len(probe.choices), self.encoder(device))
         text, route = texts[0], routes[0]
         prompt = self.tokenizer(text).input_ids  # as in training
         separator = "" if text[-1:].isspace() else " "
@@ -217,7 +217,7 @@ class Evaluator:
         device = next(model.parameters()).device
         total_loss, total_tokens = 0.0, 0
         try:
-            encode = self._encoder(device, truncation=True, max_length=max_length)
+            encode = self.encoder(device, truncation=True, max_length=max_length)
             for start in range(0, len(texts), self.batch_size):
                 chunk = texts[start : start + self.batch_size]
                 self._routed(model, chunk, encode)  # the model set up for each text; the text is measured as it is

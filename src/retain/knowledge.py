@@ -25,9 +25,12 @@ from typing import Any, Literal, NamedTuple
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
-from .text import at_time, normalize_answer, query_time, time_key, wording
+from .text import MONTHS, at_time, normalize_answer, query_time, time_key, wording
 
-_PROPER_NAME = re.compile(r"(?<!^)(?<![.?!]\s)\b[A-Z][a-z]")  # a capitalised word not starting a sentence
+# A capitalised word not starting a line or sentence ("Ulm", "NASA"), and capitalised words that name no one.
+_CAPITALISED = re.compile(r"(?<!^)(?<![.?!]\s)\b[A-Z][\w-]*", re.MULTILINE)
+_NO_NAMES = {"I", *(m.capitalize() for m in MONTHS), *(m[:3].capitalize() for m in MONTHS), "Sept", "Monday",
+             "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"}
 
 
 def subject_aliases(fact: Mapping[str, Any]) -> list[str]:
@@ -328,7 +331,7 @@ def follow_up(prompt: str, context: Sequence[str], periods: list[str], registry:
         words = f" {_normalized(_POSSESSIVE.sub('', text))} "
         return any(f" {_normalized(name)} " in words for v in registry.versions for name in registry.names(v.subject))
 
-    if names_a_subject(prompt) or _PROPER_NAME.search(prompt):
+    if names_a_subject(prompt) or any(word not in _NO_NAMES for word in _CAPITALISED.findall(prompt)):
         return prompt
     for earlier in reversed(context):
         if not names_a_subject(earlier):

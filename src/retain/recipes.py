@@ -172,9 +172,10 @@ class LoadedRun:
         if as_of is not None:
             time_key(as_of)  # a bad time fails here, with the time in the message
             prompts = [dated(p, as_of) for p in prompts]
-        if conversation:
-            prompts = [self.method.follow_up(p, prompts[:i]) for i, p in enumerate(prompts)]
         evaluator = Evaluator(self.tokenizer, route=self.method.route)
+        if conversation:
+            encode = evaluator.encoder(next(self.model.parameters()).device)
+            prompts = [self.method.follow_up(self.model, p, prompts[:i], encode) for i, p in enumerate(prompts)]
         return [first_statement(text) for text in evaluator.complete(self.model, list(prompts), max_new_tokens)]
 
 

@@ -169,15 +169,15 @@ class RetainForCausalLM(BASE):
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         given = [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(input_ids, mask)]
         prompts = given if as_of is None else [dated(p, as_of) for p in given]
-        if context is not None:
-            turns = [context] * len(prompts) if all(isinstance(turn, str) for turn in context) else context
-            question = self._casm.get("question") or "{subject} — {relation}:"
-            prompts = [follow_up(p, list(before), self._casm["periods"], self._registry, question=question)
-                       for p, before in zip(prompts, turns)]
         relate = None
         if self._casm.get("by_meaning"):
             relate = RelationMatcher(input_embedder(self.get_input_embeddings().weight,
                                                     lambda text: tokenizer(text)["input_ids"]))
+        if context is not None:
+            turns = [context] * len(prompts) if all(isinstance(turn, str) for turn in context) else context
+            question = self._casm.get("question") or "{subject} — {relation}:"
+            prompts = [follow_up(p, list(before), self._casm["periods"], self._registry, relate, question)
+                       for p, before in zip(prompts, turns)]
         reads = [read(p, self._casm["periods"], self._registry, self._casm["scope"], relate=relate,
                       question=self._casm.get("question")) for p in prompts]
         inputs = {"input_ids": input_ids, "attention_mask": mask}

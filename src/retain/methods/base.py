@@ -144,9 +144,10 @@ class Method:
         method that routes on tokens). None: the prompts are read as they are, unrouted."""
         return None
 
-    def follow_up(self, prompt: str, context: Sequence[str]) -> str:
+    def follow_up(self, model: nn.Module, prompt: str, context: Sequence[str], encode: Encode) -> str:
         """A turn of a conversation (`retain ask --conversation`) as it is asked, given the turns before it (oldest
-        first): by default the conversation so far, a turn a line, for the model to read in context."""
+        first; `model` and `encode` as `route` gets them): by default the conversation so far, a turn a line, for the
+        model to read in context."""
         return "\n".join([*context, prompt])
 
     def export(self, as_of: str | None) -> Exported:

@@ -172,10 +172,11 @@ class CASM(Method):
         """How `prompt` is read (`retain.knowledge.read`): which version, and as what text."""
         return read(prompt, self.periods, self.registry, self.config.scope, self.as_of, relate, self._question())
 
-    def follow_up(self, prompt: str, context: Sequence[str]) -> str:
+    def follow_up(self, model: nn.Module, prompt: str, context: Sequence[str], encode: Encode) -> str:
         """The turn on its own, naming the fact the conversation is on (`retain.knowledge.follow_up`): the memory is
         read per query, and an earlier turn's words would change the time or fact the router reads off it."""
-        return follow_up(prompt, context, self.periods, self.registry, question=WORDINGS[0])
+        relate = model_matcher(model, encode) if self.config.by_meaning else None
+        return follow_up(prompt, context, self.periods, self.registry, relate, WORDINGS[0])
 
     def _question(self) -> str | None:
         """The training wording a query is read in (`read_as="question"`), else None: the asker's."""

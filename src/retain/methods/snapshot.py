@@ -120,9 +120,10 @@ class Snapshot(Method):
                        names=["pretrained" if r.version is None else self.periods[r.version] for r in reads],
                        facts=["" if r.fact is None else f"{r.fact.subject} | {r.fact.relation}" for r in reads])
 
-    def follow_up(self, prompt: str, context: Sequence[str]) -> str:
+    def follow_up(self, model: nn.Module, prompt: str, context: Sequence[str], encode: Encode) -> str:
         """As CASM's: the turn on its own, naming the fact the conversation is on."""
-        return follow_up(prompt, context, self.periods, self.registry, question=WORDINGS[0])
+        relate = model_matcher(model, encode) if self.config.by_meaning else None
+        return follow_up(prompt, context, self.periods, self.registry, relate, WORDINGS[0])
 
     def export(self, as_of: str | None) -> Exported:
         raise MethodError("snapshot is a benchmark control (one adapter per period, read by retain's router): it does "

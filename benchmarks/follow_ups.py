@@ -1,0 +1,105 @@
+"""The fact router on follow-ups: a conversation's second turn that names no subject ("And in 2020?").
+
+Over a `medium` stream's facts (seeds 0, 1, 2), each probe of the template family (`--probe-templates` all of them)
+is a first turn, about its fact as of its period; a second turn in each of `FOLLOW_UPS` (phrasings of our own, none
+a probe template) asks about the same fact as of another period of the stream, or now. The second turn is read as
+`retain ask --conversation` reads it (`retain.knowledge.follow_up`, then `read`), and scored as `relations.py`
+scores probes: precision and recall of (fact, period), per phrasing and per half of the first turn's template, with
+the router finding facts verbatim only and with the relation matcher (`by_meaning`, CASM's default).
+Two controls that must not follow the first turn: the stream's locality questions (they name their own subject) and
+a first turn that is a locality question (no fact to follow). No training: the registry holds the stream's facts,
+the matcher reads the pretrained model's input embeddings.
+
+    python benchmarks/follow_ups.py --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+from common import ROOT, machine, mean_sd, write
+
+from retain import load_model
+from retain.bench.temporal_facts import PRESETS, generate
+from retain.knowledge import FactRegistry, follow_up, read
+from retain.relations import RelationMatcher, input_embedder
+from retain.text import normalize_answer, spoken_time
+
+# Second turns, `{t}` another period of the stream in words as a person writes it; None: about now.
+FOLLOW_UPS: tuple[tuple[str, str | None], ...] = (
+    ("and-in", "And in {t}?"), ("what-about", "What about in {t}?"), ("back-in", "And back in {t}?"),
+    ("how-about", "How about {t}?"), ("and-now", None), ("these-days", None),
+)
+PRESENT = {"and-now": "And now?", "these-days": "And these days?"}
+
+
+def scores(seed: int, relate: RelationMatcher | None) -> dict[str, dict[str, float | None]]:
+    stream = generate(replace(PRESETS["medium"], probe_templates=38, seed=seed))
+    registry, periods = FactRegistry(), [task.period for task in stream.tasks]
+    for task in stream.tasks:
+        registry.observe_facts(task.facts, task.period)
+    # (subject | relation) → period → the period whose training taught the answer as of it
+    taught: dict[str, dict[str, str]] = {}
+    for task in stream.tasks:
+        for probe in task.probes:
+            taught.setdefault(_fact(probe.key), {})[task.period] = probe.learned_in
+    rng = random.Random(seed)
+    counts: dict[str, list[int]] = {}
+    for task in stream.tasks:
+        for probe in task.probes:
+            if probe.form.split("/")[1].startswith("now"):
+                continue  # a first turn about now: its follow-ups would ask what it asked
+            for name, text in FOLLOW_UPS:
+                other = rng.choice([p for p in periods if p != task.period])
+                second = PRESENT[name] if text is None else text.format(t=spoken_time(other))
+                asked = periods[-1] if text is None else other
+                seen = read(follow_up(second, [probe.prompt], periods, registry, relate), periods, registry, relate=relate)
+                named = seen.fact is not None
+                right = named and _fact(f"{seen.fact.subject} | {seen.fact.relation}") == _fact(probe.key) \
+                    and periods[seen.version] == taught[_fact(probe.key)][asked]
+                for form in (name, f"{probe.form.split('/')[0]}/*"):
+                    c = counts.setdefault(form, [0, 0, 0])
+                    c[0], c[1], c[2] = c[0] + right, c[1] + named, c[2] + 1
+    result = {form: {"precision": r / n if n else None, "recall": r / total}
+              for form, (r, n, total) in sorted(counts.items())}
+    first = stream.tasks[0].probes[0].prompt
+    # Controls: a question naming its own subject is not a follow-up, and nothing known is no turn to follow.
+    result["locality"] = {"precision": None, "recall": statistics.fmean(
+        read(follow_up(q, [first], periods, registry, relate), periods, registry, relate=relate).version is None
+        for q in stream.locality)}
+    result["after-locality"] = {"precision": None, "recall": statistics.fmean(
+        read(follow_up("And now?", [q], periods, registry, relate), periods, registry, relate=relate).fact is None
+        for q in stream.locality)}
+    return result
+
+
+def _fact(key: str) -> str:
+    return normalize_answer(" | ".join(key.split(" | ")[:2]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "follow_ups.json")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    model, tokenizer = load_model(args.model)
+    matcher = RelationMatcher(input_embedder(model.get_input_embeddings().weight, tokenizer.encode))
+    per_seed = {seed: {"verbatim": scores(seed, None), "by_meaning": scores(seed, matcher)} for seed in seeds}
+    forms = sorted(per_seed[seeds[0]]["verbatim"])
+    summary = {router: {form: {m: mean_sd([per_seed[s][router][form][m] for s in seeds]) for m in ("precision", "recall")}
+                        for form in forms} for router in ("verbatim", "by_meaning")}
+    for router, rows in summary.items():
+        for form, row in rows.items():
+            print(router, form, {m: None if v is None else round(v["mean"], 3) for m, v in row.items()})
+    write(args.output, {"benchmark": "follow-ups", "model": args.model, "seeds": seeds, "follow_ups": dict(FOLLOW_UPS), "machine": machine(),
+                        "mean_sd": summary, "per_seed": per_seed})
+
+
+if __name__ == "__main__":
+    main()
