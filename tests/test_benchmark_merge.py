@@ -71,6 +71,12 @@ def test_runs_made_differently_or_twice_are_refused(tmp_path, monkeypatch):
     again = report(tmp_path / "again.json", {"1": {"casm": run(0.9)}}, "cpu", fact_questions=6)
     done, _ = merge(tmp_path, monkeypatch, six, again)
     assert done.returncode != 0 and "seed 1 of casm is in two reports" in done.stderr
+    templated = report(tmp_path / "templated.json", {"2": {"casm": run(0.5)}}, "cpu", fact_questions=6, probe_templates=4)
+    done, _ = merge(tmp_path, monkeypatch, six, templated)  # asked in other probes
+    assert done.returncode != 0 and "different settings" in done.stderr
+    done, merged = merge(tmp_path, monkeypatch, templated, report(tmp_path / "t3.json", {"3": {"casm": run(0.7)}}, "cpu",
+                                                                    fact_questions=6, probe_templates=4))
+    assert done.returncode == 0 and merged["probe_templates"] == 4 and merged["seeds"] == [2, 3]
 
 
 def test_the_temporalwiki_benchmark_runs_every_seed_on_the_importers_own_sample(tmp_path, monkeypatch):
