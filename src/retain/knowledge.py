@@ -313,11 +313,11 @@ def read(prompt: str, periods: list[str], registry: FactRegistry, scope: str = "
     return Read(named, written, text if text.startswith(f"[{period}]") else f"[{period}] {text}", fact)
 
 
-
 def follow_up(prompt: str, context: Sequence[str], periods: list[str], registry: FactRegistry,
               relate: RelationScorer | None = None, question: str = "{subject} — {relation}:") -> str:
     """A turn of a conversation made a question on its own. A prompt that names a subject the registry knows, or a
-    name of its own (a capitalised word after the first: "Who is the mayor of Ulm?"), is returned as it is. Otherwise
+    name of its own (a capitalised word not starting a sentence, other than a month, a weekday or "I": "Who is the
+    mayor of Ulm?"), is returned as it is. Otherwise
     it follows the latest earlier turn (`context`, oldest first) that names a subject the registry knows: it asks
     about the fact of that subject the two turns name together ("Tell me about Velmora Port." … "Who was its
     harbour master in 2019?"), else about the earlier turn's own fact ("Who was the harbour master of Velmora Port in

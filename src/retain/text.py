@@ -179,8 +179,8 @@ def _times(text: str, clock: str | None) -> tuple[TimeSpan, ...]:
         if not _is_time(core, masked[:start], masked[start + len(core) :], clock is not None):
             continue
         yearly = re.fullmatch(r"[12]\d{3}", core) or re.search(r"\b(?:years?|decades?)\b", core, re.IGNORECASE)
-        # "before 2020" asks about the year before it, "after 2019" about the year after (a month: the month); the word is
-        # part of the time, so that a text dated anew does not say "before" the period it names.
+        # "before 2020" asks about the year before it, "after 2019" about the year after (a month: the month); the
+        # word is part of the time, so that a text dated anew does not say "before" the period it names.
         shift = _BEFORE.search(masked[:start]) or _AFTER.search(masked[:start])
         step = 0 if shift is None else -1 if shift[0].lower().startswith("before") else 1
         end, start = start + len(core), start if shift is None else shift.start()
