@@ -57,7 +57,8 @@ def scores(seed: int, relate: RelationMatcher | None) -> dict[str, dict[str, flo
                 other = rng.choice([p for p in periods if p != task.period])
                 second = PRESENT[name] if text is None else text.format(t=spoken_time(other))
                 asked = periods[-1] if text is None else other
-                seen = read(follow_up(second, [probe.prompt], periods, registry, relate), periods, registry, relate=relate)
+                alone = follow_up(second, [probe.prompt], periods, registry, relate)
+                seen = read(alone, periods, registry, relate=relate)
                 named = seen.fact is not None
                 right = named and _fact(f"{seen.fact.subject} | {seen.fact.relation}") == _fact(probe.key) \
                     and periods[seen.version] == taught[_fact(probe.key)][asked]
@@ -92,13 +93,14 @@ def main() -> None:
     matcher = RelationMatcher(input_embedder(model.get_input_embeddings().weight, tokenizer.encode))
     per_seed = {seed: {"verbatim": scores(seed, None), "by_meaning": scores(seed, matcher)} for seed in seeds}
     forms = sorted(per_seed[seeds[0]]["verbatim"])
-    summary = {router: {form: {m: mean_sd([per_seed[s][router][form][m] for s in seeds]) for m in ("precision", "recall")}
-                        for form in forms} for router in ("verbatim", "by_meaning")}
+    summary = {router: {form: {m: mean_sd([per_seed[s][router][form][m] for s in seeds])
+                               for m in ("precision", "recall")} for form in forms}
+               for router in ("verbatim", "by_meaning")}
     for router, rows in summary.items():
         for form, row in rows.items():
             print(router, form, {m: None if v is None else round(v["mean"], 3) for m, v in row.items()})
-    write(args.output, {"benchmark": "follow-ups", "model": args.model, "seeds": seeds, "follow_ups": dict(FOLLOW_UPS), "machine": machine(),
-                        "mean_sd": summary, "per_seed": per_seed})
+    write(args.output, {"benchmark": "follow-ups", "model": args.model, "seeds": seeds, "follow_ups": dict(FOLLOW_UPS),
+                        "machine": machine(), "mean_sd": summary, "per_seed": per_seed})
 
 
 if __name__ == "__main__":
