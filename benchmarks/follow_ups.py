@@ -18,16 +18,15 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
-from common import ROOT, machine, mean_sd, write
+from common import ROOT, machine, write
+from relations import count, fact_key, medium_stream, read_right, summarise, tally
 
 from retain import load_model
-from retain.bench.temporal_facts import PRESETS, generate
-from retain.knowledge import FactRegistry, follow_up, read
+from retain.knowledge import follow_up, read
 from retain.relations import RelationMatcher, input_embedder
-from retain.text import normalize_answer, spoken_time
+from retain.text import spoken_time
 
 # Second turns, `{t}` another period of the stream in words as a person writes it; None: about now.
 FOLLOW_UPS: tuple[tuple[str, str | None], ...] = (
@@ -38,15 +37,12 @@ PRESENT = {"and-now": "And now?", "these-days": "And these days?"}
 
 
 def scores(seed: int, relate: RelationMatcher | None) -> dict[str, dict[str, float | None]]:
-    stream = generate(replace(PRESETS["medium"], probe_templates=38, seed=seed))
-    registry, periods = FactRegistry(), [task.period for task in stream.tasks]
-    for task in stream.tasks:
-        registry.observe_facts(task.facts, task.period)
+    stream, registry, periods = medium_stream(seed)
     # (subject | relation) → period → the period whose training taught the answer as of it
     taught: dict[str, dict[str, str]] = {}
     for task in stream.tasks:
         for probe in task.probes:
-            taught.setdefault(_fact(probe.key), {})[task.period] = probe.learned_in
+            taught.setdefault(fact_key(probe.key), {})[task.period] = probe.learned_in
     rng = random.Random(seed)
     counts: dict[str, list[int]] = {}
     for task in stream.tasks:
@@ -59,14 +55,9 @@ def scores(seed: int, relate: RelationMatcher | None) -> dict[str, dict[str, flo
                 asked = periods[-1] if text is None else other
                 alone = follow_up(second, [probe.prompt], periods, registry, relate)
                 seen = read(alone, periods, registry, relate=relate)
-                named = seen.fact is not None
-                right = named and _fact(f"{seen.fact.subject} | {seen.fact.relation}") == _fact(probe.key) \
-                    and periods[seen.version] == taught[_fact(probe.key)][asked]
-                for form in (name, f"{probe.form.split('/')[0]}/*"):
-                    c = counts.setdefault(form, [0, 0, 0])
-                    c[0], c[1], c[2] = c[0] + right, c[1] + named, c[2] + 1
-    result = {form: {"precision": r / n if n else None, "recall": r / total}
-              for form, (r, n, total) in sorted(counts.items())}
+                count(counts, (name, f"{probe.form.split('/')[0]}/*"), seen,
+                      read_right(seen, probe.key, taught[fact_key(probe.key)][asked], periods))
+    result = tally(counts)
     first = stream.tasks[0].probes[0].prompt
     # Controls: a question naming its own subject is not a follow-up, and nothing known is no turn to follow.
     result["locality"] = {"precision": None, "recall": statistics.fmean(
@@ -76,10 +67,6 @@ def scores(seed: int, relate: RelationMatcher | None) -> dict[str, dict[str, flo
         read(follow_up("And now?", [q], periods, registry, relate), periods, registry, relate=relate).fact is None
         for q in stream.locality)}
     return result
-
-
-def _fact(key: str) -> str:
-    return normalize_answer(" | ".join(key.split(" | ")[:2]))
 
 
 def main() -> None:
@@ -92,10 +79,7 @@ def main() -> None:
     model, tokenizer = load_model(args.model)
     matcher = RelationMatcher(input_embedder(model.get_input_embeddings().weight, tokenizer.encode))
     per_seed = {seed: {"verbatim": scores(seed, None), "by_meaning": scores(seed, matcher)} for seed in seeds}
-    forms = sorted(per_seed[seeds[0]]["verbatim"])
-    summary = {router: {form: {m: mean_sd([per_seed[s][router][form][m] for s in seeds])
-                               for m in ("precision", "recall")} for form in forms}
-               for router in ("verbatim", "by_meaning")}
+    summary = summarise(per_seed)
     for router, rows in summary.items():
         for form, row in rows.items():
             print(router, form, {m: None if v is None else round(v["mean"], 3) for m, v in row.items()})

@@ -22,18 +22,20 @@ import itertools
 import math
 import random
 import statistics
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from common import ROOT, machine, mean_sd, write
 
 from retain import load_model
 from retain.bench.temporal_facts import PRESETS, generate
-from retain.knowledge import FactRegistry, read
-import torch
-
+from retain.knowledge import FactRegistry, Read, read
 from retain.relations import (COMMON_DIRECTIONS, DEV_PAIRS, DEV_UNRELATED, NONE_SIMILARITY, TEMPERATURE, RelationMatcher,
                                input_embedder)
+from retain.stream import Stream
 from retain.text import normalize_answer
 
 
@@ -90,27 +92,56 @@ def fit(model, tokenizer) -> dict:
     return {"best": best, "in_use": chosen, "cases": len(cases)}
 
 
-def router_scores(seed: int, matcher: RelationMatcher | None) -> dict[str, dict[str, float]]:
-    """Per template (and per half), the router's precision and recall of (fact, period) on a `medium` stream."""
+def medium_stream(seed: int) -> tuple[Stream, FactRegistry, list[str]]:
+    """A `medium` stream asked in every template of the family, a registry of its facts, and its periods."""
     stream = generate(replace(PRESETS["medium"], probe_templates=38, seed=seed))
-    registry, periods = FactRegistry(), []
+    registry = FactRegistry()
     for task in stream.tasks:
-        periods.append(task.period)
         registry.observe_facts(task.facts, task.period)
+    return stream, registry, [task.period for task in stream.tasks]
+
+
+def fact_key(key: str) -> str:
+    """A probe's or a read's "subject | relation[ | …]" as the fact it names, normalised."""
+    return normalize_answer(" | ".join(key.split(" | ")[:2]))
+
+
+def read_right(seen: Read, key: str, period: str, periods: list[str]) -> bool:
+    """Whether a read named the fact of `key` and the version of `period`."""
+    return seen.fact is not None and fact_key(f"{seen.fact.subject} | {seen.fact.relation}") == fact_key(key) \
+        and periods[seen.version] == period
+
+
+def tally(counts: dict[str, list[int]]) -> dict[str, dict[str, float | None]]:
+    """Per form, [right, named, asked] → precision (of the named) and recall (of the asked)."""
+    return {form: {"precision": r / n if n else None, "recall": r / total}
+            for form, (r, n, total) in sorted(counts.items())}
+
+
+def count(counts: dict[str, list[int]], forms: Iterable[str], seen: Read, right: bool) -> None:
+    """Adds a read to each form's [right, named, asked]."""
+    for form in forms:
+        c = counts.setdefault(form, [0, 0, 0])
+        c[0], c[1], c[2] = c[0] + right, c[1] + (seen.fact is not None), c[2] + 1
+
+
+def summarise(per_seed: dict[int, dict[str, dict[str, dict]]]) -> dict[str, dict[str, dict]]:
+    """Per router and form, the mean ± sd over seeds of precision and recall."""
+    seeds = list(per_seed)
+    return {router: {form: {m: mean_sd([per_seed[s][router][form][m] for s in seeds]) for m in ("precision", "recall")}
+                     for form in per_seed[seeds[0]][router]} for router in per_seed[seeds[0]]}
+
+
+def router_scores(seed: int, matcher: RelationMatcher | None) -> dict[str, dict[str, float | None]]:
+    """Per template (and per half), the router's precision and recall of (fact, period) on a `medium` stream."""
+    stream, registry, periods = medium_stream(seed)
     counts: dict[str, list[int]] = {}
     for task in stream.tasks:
         for probe in task.probes:
             seen = read(probe.prompt, periods, registry, relate=matcher)
-            key = normalize_answer(" | ".join(probe.key.split(" | ")[:2]))
-            named = seen.fact is not None
-            right = named and normalize_answer(f"{seen.fact.subject} | {seen.fact.relation}") == key \
-                and periods[seen.version] == probe.learned_in
-            for form in (probe.form, probe.form.split("/")[0] + "/*"):
-                c = counts.setdefault(form, [0, 0, 0])
-                c[0] += right
-                c[1] += named
-                c[2] += 1
-    scores = {form: {"precision": r / n if n else None, "recall": r / total} for form, (r, n, total) in sorted(counts.items())}
+            count(counts, (probe.form, probe.form.split("/")[0] + "/*"), seen,
+                  read_right(seen, probe.key, probe.learned_in, periods))
+    scores = tally(counts)
     # A locality question names a stream subject or relation but no fact the stream has: any memory it reads is wrong.
     scores["locality"] = {"precision": None, "recall": statistics.fmean(
         read(prompt, periods, registry, relate=matcher).version is None for prompt in stream.locality)}
@@ -134,11 +165,8 @@ def main() -> None:
                           "by_meaning": router_scores(seed, RelationMatcher(layer_embedder(model, tokenizer, 0)))}
         for router, scores in per_seed[seed].items():
             print(seed, router, {h: scores[h] for h in ("dev/*", "test/*", "locality")})
-    forms = sorted(per_seed[seeds[0]]["verbatim"])
-    summary = {router: {form: {m: mean_sd([per_seed[s][router][form][m] for s in seeds]) for m in ("precision", "recall")}
-                        for form in forms} for router in ("verbatim", "by_meaning")}
     write(args.output, {"benchmark": "relations", "model": args.model, "seeds": seeds, "machine": machine(),
-                        "calibration": calibration, "mean_sd": summary, "per_seed": per_seed})
+                        "calibration": calibration, "mean_sd": summarise(per_seed), "per_seed": per_seed})
 
 
 if __name__ == "__main__":

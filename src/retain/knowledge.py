@@ -327,9 +327,12 @@ def follow_up(prompt: str, context: Sequence[str], periods: list[str], registry:
     clock = periods[-1] if periods else None
     time = query_time(prompt, clock)
 
+    names = {f" {_normalized(name)} " for subject in {v.subject for v in registry.versions}
+             for name in registry.names(subject)}
+
     def names_a_subject(text: str) -> bool:
         words = f" {_normalized(_POSSESSIVE.sub('', text))} "
-        return any(f" {_normalized(name)} " in words for v in registry.versions for name in registry.names(v.subject))
+        return any(name in words for name in names)
 
     if names_a_subject(prompt) or any(word not in _NO_NAMES for word in _CAPITALISED.findall(prompt)):
         return prompt
