@@ -28,6 +28,7 @@ VARIANTS = {
     "aria_no_spc": ["spc_lambda=0"],
     "aria_no_adapters": ["adapter_dim=0"],
     "aria_no_gate": ["gate=false"],
+    "aria_no_conflict": ["conflict_isolation=0"],  # never isolates on its own
     # Not ablations: later tasks train only their own adapter, with the full-copy or a rank-16 fast pathway.
     "aria_isolated": ["shared_tasks=1"],
     "aria_isolated_r16": ["shared_tasks=1", "fast_rank=16"],

@@ -1,9 +1,10 @@
 """ARIA on tasks whose rules contradict each other on the same inputs, against full_ft and the joint upper bound.
 
 Each seed generates its own conflicting-rules stream (`retain generate conflicting-rules`) and trains, in one
-`retain compare`, full_ft, ARIA with its defaults, and ARIA isolated after the first task (`shared_tasks=1`:
-later tasks train only their own adapter), plus any --variants; then one full fine-tune on every task's
-examples at once (the joint upper bound). Writes per seed and as mean ± sd: ACC, BWT, each task's accuracy
+`retain compare`, full_ft, ARIA with its defaults (isolating from the first task that contradicts what it
+learned), ARIA that never isolates on its own (`conflict_isolation=0`), and ARIA isolated after the first
+task (`shared_tasks=1`: later tasks train only their own adapter), plus any --variants (--methods: a subset);
+then one full fine-tune on every task's examples at once (the joint upper bound). Writes per seed and as mean ± sd: ACC, BWT, each task's accuracy
 when learned and at the end, routing accuracy, training seconds, step time and optimizer state against full_ft,
 and each method's parameters with every task's adapter.
 
@@ -11,6 +12,7 @@ and each method's parameters with every task's adapter.
     python benchmarks/conflicting.py --no-named           # only the items' content tells the task
     python benchmarks/conflicting.py --resume --variants aria_r16:shared_tasks=1,fast_rank=16   # one more variant
     python benchmarks/conflicting.py --joint-only --joint-epochs 9   # only the joint bound, trained longer
+    python benchmarks/conflicting.py --methods full_ft,aria --output benchmarks/results/conflicting_named_default.json
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from common import ROOT, as_flags, compare, condense, joint_upper_bound, machine, mean_sd, retain, task_training, write
 
-VARIANTS = {"aria": [], "aria_isolated": ["shared_tasks=1"]}
+VARIANTS = {"aria": [], "aria_no_conflict": ["conflict_isolation=0"], "aria_isolated": ["shared_tasks=1"]}
 
 
 def parameters(model_name: str, variants: dict[str, list[str]], tasks: int) -> dict[str, dict[str, int]]:
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--joint-only", action="store_true", help="train and score only the joint bound")
     parser.add_argument("--variants", nargs="*", default=[], metavar="NAME:KEY=VALUE,...",
                         help="more ARIA variants, e.g. aria_r16:fast_rank=16")
+    parser.add_argument("--methods", default=None, help="a subset of full_ft and the variants (default: all)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the methods and joint bounds already finished in --runs (run with the same settings)")
     parser.add_argument("--keep-checkpoints", action="store_true",
@@ -75,6 +78,13 @@ def main() -> None:
     joint_epochs = args.joint_epochs or args.epochs
     output = args.output or ROOT / "benchmarks" / "results" / f"conflicting_{kind}{f'_joint{joint_epochs}' if args.joint_only else ''}.json"
     variants = VARIANTS | {name: extra.split(",") for name, extra in (v.split(":", 1) for v in args.variants)}
+    if args.methods:
+        chosen = args.methods.split(",")
+        if unknown := set(chosen) - {"full_ft", *variants}:
+            raise SystemExit(f"--methods: unknown {', '.join(sorted(unknown))}; known: full_ft, {', '.join(variants)}")
+        if "full_ft" not in chosen:
+            raise SystemExit("--methods: full_ft must be one of them (the step-time ratios' baseline)")
+        variants = {name: extra for name, extra in variants.items() if name in chosen}
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.time()
 

@@ -16,6 +16,7 @@ argv: a directory for the checkpoint.
 """
 
 import copy
+import math
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch.distributed as dist
 from accelerate import PartialState
 from torch.distributed.fsdp import fully_shard
 
+from retain.encoding import TextEncoding
 from retain.methods import build_method
 from retain.methods.aria import ARIA, ARIAConfig
 from retain.methods.base import MethodError, StreamData, TaskData, TrainingContext
@@ -186,11 +188,18 @@ def collate(features: list[dict]) -> dict:
 def aria_matches(**config) -> None:
     arias, nets = [ARIA(ARIAConfig(adapter_dim=8, fisher_samples=2, warmup_steps=0, spc_lambda=50.0, **config))
                    for _ in range(2)], []
-    tasks = [Task(name=f"t{i}", train=[{"text": "unused"}], probes=[Probe("unused", "unused")]) for i in range(2)]
+    # The second task's examples, of two answers, are what the conflict test (`conflict_isolation`) reads.
+    rules = [{"prompt": f"Rule: the {word} is", "completion": answer}
+             for word, answer in zip(("zobi", "kemu", "dara", "lufo"), (" yes", " no", " yes", " no"))]
+    tasks = [Task(name=f"t{i}", train=[{"text": "unused"}] if i == 0 else rules, probes=[Probe("unused", "unused")])
+             for i in range(2)]
     for method in arias:
         torch.manual_seed(6)  # the same gates
-        nets.append(method.prepare(load_model("tiny")[0]))
-        method.before_stream(nets[-1], StreamData(stream=Stream(name="s", tasks=tasks), tokenize=None, collate=None))
+        net, tokenizer = load_model("tiny")
+        nets.append(method.prepare(net))
+        encoding = TextEncoding(tokenizer)
+        method.before_stream(net, StreamData(stream=Stream(name="s", tasks=tasks), tokenize=encoding.tokenize,
+                                             collate=encoding.collate))
     shard(nets[1])
     for index, task in enumerate(tasks):
         batch = torch.randint(0, 1000, (2, 10), generator=torch.Generator().manual_seed(8 + index))
@@ -200,6 +209,9 @@ def aria_matches(**config) -> None:
             context = TrainingContext(task=task, task_index=index, learning_rate=0.1)
             torch.manual_seed(10 + index)  # the task's adapter is drawn as the trainer seeds each task
             method.before_task(net, context)
+            if index:  # the conflict test (ARIA's default) reads the same on the shards as unsharded
+                assert method._conflict is not None and math.isclose(method._conflict, arias[0]._conflict, abs_tol=1e-6)
+                assert method.isolated_from == arias[0].isolated_from
             optimizer = torch.optim.SGD(method.optimizer(net, context))
             inputs = collate(features[rank : rank + 1])
             loss = net(**inputs).loss
@@ -216,7 +228,7 @@ def aria_matches(**config) -> None:
             net.zero_grad(set_to_none=True)
             method.after_task(net, TaskData(task=task, features=features, collate=collate), context)
         assert gradients[0].keys() == gradients[1].keys()
-        isolated = config.get("shared_tasks", 0) and index >= config["shared_tasks"]
+        isolated = arias[0]._isolated()
         assert any(f"adapters.{index}." in n for n in gradients[0])
         assert all(f"adapters.{index}." in n for n in gradients[0]) if isolated else any(".slow." in n for n in gradients[0])
         for name in gradients[0]:

@@ -231,3 +231,50 @@ def test_isolation_keeps_a_routed_earlier_tasks_outputs(make_model, tokenizer, t
 def test_isolation_needs_adapters():
     with pytest.raises(MethodError, match="shared_tasks"):
         ARIAConfig(shared_tasks=1, adapter_dim=0)
+
+
+def rule_stream(second: str) -> Stream:
+    """A rule over four invented items, then `second`: the same items with every label flipped ("flipped", a
+    contradiction), or asked for their colours ("colours", a task merely new)."""
+    items, labels = ["zobi", "kemu", "dara", "lufo"], [" yes", " no", " yes", " no"]
+
+    def task(name: str, prompt: str, answers: list[str]) -> Task:
+        train = [{"prompt": prompt.format(item), "completion": answer} for item, answer in zip(items, answers)]
+        return Task(name=name, train=train * 4,
+                    probes=[Probe(prompt=e["prompt"], answer=e["completion"].strip()) for e in train])
+
+    flipped = [" no" if label == " yes" else " yes" for label in labels]
+    return Stream(name="rules", tasks=[
+        task("rule", "Rule: the {} is", labels),
+        task("flipped", "Rule: the {} is", flipped) if second == "flipped"
+        else task("colours", "Colour: the {} is", [" red", " blue", " red", " blue"])])
+
+
+@pytest.mark.parametrize("second", ["flipped", "colours"])
+def test_a_contradicting_task_isolates_and_a_new_one_shares(make_model, tokenizer, training_args, second):
+    trainer, method = aria_trainer(make_model, tokenizer, training_args)  # the default test, at 0.25
+    trainer.args.num_train_epochs = 20
+    stream = rule_stream(second)
+    trainer.start_stream(stream)
+    trainer.add_task(stream.tasks[0])
+    trainer.consolidate_task()
+    assert trainer.evaluate_all_tasks().em == [1.0]  # the first rule is learned: there is something to contradict
+    batch = tokenizer([p.prompt for p in stream.tasks[0].probes], return_tensors="pt", padding=True)
+    trainer.model.eval()
+    with torch.no_grad():
+        before = trainer.model(**batch).logits
+    trainer.add_task(stream.tasks[1])
+    trainer.consolidate_task()
+    trainer.model.eval()
+    with torch.no_grad():
+        after = trainer.model(**batch).logits
+    if second == "flipped":  # routed to the first rule's adapter, every item answered the other way than the task asks
+        assert method._conflict == 0.5 and method.isolated_from == 1
+        assert torch.equal(after, before)
+        assert trainer.last_timing["isolated"] == 1.0
+        resumed = ARIA(ARIAConfig())
+        resumed.load_state_dict(method.state_dict())  # a resumed run keeps isolating
+        assert resumed.isolated_from == 1
+    else:  # red or blue: the first rule's adapter has no say on which, so the shared pathways train on
+        assert method._conflict < 0.25 and method.isolated_from is None
+        assert not torch.allclose(after, before)
