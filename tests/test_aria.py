@@ -203,22 +203,24 @@ def test_consolidation_steps_move_only_the_slow_pathway(make_model, tokenizer, t
     assert changed and changed <= set(method.slow_parameters(trainer.model))
 
 
+def first_task_logits(trainer, tokenizer, stream: Stream) -> list[tuple[torch.Tensor, float]]:
+    """After each task of `stream` in turn: the logits of the first task's probes, and its exact-match score."""
+    trainer.start_stream(stream)
+    batch = tokenizer([p.prompt for p in stream.tasks[0].probes], return_tensors="pt", padding=True)
+    after = []
+    for task in stream.tasks:
+        trainer.add_task(task)
+        trainer.consolidate_task()
+        trainer.model.eval()
+        with torch.no_grad():
+            after.append((trainer.model(**batch).logits, trainer.evaluate_all_tasks(stream.tasks[:1]).em[0]))
+    return after
+
+
 @pytest.mark.parametrize("shared_tasks", [0, 1])
 def test_isolation_keeps_a_routed_earlier_tasks_outputs(make_model, tokenizer, training_args, shared_tasks):
     trainer, method = aria_trainer(make_model, tokenizer, training_args, shared_tasks=shared_tasks)
-    stream = separable_stream()
-    trainer.start_stream(stream)
-    trainer.add_task(stream.tasks[0])
-    trainer.consolidate_task()
-    batch = tokenizer([p.prompt for p in stream.tasks[0].probes], return_tensors="pt", padding=True)
-    trainer.model.eval()
-    with torch.no_grad():
-        before = trainer.model(**batch).logits
-    trainer.add_task(stream.tasks[1])
-    trainer.consolidate_task()
-    trainer.model.eval()
-    with torch.no_grad():
-        after = trainer.model(**batch).logits
+    (before, _), (after, _) = first_task_logits(trainer, tokenizer, separable_stream())
     assert all(b.active.tolist() == [0, 0] for b in method.adapter_blocks)  # routed to the first task's adapter
     if shared_tasks:
         assert torch.equal(after, before)
@@ -254,20 +256,8 @@ def rule_stream(second: str) -> Stream:
 def test_a_contradicting_task_isolates_and_a_new_one_shares(make_model, tokenizer, training_args, second):
     trainer, method = aria_trainer(make_model, tokenizer, training_args)  # the default test, at 0.25
     trainer.args.num_train_epochs = 20
-    stream = rule_stream(second)
-    trainer.start_stream(stream)
-    trainer.add_task(stream.tasks[0])
-    trainer.consolidate_task()
-    assert trainer.evaluate_all_tasks().em == [1.0]  # the first rule is learned: there is something to contradict
-    batch = tokenizer([p.prompt for p in stream.tasks[0].probes], return_tensors="pt", padding=True)
-    trainer.model.eval()
-    with torch.no_grad():
-        before = trainer.model(**batch).logits
-    trainer.add_task(stream.tasks[1])
-    trainer.consolidate_task()
-    trainer.model.eval()
-    with torch.no_grad():
-        after = trainer.model(**batch).logits
+    (before, learned), (after, _) = first_task_logits(trainer, tokenizer, rule_stream(second))
+    assert learned == 1.0  # the first rule is learned: there is something to contradict
     if second == "flipped":  # routed to the first rule's adapter, every item answered the other way than the task asks
         assert method._conflict == 0.5 and method.isolated_from == 1
         assert torch.equal(after, before)
