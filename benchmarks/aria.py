@@ -78,9 +78,9 @@ def main() -> None:
     args = parser.parse_args()
     chosen = args.methods.split(",")
     if unknown := set(chosen) - {*BASELINES, *VARIANTS}:
-        raise SystemExit(f"--methods: unknown {', '.join(sorted(unknown))}; known: {', '.join([*BASELINES, *VARIANTS])}")
+        parser.error(f"--methods: unknown {', '.join(sorted(unknown))}; known: {', '.join([*BASELINES, *VARIANTS])}")
     if "full_ft" not in chosen:
-        raise SystemExit("--methods: full_ft must be one of them (the step-time ratios' baseline)")
+        parser.error("--methods: full_ft must be one of them (the step-time ratios' baseline)")
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.time()
 

@@ -81,9 +81,9 @@ def main() -> None:
     if args.methods:
         chosen = args.methods.split(",")
         if unknown := set(chosen) - {"full_ft", *variants}:
-            raise SystemExit(f"--methods: unknown {', '.join(sorted(unknown))}; known: full_ft, {', '.join(variants)}")
+            parser.error(f"--methods: unknown {', '.join(sorted(unknown))}; known: full_ft, {', '.join(variants)}")
         if "full_ft" not in chosen:
-            raise SystemExit("--methods: full_ft must be one of them (the step-time ratios' baseline)")
+            parser.error("--methods: full_ft must be one of them (the step-time ratios' baseline)")
         variants = {name: extra for name, extra in variants.items() if name in chosen}
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.time()
@@ -109,7 +109,8 @@ def main() -> None:
         if not (args.resume and joint.is_file()):
             write(joint, joint_upper_bound(stream, args.model, task_training(seed, args.learning_rate, joint_epochs),
                                            runs / f"seed-{seed}" / "joint"))
-        per_seed[seed] = {"methods": condense(runs / f"seed-{seed}" / "compare"), "joint": json.loads(joint.read_text())}
+        done = condense(runs / f"seed-{seed}" / "compare")  # a --resume's --runs may hold methods not chosen this time
+        per_seed[seed] = {"methods": {name: done[name] for name in ["full_ft", *variants]}, "joint": json.loads(joint.read_text())}
         if not args.keep_checkpoints:  # the scores are in result.json; a --resume keeps a complete run without its models
             for name in per_seed[seed]["methods"]:
                 shutil.rmtree(runs / f"seed-{seed}" / "compare" / name / "checkpoints", ignore_errors=True)

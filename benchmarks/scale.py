@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(n) for n in args.processes.split(",")]
     if any(args.batch_size % n for n in counts):
-        raise SystemExit(f"--batch-size {args.batch_size} must divide by every process count {counts}")
+        parser.error(f"--batch-size {args.batch_size} must divide by every process count {counts}")
     root = args.runs or ROOT / "runs" / f"bench-scale-{preset_name(args)}"
     stream = root / "stream"
     facts = ["--facts", str(args.facts)] if args.facts else []

@@ -9,6 +9,8 @@ from io import StringIO
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "temporal.py"
 
 
@@ -97,7 +99,7 @@ def test_the_temporalwiki_benchmark_runs_every_seed_on_the_importers_own_sample(
 
 
 def test_the_conflicting_rules_benchmark_scores_aria_against_the_joint_bound_and_resumes(tmp_path, monkeypatch):
-    """benchmarks/conflicting.py on the tiny model: full_ft, aria and isolated aria per seed with the joint bound; a
+    """benchmarks/conflicting.py on the tiny model: full_ft and the aria variants per seed with the joint bound; a
     --resume with one more variant trains only that variant and keeps the rest as they were."""
     script, out, runs = SCRIPT.parent / "conflicting.py", tmp_path / "c.json", tmp_path / "runs"
     argv = [str(script), "--model", "tiny", "--seeds", "0", "--epochs", "1", "--train-examples", "8", "--probes", "4",
@@ -106,11 +108,15 @@ def test_the_conflicting_rules_benchmark_scores_aria_against_the_joint_bound_and
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(script), run_name="__main__")
     first = json.loads(out.read_text())
-    assert set(first["summary"]) == {"full_ft", "aria", "aria_isolated", "joint"}
-    iso, aria = (first["per_seed"]["0"]["methods"][m]["timings"] for m in ("aria_isolated", "aria"))
+    assert set(first["summary"]) == {"full_ft", "aria", "aria_no_conflict", "aria_isolated", "joint"}
+    iso, aria = (first["per_seed"]["0"]["methods"][m]["timings"] for m in ("aria_isolated", "aria_no_conflict"))
     assert iso[0]["trainable_parameters"] == aria[0]["trainable_parameters"]  # the first task trains the shared pathways
     counts = [t["trainable_parameters"] for t in iso]  # then, isolated, each task's adapter alone
     assert counts[1] == counts[2] < counts[0] / 4 and all(t["trainable_parameters"] == counts[0] for t in aria)
+    with pytest.raises(SystemExit) as bad:  # an unknown method is an option error before anything trains
+        monkeypatch.setattr(sys, "argv", [*argv, "--methods", "full_ft,arai"])
+        runpy.run_path(str(script), run_name="__main__")
+    assert bad.value.code == 2
     assert not list(runs.glob("seed-0/compare/*/checkpoints")) and not (runs / "seed-0" / "joint").exists()
     kept = (runs / "seed-0" / "compare" / "aria" / "result.json").stat().st_mtime_ns
     monkeypatch.setattr(sys, "argv", [*argv, "--resume", "--variants", "aria_r4:shared_tasks=1,fast_rank=4"])
@@ -128,3 +134,8 @@ def test_the_conflicting_rules_benchmark_scores_aria_against_the_joint_bound_and
     assert set(longer["summary"]) == {"joint"} and longer["joint_epochs"] == 2 and second["joint_epochs"] == 1
     assert (runs / "seed-0" / "compare" / "aria" / "result.json").stat().st_mtime_ns == kept
     assert not (runs / "seed-0" / "joint").exists() and json.loads(out.read_text()) == second
+    subset = tmp_path / "s.json"  # --methods: only those are reported, though --runs holds more; nothing retrains
+    monkeypatch.setattr(sys, "argv", [*argv[:-2], "--output", str(subset), "--resume", "--methods", "full_ft,aria"])
+    runpy.run_path(str(script), run_name="__main__")
+    assert set(json.loads(subset.read_text())["summary"]) == {"full_ft", "aria", "joint"}
+    assert (runs / "seed-0" / "compare" / "aria" / "result.json").stat().st_mtime_ns == kept
