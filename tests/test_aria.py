@@ -7,6 +7,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from retain import ContinualTrainer, RunDirectory, Stream, Task
 from retain.methods import ARIA, ARIAConfig, MethodError
+from retain.methods.aria import CONFLICT_ANSWERS
 from retain.methods.base import TaskData, TrainingContext
 from retain.nn.gated_mlp import PlasticityGatedMLP, gate_feed_forwards
 from retain.stream import Probe
@@ -268,3 +269,6 @@ def test_a_contradicting_task_isolates_and_a_new_one_shares(make_model, tokenize
     else:  # red or blue: the first rule's adapter has no say on which, so the shared pathways train on
         assert method._conflict < 0.25 and method.isolated_from is None
         assert not torch.allclose(after, before)
+    for count in (1, CONFLICT_ANSWERS + 1):  # one answer, or more than a classification has: never tested
+        names = [{"prompt": f"Name {i}:", "completion": f" w{i % count}"} for i in range(CONFLICT_ANSWERS + 1)]
+        assert method._contradiction(trainer.model, Task(name="names", train=names, probes=[Probe(prompt="Name 0:", answer="w0")])) is None
