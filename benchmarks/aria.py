@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, as_flags, compare, condense, machine, retain, task_training, write
+from common import ROOT, as_flags, chosen_methods, compare, condense, machine, retain, task_training, write
 
 from retain import ContinualTrainer, ContinualTrainingArguments, build_method, load_model, load_stream
 
@@ -76,11 +76,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-aria")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "aria.json")
     args = parser.parse_args()
-    chosen = args.methods.split(",")
-    if unknown := set(chosen) - {*BASELINES, *VARIANTS}:
-        parser.error(f"--methods: unknown {', '.join(sorted(unknown))}; known: {', '.join([*BASELINES, *VARIANTS])}")
-    if "full_ft" not in chosen:
-        parser.error("--methods: full_ft must be one of them (the step-time ratios' baseline)")
+    chosen = chosen_methods(parser, args.methods, [*BASELINES, *VARIANTS])
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.time()
 

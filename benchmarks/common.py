@@ -86,6 +86,16 @@ def compare_on_temporal_facts(args: argparse.Namespace, edit_stream: Callable[[P
     return runs, compare(stream, runs, args.methods.split(","), options, args.method_arg, method_lr)
 
 
+def chosen_methods(parser: argparse.ArgumentParser, value: str, known: list[str]) -> list[str]:
+    """--methods as a list: each one known, full_ft among them (the step-time ratios' baseline); else an option error."""
+    chosen = value.split(",")
+    if unknown := set(chosen) - set(known):
+        parser.error(f"--methods: unknown {', '.join(sorted(unknown))}; known: {', '.join(known)}")
+    if "full_ft" not in chosen:
+        parser.error("--methods: full_ft must be one of them (the step-time ratios' baseline)")
+    return chosen
+
+
 def training_options(args: argparse.Namespace) -> list[str]:
     """The `retain compare` options every benchmark on facts shares: constant lr 2e-4, the args' model, seed, epochs,
     batch size and fact questions."""

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, as_flags, compare, condense, joint_upper_bound, machine, mean_sd, retain, task_training, write
+from common import ROOT, as_flags, chosen_methods, compare, condense, joint_upper_bound, machine, mean_sd, retain, task_training, write
 
 VARIANTS = {"aria": [], "aria_no_conflict": ["conflict_isolation=0"], "aria_isolated": ["shared_tasks=1"]}
 
@@ -79,11 +79,7 @@ def main() -> None:
     output = args.output or ROOT / "benchmarks" / "results" / f"conflicting_{kind}{f'_joint{joint_epochs}' if args.joint_only else ''}.json"
     variants = VARIANTS | {name: extra.split(",") for name, extra in (v.split(":", 1) for v in args.variants)}
     if args.methods:
-        chosen = args.methods.split(",")
-        if unknown := set(chosen) - {"full_ft", *variants}:
-            parser.error(f"--methods: unknown {', '.join(sorted(unknown))}; known: full_ft, {', '.join(variants)}")
-        if "full_ft" not in chosen:
-            parser.error("--methods: full_ft must be one of them (the step-time ratios' baseline)")
+        chosen = chosen_methods(parser, args.methods, ["full_ft", *variants])
         variants = {name: extra for name, extra in variants.items() if name in chosen}
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.time()

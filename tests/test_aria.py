@@ -271,4 +271,5 @@ def test_a_contradicting_task_isolates_and_a_new_one_shares(make_model, tokenize
         assert not torch.allclose(after, before)
     for count in (1, CONFLICT_ANSWERS + 1):  # one answer, or more than a classification has: never tested
         names = [{"prompt": f"Name {i}:", "completion": f" w{i % count}"} for i in range(CONFLICT_ANSWERS + 1)]
-        assert method._contradiction(trainer.model, Task(name="names", train=names, probes=[Probe(prompt="Name 0:", answer="w0")])) is None
+        task = Task(name="names", train=names, probes=[Probe(prompt="Name 0:", answer="w0")])
+        assert method._contradiction(trainer.model, task) is None
