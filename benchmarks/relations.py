@@ -1,7 +1,7 @@
 """The fact router's relation matcher (`retain.relations`): its settings fitted on dev pairs, then scored on the
 temporal-facts stream's probe templates, which no choice looked at.
 
-1. Fit: for each embedding (the input embeddings raw, centred, or less their top 1–10 principal directions; the
+1. Fit: for each embedding (the input embeddings raw, centred, or less their top 1–20 principal directions; the
    states after each of the first six decoder layers), temperature and "none" similarity of a grid, the mean
    log-likelihood of the right option on `DEV_PAIRS`, each paraphrase asked against three relations, with its own
    (the answer) or without it (the answer is "none"), and on `DEV_UNRELATED`, each asked against one and three
@@ -71,11 +71,12 @@ def fit(model, tokenizer) -> dict:
     """The grid's best setting by mean log-likelihood of the right option on the dev cases, and its accuracy."""
     cases = dev_cases()
     results = []
-    embeddings = [(0, common) for common in (None, 0, 1, 2, 5, 10)] + [(layer, None) for layer in range(1, 7)]
+    embeddings = [(0, common) for common in (None, 0, 1, 2, 3, 5, 8, 10, 15, 20)] + [(layer, None) for layer in range(1, 7)]
     for layer, common in embeddings:
         matcher = RelationMatcher(layer_embedder(model, tokenizer, layer, common))
         sims = [matcher.similarities(normalize_answer(p), c) for p, c, _ in cases]
-        for temperature, none in itertools.product((0.02, 0.05, 0.1, 0.2), (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)):
+        grid = itertools.product((0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2), [n / 20 for n in range(2, 19)])
+        for temperature, none in grid:
             loglik = right = 0.0
             for s, (_, _, answer) in zip(sims, cases):
                 logits = [x / temperature for x in s.tolist()] + [none / temperature]

@@ -39,12 +39,20 @@ DEV_PAIRS: tuple[tuple[str, str], ...] = (
     ("capital", "seat of government"), ("head coach", "manager"), ("chairperson", "chair"), ("owner", "proprietor"),
     ("author", "writer"), ("founder", "creator"), ("member count", "number of members"), ("league", "division"),
     ("headmaster", "school principal"), ("currency", "money used"), ("religion", "faith"), ("occupation", "job"),
-    ("team", "club"),
+    ("team", "club"), ("president", "head of state"), ("prime minister", "premier"), ("price", "cost"),
+    ("salary", "pay"), ("publisher", "publishing house"), ("architect", "building designer"), ("goalkeeper", "keeper"),
+    ("composer", "songwriter"), ("treasurer", "finance officer"), ("sponsor", "backer"), ("doctor", "physician"),
+    ("lawyer", "attorney"), ("venue", "event location"), ("genre", "style"), ("speed", "velocity"), ("weight", "mass"),
+    ("ambassador", "envoy"), ("tenant", "occupant"), ("rival", "competitor"), ("supplier", "vendor"),
+    ("nationality", "citizenship"), ("vice president", "deputy"),
 )
 # Attributes none of DEV_PAIRS' relations means: asked against them, the answer is "none of these".
-DEV_UNRELATED: tuple[str, ...] = ("nickname", "anthem", "mascot", "climate", "area", "elevation", "postcode", "website",
-                                  "patron saint", "twin town", "age", "height")
-TEMPERATURE, NONE_SIMILARITY, COMMON_DIRECTIONS = 0.1, 0.3, 5
+DEV_UNRELATED: tuple[str, ...] = (
+    "nickname", "anthem", "mascot", "climate", "area", "elevation", "postcode", "website", "patron saint", "twin town",
+    "age", "height", "favourite food", "shoe size", "blood type", "time zone", "dialling code", "official bird",
+    "hair colour", "star sign",
+)
+TEMPERATURE, NONE_SIMILARITY, COMMON_DIRECTIONS = 0.05, 0.2, 15
 
 
 def spans(words: str, longest: int = 3) -> list[str]:
