@@ -158,6 +158,39 @@ def test_a_subject_is_found_by_the_other_names_its_facts_give():
     assert FactRegistry.from_state(registry.state()["versions"]).find(asked, "2019") is None
 
 
+def test_a_relation_is_found_by_the_other_wordings_its_facts_give():
+    registry = FactRegistry()
+    fact = {"subject": "Nozer", "relation": "mayor", "object": "Ilse Brandvik", "valid_from": "2018",
+            "relation_aliases": ["town leader", "mayor"]}
+    registry.observe_fact(fact, "2018")
+    registry.observe_fact(fact | {"object": "Oona Terrelle", "valid_from": "2022", "relation_aliases": ["burgomaster"]},
+                          "2022")
+    registry.observe("Quessary", "mayor", "Tam Dorrel", "2018")  # another subject's fact of the relation
+    assert registry.relation_aliases == {"mayor": ["town leader", "burgomaster"]}
+    assert registry.find("Who was the town leader of Nozer in 2019?", "2019").object == "Ilse Brandvik"
+    assert registry.find("Nozer's burgomaster is").object == "Oona Terrelle"  # no time: current
+    assert registry.find("The town leadr of Nozer was", "2019").object == "Ilse Brandvik"  # a slip
+    assert registry.find("The town leader of Quessary was", "2019").object == "Tam Dorrel"  # every subject's relation
+    assert registry.find("The town clerk of Nozer was", "2019") is None
+    # The wordings travel with the registry's state; a state from before them still loads, without them.
+    again = FactRegistry.from_state(json.loads(json.dumps(registry.state())))
+    assert again.find("Nozer's burgomaster is").object == "Oona Terrelle"
+    assert FactRegistry.from_state(registry.state() | {"relation_aliases": {}}).find("Nozer's burgomaster is") is None
+
+
+def test_a_relations_wordings_are_one_option_to_the_matcher():
+    # Each wording alone is below "none of these"; the relation's two together are above it, and read.
+    registry = FactRegistry()
+    registry.observe_fact({"subject": "Nozer", "relation": "mayor", "object": "Ilse Brandvik", "valid_from": "2018",
+                           "relation_aliases": ["town leader"]}, "2018")
+    registry.observe("Nozer", "population", "9,000 residents", "2018")
+    scores = {"mayor": 0.3, "town leader": 0.3, "population": 0.1}
+    relate = lambda words, relations: [scores[r] for r in relations]  # noqa: E731
+    assert registry.find("Who heads Nozer?", None, relate).object == "Ilse Brandvik"
+    scores["town leader"] = 0.1
+    assert registry.find("Who heads Nozer?", None, relate) is None
+
+
 def test_observe_detects_addition_confirmation_and_contradiction():
     registry = FactRegistry()
     first = registry.observe("Velmora Port", "harbour master", "Ilse Brandvik", "2018")

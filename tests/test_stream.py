@@ -73,6 +73,8 @@ def test_save_and_load_round_trip(tmp_path):
         ("a/facts.jsonl", '{"subject": "X", "relation": "is", "object": "1"}\n', r"a/facts.jsonl:1: missing field 'valid_from'"),
         ("a/facts.jsonl", '{"subject": "X", "relation": "is", "object": "1", "valid_from": "2018", "subject_aliases": "Y"}\n',
          r"a/facts.jsonl:1: 'subject_aliases' must be a list of the subject's other names"),
+        ("a/facts.jsonl", '{"subject": "X", "relation": "is", "object": "1", "valid_from": "2018", "relation_aliases": [""]}\n',
+         r"a/facts.jsonl:1: 'relation_aliases' must be a list of the relation's other wordings"),
         ("general.jsonl", '{"text": 3}\n', r"general.jsonl:1: 'text' must be a non-empty string"),
     ],
 )

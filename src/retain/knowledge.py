@@ -38,6 +38,11 @@ def subject_aliases(fact: Mapping[str, Any]) -> list[str]:
     return list(fact.get("subject_aliases") or [])
 
 
+def relation_aliases(fact: Mapping[str, Any]) -> list[str]:
+    """The other wordings a facts.jsonl record gives its relation (`"relation_aliases": ["town leader"]`)."""
+    return list(fact.get("relation_aliases") or [])
+
+
 def is_multi_valued(fact: Mapping[str, Any]) -> bool:
     """Whether a facts.jsonl record marks its relation as holding several objects at once (`"multi_valued": true`)."""
     value = fact.get("multi_valued")
@@ -107,21 +112,24 @@ class FactRegistry:
     def __init__(self) -> None:
         self.versions: list[FactVersion] = []
         self.aliases: dict[str, list[str]] = {}  # subject → its other names, as the facts gave them
+        self.relation_aliases: dict[str, list[str]] = {}  # relation → its other wordings, as the facts gave them
 
     def alias(self, subject: str, names: Iterable[str]) -> None:
         """Record other names of `subject`: a query naming one of them asks about the subject."""
-        seen = {_normalized(n) for n in self.names(subject)}
-        new = [n for n in dict.fromkeys(names) if _normalized(n) not in seen]
-        if new:
-            self.aliases[subject] = [*self.aliases.get(subject, ()), *new]
+        _extend(self.aliases, subject, names)
+
+    def alias_relation(self, relation: str, names: Iterable[str]) -> None:
+        """Record other wordings of `relation` ("town leader" for "mayor"): a query giving one asks about the
+        relation, for every subject's fact of it."""
+        _extend(self.relation_aliases, relation, names)
 
     def names(self, subject: str) -> list[str]:
         """`subject` and its aliases."""
         return [subject, *self.aliases.get(subject, ())]
 
-    def _slips(self, subject: str, words: str) -> int | None:
-        """The fewest `slips` with which `words` names `subject` by any of its names; None if it names it by none."""
-        return min((d for name in self.names(subject) if (d := slips(name, words)) is not None), default=None)
+    def relation_names(self, relation: str) -> list[str]:
+        """`relation` and its aliases."""
+        return [relation, *self.relation_aliases.get(relation, ())]
 
     def chain(self, subject: str, relation: str) -> list[FactVersion]:
         """Every version of (subject, relation), oldest first, retracted ones included."""
@@ -141,21 +149,23 @@ class FactRegistry:
         such match. Failing that, the fact whose subject and relation occur with the fewest spelling slips (`slips`:
         "Velmora Prot", "harbourmaster"). Failing that, with `relate`, the fact of the subject the text names whose
         relation `relate` says the rest of the text means ("the workforce of X" → X's staff), if it is sure. None if
-        none of these finds one fact (it abstains). A subject is named by its name or any of its `aliases`."""
+        none of these finds one fact (it abstains). A subject is named by its name or any of its `aliases`, a relation
+        by its own or any of its `relation_aliases`."""
         words = f" {_normalized(_POSSESSIVE.sub('', text))} "
         live = [v for v in self.versions
                 if not v.retracted and (v.valid_until is None if time is None else v.valid_at(time))]
-        asked = [(len(name) + len(v.relation), v.id, v) for v in live for name in self.names(v.subject)
-                 if f" {_normalized(name)} " in words and f" {_normalized(v.relation)} " in words]
+        asked = [(len(name) + len(relation), v.id, v) for v in live for name in self.names(v.subject)
+                 for relation in self.relation_names(v.relation)
+                 if f" {_normalized(name)} " in words and f" {_normalized(relation)} " in words]
         if asked:  # the longest match; among versions of one multi-valued fact, all valid at once, the newest
             return max(asked, key=lambda match: match[:2])[2]
-        near = [(s + r, v) for v in live if (s := self._slips(v.subject, words)) is not None
-                and (r := slips(v.relation, words)) is not None]
+        near = [(s + r, v) for v in live if (s := _fewest_slips(self.names(v.subject), words)) is not None
+                and (r := _fewest_slips(self.relation_names(v.relation), words)) is not None]
         if near:
             fewest = min(n for n, _ in near)
             pairs = {(_normalized(v.subject), _normalized(v.relation)) for n, v in near if n == fewest}
             return max((v for n, v in near if n == fewest), key=lambda v: v.id) if len(pairs) == 1 else None
-        return None if relate is None else _by_meaning(text, words, live, relate, self.names)
+        return None if relate is None else _by_meaning(text, words, live, relate, self.names, self.relation_names)
 
     def observe(self, subject: str, relation: str, obj: str, valid_from: str, multi_valued: bool = False) -> Observation:
         """Record a stated fact: a new pair is an addition, the same normalised object a confirmation,
@@ -188,6 +198,7 @@ class FactRegistry:
     def observe_fact(self, fact: Mapping[str, Any], period: str, multi_valued: bool = False) -> Observation:
         """`observe` a facts.jsonl record, valid from its own `valid_from` or else `period`."""
         self.alias(fact["subject"], subject_aliases(fact))
+        self.alias_relation(fact["relation"], relation_aliases(fact))
         return self.observe(fact["subject"], fact["relation"], fact["object"], fact.get("valid_from") or period,
                             multi_valued=multi_valued or is_multi_valued(fact))
 
@@ -217,7 +228,8 @@ class FactRegistry:
 
     def state(self) -> dict[str, Any]:
         """Every version and alias as plain data (for a checkpoint); `from_state` rebuilds the registry."""
-        return {"versions": [asdict(v) for v in self.versions], "aliases": self.aliases}
+        return {"versions": [asdict(v) for v in self.versions], "aliases": self.aliases,
+                "relation_aliases": self.relation_aliases}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | list[dict[str, Any]]) -> FactRegistry:
@@ -226,6 +238,8 @@ class FactRegistry:
         state = {"versions": state} if isinstance(state, list) else state
         registry.versions = [FactVersion(**record) for record in state["versions"]]
         registry.aliases = {subject: list(names) for subject, names in state.get("aliases", {}).items()}
+        registry.relation_aliases = {relation: list(names)
+                                     for relation, names in state.get("relation_aliases", {}).items()}
         return registry
 
     def save(self, path: str | Path) -> None:
@@ -241,11 +255,25 @@ class FactRegistry:
 RelationScorer = Callable[[str, Sequence[str]], list[float]]
 
 
+def _extend(table: dict[str, list[str]], key: str, names: Iterable[str]) -> None:
+    """Add to `table[key]` the `names` that are neither `key` nor already there, normalised."""
+    seen = {_normalized(n) for n in (key, *table.get(key, ()))}
+    new = [n for n in dict.fromkeys(names) if _normalized(n) not in seen]
+    if new:
+        table[key] = [*table.get(key, ()), *new]
+
+
+def _fewest_slips(names: Iterable[str], words: str) -> int | None:
+    """The fewest `slips` with which `words` gives any of `names`; None if it gives none."""
+    return min((d for name in names if (d := slips(name, words)) is not None), default=None)
+
+
 def _by_meaning(text: str, words: str, live: list[FactVersion], relate: RelationScorer,
-                names: Callable[[str], list[str]]) -> FactVersion | None:
+                names: Callable[[str], list[str]], relation_names: Callable[[str], list[str]]) -> FactVersion | None:
     """The live version of the subject `text` names (by one of its `names`, verbatim or with slips, the longest such
-    name) whose relation `relate` scores highest on the rest of the text; None if no subject is named or `relate`
-    gives no relation 0.5."""
+    name) whose relation `relate` scores highest on the rest of the text, a relation scoring the sum of its
+    wordings' scores (`relation_names`: they are one option); None if no subject is named or no relation scores
+    0.5."""
     named = [(len(n), n, v) for v in live for n in names(v.subject) if f" {_normalized(n)} " in words]
     named = named or [(len(n) - s, n, v) for v in live for n in names(v.subject) if (s := slips(n, words)) is not None]
     if not named:
@@ -254,12 +282,14 @@ def _by_meaning(text: str, words: str, live: list[FactVersion], relate: Relation
     name, subject = next((n, v.subject) for k, n, v in named if k == longest)
     candidates = [v for _, _, v in named if v.subject == subject]
     rest = f" {wording(_POSSESSIVE.sub('', text))} ".replace(f" {_normalized(name)} ", " ")
-    relations = sorted({v.relation for v in candidates})
-    scores = relate(" ".join(rest.split()), relations)
-    best = max(range(len(relations)), key=scores.__getitem__)
+    wordings = [(w, relation) for relation in sorted({v.relation for v in candidates}) for w in relation_names(relation)]
+    scores: dict[str, float] = {}
+    for (_, relation), score in zip(wordings, relate(" ".join(rest.split()), [w for w, _ in wordings])):
+        scores[relation] = scores.get(relation, 0.0) + score
+    best = max(scores, key=scores.__getitem__)
     if scores[best] < 0.5:
         return None
-    return max((v for v in candidates if v.relation == relations[best]), key=lambda v: v.id)
+    return max((v for v in candidates if v.relation == best), key=lambda v: v.id)
 
 
 def version_at(periods: list[str], time: str | None) -> int:
