@@ -71,7 +71,8 @@ def fit(model, tokenizer) -> dict:
     """The grid's best setting by mean log-likelihood of the right option on the dev cases, and its accuracy."""
     cases = dev_cases()
     results = []
-    embeddings = [(0, common) for common in (None, 0, 1, 2, 3, 5, 8, 10, 15, 20)] + [(layer, None) for layer in range(1, 7)]
+    embeddings = [*((0, common) for common in (None, 0, 1, 2, 3, 5, 8, 10, 15, 20)),
+                  *((layer, None) for layer in range(1, 7))]
     for layer, common in embeddings:
         matcher = RelationMatcher(layer_embedder(model, tokenizer, layer, common))
         sims = [matcher.similarities(normalize_answer(p), c) for p, c, _ in cases]

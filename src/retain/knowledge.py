@@ -282,7 +282,8 @@ def _by_meaning(text: str, words: str, live: list[FactVersion], relate: Relation
     name, subject = next((n, v.subject) for k, n, v in named if k == longest)
     candidates = [v for _, _, v in named if v.subject == subject]
     rest = f" {wording(_POSSESSIVE.sub('', text))} ".replace(f" {_normalized(name)} ", " ")
-    wordings = [(w, relation) for relation in sorted({v.relation for v in candidates}) for w in relation_names(relation)]
+    wordings = [(wording, relation) for relation in sorted({v.relation for v in candidates})
+                for wording in relation_names(relation)]
     scores: dict[str, float] = {}
     for (_, relation), score in zip(wordings, relate(" ".join(rest.split()), [w for w, _ in wordings])):
         scores[relation] = scores.get(relation, 0.0) + score

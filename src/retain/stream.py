@@ -319,7 +319,8 @@ def _fact_record(record: Any, where: str) -> dict[str, str]:
     record = _mapping(record, where)
     keys = ("subject", "relation", "object", "valid_from")
     _require(record, keys, where)
-    for key, what in (("subject_aliases", "the subject's other names"), ("relation_aliases", "the relation's other wordings")):
+    for key, what in (("subject_aliases", "the subject's other names"),
+                      ("relation_aliases", "the relation's other wordings")):
         aliases = record.get(key, [])
         if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
             raise StreamError(f"{where}: '{key}' must be a list of {what} (non-empty strings)")
