@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, as_flags, chosen_methods, compare, condense, joint_upper_bound, machine, mean_sd, retain, task_training, write
+from common import (ROOT, as_flags, chosen_methods, compare, condense, joint_upper_bound, machine, mean_sd, retain,
+                    task_training, write)
 
 VARIANTS = {"aria": [], "aria_no_conflict": ["conflict_isolation=0"], "aria_isolated": ["shared_tasks=1"]}
 

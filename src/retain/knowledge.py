@@ -33,16 +33,6 @@ _NO_NAMES = {"I", *(m.capitalize() for m in MONTHS), *(m[:3].capitalize() for m 
              "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"}
 
 
-def subject_aliases(fact: Mapping[str, Any]) -> list[str]:
-    """The other names a facts.jsonl record gives its subject (`"subject_aliases": ["the port of Velmora"]`)."""
-    return list(fact.get("subject_aliases") or [])
-
-
-def relation_aliases(fact: Mapping[str, Any]) -> list[str]:
-    """The other wordings a facts.jsonl record gives its relation (`"relation_aliases": ["town leader"]`)."""
-    return list(fact.get("relation_aliases") or [])
-
-
 def is_multi_valued(fact: Mapping[str, Any]) -> bool:
     """Whether a facts.jsonl record marks its relation as holding several objects at once (`"multi_valued": true`)."""
     value = fact.get("multi_valued")
@@ -196,9 +186,10 @@ class FactRegistry:
         return Observation("contradiction", version, current)
 
     def observe_fact(self, fact: Mapping[str, Any], period: str, multi_valued: bool = False) -> Observation:
-        """`observe` a facts.jsonl record, valid from its own `valid_from` or else `period`."""
-        self.alias(fact["subject"], subject_aliases(fact))
-        self.alias_relation(fact["relation"], relation_aliases(fact))
+        """`observe` a facts.jsonl record, valid from its own `valid_from` or else `period`, with the other names it
+        gives its subject and relation (`"subject_aliases": ["the port of Velmora"]`, `"relation_aliases"`)."""
+        self.alias(fact["subject"], fact.get("subject_aliases") or ())
+        self.alias_relation(fact["relation"], fact.get("relation_aliases") or ())
         return self.observe(fact["subject"], fact["relation"], fact["object"], fact.get("valid_from") or period,
                             multi_valued=multi_valued or is_multi_valued(fact))
 
