@@ -11,6 +11,9 @@ temporal-facts stream's probe templates, which no choice looked at.
    template, precision and recall of (fact, period): did it name the probe's fact and read the period that taught
    the answer; and the share of the stream's locality questions that read no memory ("recall" of `locality`). No
    training is involved: the registry holds the stream's facts, the model is the pretrained one.
+3. Score the same way the router on `PERSON_WORDINGS` (forms "person/…"): each relation asked as a person might,
+   with verbs, other nouns and other time phrases. They were written and committed before their first measurement
+   and are never used for a choice: a check on wordings that no template, alias or matcher setting was shaped to.
 
     python benchmarks/relations.py --seeds 0,1,2
 """
@@ -36,7 +39,38 @@ from retain.knowledge import FactRegistry, Read, read
 from retain.relations import (COMMON_DIRECTIONS, DEV_PAIRS, DEV_UNRELATED, NONE_SIMILARITY, TEMPERATURE, RelationMatcher,
                                input_embedder)
 from retain.stream import Stream
-from retain.text import normalize_answer
+from retain.text import normalize_answer, spoken_time
+
+
+# Each relation of the stream asked as a person might ({s} the subject, {t} the period as a sentence names it; none
+# with {t} asks about now, in the last period only). Not the generator's names or aliases, nor a training sentence.
+PERSON_WORDINGS: dict[str, tuple[str, ...]] = {
+    "harbour master": ("Who ran the harbour at {s} in {t}?", "who was in charge of the harbour of {s} back in {t}",
+                       "Who's the harbour boss at {s} these days?"),
+    "dock capacity": ("How many ships could {s} take in {t}?", "In early {t}, how big were the docks at {s}?",
+                      "How many vessels can dock at {s} today?"),
+    "mayor": ("Who led the town of {s} in {t}?", "Who was {s}'s top elected official around {t}?", "Who runs {s} now?"),
+    "chief export": ("What did {s} mostly sell abroad in {t}?", "{s}'s biggest export in {t}?",
+                     "What does {s} ship out most these days?"),
+    "population": ("How many people lived in {s} in {t}?", "As of {t}, how many inhabitants did {s} have?",
+                   "How many people call {s} home today?"),
+    "director": ("Who ran {s} in {t}?", "Who was in charge of {s} in early {t}?", "Who heads {s} today?"),
+    "headquarters": ("Where did {s} have its main office in {t}?", "In {t}, where was {s} headquartered?",
+                     "Where is {s} run from these days?"),
+    "staff": ("How many people worked at {s} in {t}?", "How many employees did {s} have back in {t}?",
+              "How many people does {s} employ now?"),
+    "captain": ("Who commanded {s} in {t}?", "Who was the skipper of {s} around {t}?", "Who is at the helm of {s} now?"),
+    "home port": ("Which port was {s} based at in {t}?", "Where did {s} call home in {t}?",
+                  "Where does {s} berth these days?"),
+    "registration code": ("What was {s}'s registration number in {t}?", "What ID number did {s} carry in {t}?",
+                          "What is the registry number of {s} now?"),
+    "lead engineer": ("Who led the engineering work on {s} in {t}?", "Who was the top engineer on {s} in {t}?",
+                      "Who is heading the engineers on {s} now?"),
+    "budget": ("How much money did {s} have in {t}?", "How much was spent on {s} in {t}?",
+               "How much money does {s} have now?"),
+    "completion date": ("When was {s} supposed to be finished, as of {t}?", "In {t}, when was {s} expected to be done?",
+                        "When will {s} be completed?"),
+}
 
 
 def dev_cases(seed: int = 0) -> list[tuple[str, list[str], int | None]]:
@@ -135,7 +169,9 @@ def summarise(per_seed: dict[int, dict[str, dict[str, dict]]]) -> dict[str, dict
 
 
 def router_scores(seed: int, matcher: RelationMatcher | None) -> dict[str, dict[str, float | None]]:
-    """Per template (and per half), the router's precision and recall of (fact, period) on a `medium` stream."""
+    """Per template (and per half), the router's precision and recall of (fact, period) on a `medium` stream; and
+    per relation of `PERSON_WORDINGS` ("person/mayor"), as of a time or now, each of the stream's facts asked in its
+    wordings in every period (about now in the last)."""
     stream, registry, periods = medium_stream(seed)
     counts: dict[str, list[int]] = {}
     for task in stream.tasks:
@@ -143,6 +179,18 @@ def router_scores(seed: int, matcher: RelationMatcher | None) -> dict[str, dict[
             seen = read(probe.prompt, periods, registry, relate=matcher)
             count(counts, (probe.form, probe.form.split("/")[0] + "/*"), seen,
                   read_right(seen, probe.key, probe.learned_in, periods))
+    for index, task in enumerate(stream.tasks):
+        last = index == len(stream.tasks) - 1
+        for key, learned_in in dict.fromkeys((probe.key, probe.learned_in) for probe in task.probes):
+            subject, relation = key.split(" | ")[:2]
+            for template in PERSON_WORDINGS[relation]:
+                if "{t}" in template or last:
+                    prompt = template.format(s=subject, t=spoken_time(task.period))
+                    prompt = prompt[:1].upper() + prompt[1:] if template.startswith("{s}") else prompt
+                    seen = read(prompt, periods, registry, relate=matcher)
+                    when = "person/as-of" if "{t}" in template else "person/now"
+                    count(counts, (f"person/{relation}", when, "person/*"), seen,
+                          read_right(seen, key, learned_in, periods))
     scores = tally(counts)
     # A locality question names a stream subject or relation but no fact the stream has: any memory it reads is wrong.
     scores["locality"] = {"precision": None, "recall": statistics.fmean(
@@ -166,7 +214,7 @@ def main() -> None:
         per_seed[seed] = {"verbatim": router_scores(seed, None),
                           "by_meaning": router_scores(seed, RelationMatcher(layer_embedder(model, tokenizer, 0)))}
         for router, scores in per_seed[seed].items():
-            print(seed, router, {h: scores[h] for h in ("dev/*", "test/*", "locality")})
+            print(seed, router, {h: scores[h] for h in ("dev/*", "test/*", "person/*", "locality")})
     write(args.output, {"benchmark": "relations", "model": args.model, "seeds": seeds, "machine": machine(),
                         "calibration": calibration, "mean_sd": summarise(per_seed), "per_seed": per_seed})
 
