@@ -88,3 +88,28 @@ def test_a_found_fact_can_be_read_as_its_training_question():
     assert seen.text == question("the Dorin Institute", "director", "2020") == "[2020] The Dorin Institute — director:"
     assert read(asked, periods, facts, relate=RelationMatcher(embed)).text.endswith("back in 2020?")  # the asker's words
     assert read("Plants turn light into sugar.", periods, facts, question=WORDINGS[0]).text == "Plants turn light into sugar."
+
+
+def test_the_person_wordings_name_no_relation_alias_template_or_training_sentence(monkeypatch):
+    """benchmarks/relations.py's check on a person's words measures the matcher only if its questions are not the
+    stream's own words: no relation's name or alias as a phrase, no probe template, no training sentence's opening."""
+    import re
+    import runpy
+    from pathlib import Path
+
+    from retain.bench.probe_templates import TEMPLATES
+    from retain.bench.temporal_facts import RELATIONS
+
+    script = Path(__file__).parents[1] / "benchmarks" / "relations.py"
+    monkeypatch.syspath_prepend(str(script.parent))
+    wordings = runpy.run_path(str(script))["PERSON_WORDINGS"]
+    assert set(wordings) == {r.name for r in RELATIONS}
+    templates = {t.text.replace("{wh_}", "").replace("{wh}", "").lower() for t in TEMPLATES}
+    stems = {sentence.split("{")[0].lower().strip() for r in RELATIONS for sentence in r.templates} - {""}
+    for relation in RELATIONS:
+        asked = wordings[relation.name]
+        assert sum("{t}" in w for w in asked) == 2 and len(asked) == 3  # two about a time, one about now
+        for text in map(str.lower, asked):
+            for phrase in {relation.name, relation.alias}:
+                assert not re.search(rf"\b{re.escape(phrase)}\b", text), (text, phrase)
+            assert text not in templates and not any(text.startswith(stem) for stem in stems), text
