@@ -59,7 +59,8 @@ PERSON_WORDINGS: dict[str, tuple[str, ...]] = {
                      "Where is {s} run from these days?"),
     "staff": ("How many people worked at {s} in {t}?", "How many employees did {s} have back in {t}?",
               "How many people does {s} employ now?"),
-    "captain": ("Who commanded {s} in {t}?", "Who was the skipper of {s} around {t}?", "Who is at the helm of {s} now?"),
+    "captain": ("Who commanded {s} in {t}?", "Who was the skipper of {s} around {t}?",
+                "Who is at the helm of {s} now?"),
     "home port": ("Which port was {s} based at in {t}?", "Where did {s} call home in {t}?",
                   "Where does {s} berth these days?"),
     "registration code": ("What was {s}'s registration number in {t}?", "What ID number did {s} carry in {t}?",
@@ -184,12 +185,12 @@ def router_scores(seed: int, matcher: RelationMatcher | None) -> dict[str, dict[
         for key, learned_in in dict.fromkeys((probe.key, probe.learned_in) for probe in task.probes):
             subject, relation = key.split(" | ")[:2]
             for template in PERSON_WORDINGS[relation]:
-                if "{t}" in template or last:
+                dated = "{t}" in template
+                if dated or last:
                     prompt = template.format(s=subject, t=spoken_time(task.period))
                     prompt = prompt[:1].upper() + prompt[1:] if template.startswith("{s}") else prompt
                     seen = read(prompt, periods, registry, relate=matcher)
-                    when = "person/as-of" if "{t}" in template else "person/now"
-                    count(counts, (f"person/{relation}", when, "person/*"), seen,
+                    count(counts, (f"person/{relation}", "person/as-of" if dated else "person/now", "person/*"), seen,
                           read_right(seen, key, learned_in, periods))
     scores = tally(counts)
     # A locality question names a stream subject or relation but no fact the stream has: any memory it reads is wrong.

@@ -1,5 +1,11 @@
+import re
+import runpy
+from pathlib import Path
+
 import torch
 
+from retain.bench.probe_templates import TEMPLATES
+from retain.bench.temporal_facts import RELATIONS
 from retain.knowledge import FactRegistry, read
 from retain.relations import RelationMatcher, input_embedder, spans
 
@@ -93,13 +99,6 @@ def test_a_found_fact_can_be_read_as_its_training_question():
 def test_the_person_wordings_name_no_relation_alias_template_or_training_sentence(monkeypatch):
     """benchmarks/relations.py's check on a person's words measures the matcher only if its questions are not the
     stream's own words: no relation's name or alias as a phrase, no probe template, no training sentence's opening."""
-    import re
-    import runpy
-    from pathlib import Path
-
-    from retain.bench.probe_templates import TEMPLATES
-    from retain.bench.temporal_facts import RELATIONS
-
     script = Path(__file__).parents[1] / "benchmarks" / "relations.py"
     monkeypatch.syspath_prepend(str(script.parent))
     wordings = runpy.run_path(str(script))["PERSON_WORDINGS"]

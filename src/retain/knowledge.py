@@ -273,10 +273,10 @@ def _by_meaning(text: str, words: str, live: list[FactVersion], relate: Relation
     name, subject = next((n, v.subject) for k, n, v in named if k == longest)
     candidates = [v for _, _, v in named if v.subject == subject]
     rest = f" {wording(_POSSESSIVE.sub('', text))} ".replace(f" {_normalized(name)} ", " ")
-    wordings = [(wording, relation) for relation in sorted({v.relation for v in candidates})
-                for wording in relation_names(relation)]
+    options = [(name, relation) for relation in sorted({v.relation for v in candidates})
+               for name in relation_names(relation)]
     scores: dict[str, float] = {}
-    for (_, relation), score in zip(wordings, relate(" ".join(rest.split()), [w for w, _ in wordings])):
+    for (_, relation), score in zip(options, relate(" ".join(rest.split()), [name for name, _ in options])):
         scores[relation] = scores.get(relation, 0.0) + score
     best = max(scores, key=scores.__getitem__)
     if scores[best] < 0.5:
