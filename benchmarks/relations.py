@@ -6,6 +6,8 @@ temporal-facts stream's probe templates, which no choice looked at.
    log-likelihood of the right option on `DEV_PAIRS`, each paraphrase asked against three relations, with its own
    (the answer) or without it (the answer is "none"), and on `DEV_UNRELATED`, each asked against one and three
    relations (the answer is "none"). The best setting is printed beside the one in `retain.relations`.
+   Also the matcher on `DEV_QUESTIONS` (relations of our own asked with verbs), on the words alone and asking the
+   model when none is close (`retain.relations.model_asker`): what decided that the default matcher asks.
 2. Score, with the settings in `retain.relations`: the router (`retain.knowledge.read`) on every template of the
    family (`--probe-templates` all of them), over a `medium` stream's facts, with and without the matcher: per
    template, precision and recall of (fact, period): did it name the probe's fact and read the period that taught
@@ -36,10 +38,10 @@ from common import ROOT, machine, mean_sd, write
 from retain import load_model
 from retain.bench.temporal_facts import PRESETS, generate
 from retain.knowledge import FactRegistry, Read, read
-from retain.relations import (COMMON_DIRECTIONS, DEV_PAIRS, DEV_UNRELATED, NONE_SIMILARITY, TEMPERATURE, RelationMatcher,
-                               input_embedder)
+from retain.relations import (COMMON_DIRECTIONS, DEV_KINDS, DEV_PAIRS, DEV_QUESTIONS, DEV_UNRELATED, NONE_SIMILARITY,
+                               TEMPERATURE, RelationMatcher, input_embedder, model_asker)
 from retain.stream import Stream
-from retain.text import normalize_answer, spoken_time
+from retain.text import normalize_answer, spoken_time, wording
 
 
 # Each relation of the stream asked as a person might ({s} the subject, {t} the period as a sentence names it; none
@@ -129,6 +131,26 @@ def fit(model, tokenizer) -> dict:
     return {"best": best, "in_use": chosen, "cases": len(cases)}
 
 
+def dev_questions(model, tokenizer) -> dict[str, dict[str, float | None]]:
+    """Precision and recall of the matcher on `DEV_QUESTIONS` (each against its kind's relations), on the words alone
+    and asking the model when none is close: what decided that the matcher asks (`model_matcher`'s `pretrained`)."""
+    encode = lambda texts: tokenizer(list(texts), return_tensors="pt")  # noqa: E731
+    plain = RelationMatcher(layer_embedder(model, tokenizer, 0))
+    routers = {"words": plain, "ask": RelationMatcher(plain.embed, ask=model_asker(model, encode))}
+    counts: dict[str, list[int]] = {}
+    for kind, question, relation in DEV_QUESTIONS:
+        words, relations = wording(question.format(s="it", t="2019")), DEV_KINDS[kind]
+        for name, matcher in routers.items():
+            sure = matcher(words, relations)
+            best = max(range(len(relations)), key=sure.__getitem__)
+            named = sure[best] >= 0.5
+            c = counts.setdefault(name, [0, 0, 0])
+            c[0] += named and relations[best] == relation
+            c[1] += named
+            c[2] += relation is not None
+    return tally(counts)
+
+
 def medium_stream(seed: int) -> tuple[Stream, FactRegistry, list[str]]:
     """A `medium` stream asked in every template of the family, a registry of its facts, and its periods."""
     stream = generate(replace(PRESETS["medium"], probe_templates=38, seed=seed))
@@ -209,11 +231,15 @@ def main() -> None:
     model.eval()
     calibration = fit(model, tokenizer)
     print("fit:", calibration)
+    asker = model_asker(model, lambda texts: tokenizer(list(texts), return_tensors="pt"))
+    calibration["dev_questions"] = dev_questions(model, tokenizer)
+    print("dev questions:", calibration["dev_questions"])
     seeds = [int(s) for s in args.seeds.split(",")]
     per_seed = {}
     for seed in seeds:
-        per_seed[seed] = {"verbatim": router_scores(seed, None),
-                          "by_meaning": router_scores(seed, RelationMatcher(layer_embedder(model, tokenizer, 0)))}
+        words = RelationMatcher(layer_embedder(model, tokenizer, 0))
+        per_seed[seed] = {"verbatim": router_scores(seed, None), "by_meaning_words": router_scores(seed, words),
+                          "by_meaning": router_scores(seed, RelationMatcher(words.embed, ask=asker))}
         for router, scores in per_seed[seed].items():
             print(seed, router, {h: scores[h] for h in ("dev/*", "test/*", "person/*", "locality")})
     write(args.output, {"benchmark": "relations", "model": args.model, "seeds": seeds, "machine": machine(),

@@ -304,3 +304,27 @@ def test_the_feed_forward_memory_defaults_to_a_per_example_budget():
     assert settings(memory="product_key") == settings("smf", memory="product_key") == (1e4, 1024, "batch")
     with pytest.raises(ValueError, match="CASMConfig.budget: expected one of 'batch', 'example', got 'token'"):
         build_method("casm", {"budget": "token"})
+
+
+def test_the_matcher_asks_the_model_reading_no_memory(make_model, tokenizer, training_args, stream, monkeypatch):
+    import retain.methods.casm as casm
+
+    trainer, method = casm_trainer(make_model, tokenizer, training_args)
+    trainer.fit(stream)
+    model = trainer.model.eval()
+    batch = tokenizer([HARBOUR], return_tensors="pt")
+    method.route(model, [f"[2018] {HARBOUR}"], ENCODE)
+    before = method.table.memory.table_of
+    with torch.no_grad(), method.table.pretrained():
+        asked = model(**batch).logits
+    torch.testing.assert_close(asked, make_model()(**batch).logits)  # the pretrained model: no memory read
+    assert method.table.memory.table_of is before  # reads go on as routed
+    with torch.no_grad():
+        assert not torch.allclose(asked, model(**batch).logits)
+    # The router hands the matcher that context; with ask=false, none.
+    handed = []
+    monkeypatch.setattr(casm, "model_matcher", lambda model, encode, pretrained=None: handed.append(pretrained))
+    method.route(model, [HARBOUR], ENCODE)
+    method.config.ask = False
+    method.route(model, [HARBOUR], ENCODE)
+    assert handed == [method.table.pretrained, None]

@@ -7,7 +7,7 @@ import torch
 from retain.bench.probe_templates import TEMPLATES
 from retain.bench.temporal_facts import RELATIONS
 from retain.knowledge import FactRegistry, read
-from retain.relations import RelationMatcher, input_embedder, spans
+from retain.relations import ASK_PROMPT, RelationMatcher, input_embedder, model_asker, spans, token_means
 
 # A toy embedding: each word a direction; a relation and its paraphrase share one.
 DIRECTIONS = {"staff": 0, "workforce": 0, "director": 1, "head": 1, "headquarters": 2, "tell": 3, "colour": 4}
@@ -62,6 +62,66 @@ def test_a_confidence_is_a_probability_against_none_of_these():
     unsure = matcher("colour", ["staff", "director"])
     assert max(unsure) < 0.5  # nothing it means: "none of these" wins
     assert matcher("who was", ["staff"]) == [matcher("", ["staff"])[0]]  # no content word: no evidence
+
+
+def test_the_model_is_asked_only_when_no_word_is_close_and_its_answer_is_matched_the_same_way():
+    asked = []
+
+    def ask(answer):
+        def asking(words):
+            asked.append(words)
+            return embed([answer])[0]
+        return asking
+
+    relations = ["staff", "director", "headquarters"]
+    matcher = RelationMatcher(embed, ask=ask("head"))
+    assert max(RelationMatcher(embed)("who ran it", relations)) < 0.5  # the words alone: none of these
+    assert matcher("who ran it", relations)[1] > 0.9 and asked == ["who ran it"]
+    assert matcher("workforce", relations)[0] > 0.9 and asked == ["who ran it"]  # a close word: nothing to ask
+    assert max(matcher("and it", relations)) < 0.5 and len(asked) == 1  # no content word: nothing asked about
+    assert max(RelationMatcher(embed, ask=ask("colour"))("who painted it", relations)) < 0.5  # nor is its answer
+    # Through the registry: the query's subject becomes "it" and its time is left out before the model is asked.
+    assert registry().find("Who ran the Dorin Institute in 2018?", "2018", matcher).object == "Tam Dorrel"
+    assert asked[-1] == "who ran it"
+
+
+class Scripted(torch.nn.Module):
+    """A model that answers a fixed token sequence, one token a forward, whatever it reads."""
+
+    def __init__(self, answer):
+        super().__init__()
+        self.embed, self.answer, self.calls = torch.nn.Embedding(8, 8), answer, 0
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, input_ids):
+        logits = torch.zeros(1, input_ids.shape[1], 8)
+        logits[0, -1, self.answer[min(self.calls, len(self.answer) - 1)]] = 1
+        self.calls += 1
+        return type("Output", (), {"logits": logits})
+
+
+def test_the_asker_reads_the_models_greedy_answer_up_to_a_stop_with_no_memory():
+    encode = lambda texts: {"input_ids": torch.tensor([[7] if texts[0] == "\n" else [1, 2]])}  # "\n" is token 7
+    entered = []
+
+    class Pretrained:
+        def __enter__(self):
+            entered.append(True)
+
+        def __exit__(self, *exc):
+            entered.append(False)
+
+    model = Scripted([3, 4, 7, 5])
+    ask = model_asker(model, encode, Pretrained)
+    answer = ask("who ran it")
+    torch.testing.assert_close(answer, token_means(model.embed.weight, [[3, 4]])[0])  # 7 ends it; 5 is not read
+    assert model.calls == 3 and entered == [True, False]
+    ask("who ran it")
+    assert model.calls == 3  # words asked once per matcher
+    assert model_asker(Scripted([7]), encode)("who ran it") is None  # an empty answer: nothing to match
+    assert "{words}" in ASK_PROMPT and ASK_PROMPT.endswith("Q: {words}?\nAsks for:")
 
 
 def test_input_embedder_means_token_rows():

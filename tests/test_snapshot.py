@@ -74,3 +74,16 @@ def test_state_round_trips_through_a_checkpoint(make_model, tokenizer, training_
     assert [s.prediction for s in fresh.evaluator.score(fresh.model, probes)] == \
         [s.prediction for s in trainer.evaluator.score(trainer.model, probes)]
     assert [s.route for s in fresh.evaluator.score(fresh.model, probes)] == ["2018", "2020", "2022"]
+
+
+def test_the_matcher_asks_the_model_with_no_adapter(make_model, tokenizer, training_args, stream):
+    trainer, method = snapshot_trainer(make_model, tokenizer, training_args)
+    trainer.fit(stream)
+    model = trainer.model.eval()
+    method.route(model, [f"[2020] {HARBOUR}"], ENCODE)
+    routed = method.routed
+    with method._pretrained():
+        asked = logits(model, tokenizer, [HARBOUR])
+    with model.disable_adapter():
+        torch.testing.assert_close(asked, logits(model, tokenizer, [HARBOUR]))
+    assert method.routed == routed and not torch.allclose(asked, logits(model, tokenizer, [HARBOUR]))

@@ -241,7 +241,7 @@ class FactRegistry:
         return cls.from_state(json.loads(Path(path).read_text()))
 
 
-# (the words of a query left once its subject and time are taken out, candidate relations) → for each relation, how
+# (the words of a query, its subject replaced by "it" and its time taken out, candidate relations) → for each relation, how
 # sure it is that the words ask about it (0 to 1; `retain.methods.casm` reads it off the model's own states).
 RelationScorer = Callable[[str, Sequence[str]], list[float]]
 
@@ -272,7 +272,7 @@ def _by_meaning(text: str, words: str, live: list[FactVersion], relate: Relation
     longest = max(k for k, _, _ in named)
     name, subject = next((n, v.subject) for k, n, v in named if k == longest)
     candidates = [v for _, _, v in named if v.subject == subject]
-    rest = f" {wording(_POSSESSIVE.sub('', text))} ".replace(f" {_normalized(name)} ", " ")
+    rest = f" {wording(_POSSESSIVE.sub('', text))} ".replace(f" {_normalized(name)} ", " it ")  # "who ran it"
     options = [(name, relation) for relation in sorted({v.relation for v in candidates})
                for name in relation_names(relation)]
     scores: dict[str, float] = {}

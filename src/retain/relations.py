@@ -9,6 +9,11 @@ similarity is that of its closest run. A "none of these" option with a fixed sim
 softmax at a fixed temperature turns the similarities into a confidence: the router reads a relation only when it
 is more likely than every other option, none included.
 
+Words that name no relation ("who ran it", "who commanded it") are far from every relation's name, so "none" wins
+on them. Then, with `ask`, the model itself is asked what the words ask for (a few questions of our own with their
+answers, `ASK_SHOTS`, then the words), reading no memory, and its answer ("owner", "commander") counts as one more
+run of the query's words, matched as above.
+
 The layer (input embeddings, against the states after each of the first six decoder layers), the directions taken
 out, temperature and "none" similarity were chosen on `DEV_PAIRS` and `DEV_UNRELATED` (relations, paraphrases and
 other attributes of our own, none of them a probe's or a locality question's wording:
@@ -18,8 +23,11 @@ of retain: `retain export` ships it beside an exported model, which routes as CA
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 from collections.abc import Callable, Sequence
+from typing import ContextManager
 
 import torch
 from torch import nn
@@ -54,6 +62,57 @@ DEV_UNRELATED: tuple[str, ...] = (
 )
 TEMPERATURE, NONE_SIMILARITY, COMMON_DIRECTIONS = 0.05, 0.2, 15
 
+# The model's prompt for `ask`: questions of our own and the attribute each asks for, none of them a relation of the
+# temporal-facts stream or of `DEV_QUESTIONS`, then the query's words (its subject replaced by "it").
+ASK_SHOTS: tuple[tuple[str, str], ...] = (
+    ("who started it", "founder"), ("how much land does it cover", "area"),
+    ("what was its tallest tower", "tallest tower"), ("where does it play at home", "stadium"))
+ASK_PROMPT = "".join(f"Q: {q}?\nAsks for: {a}\n\n" for q, a in ASK_SHOTS) + "Q: {words}?\nAsks for:"
+ASK_TOKENS = 5  # an attribute's name is a few tokens; the answer also ends at a new line or punctuation
+
+# Relations of our own asked with verbs and other nouns, for choosing whether the matcher asks the model: (kind of
+# subject, question about {s} at {t}, the relation it asks for or None: none of the kind's). No probe's, locality
+# question's or `benchmarks/relations.py` person wording's verb or relation.
+DEV_KINDS: dict[str, tuple[str, ...]] = {
+    "club": ("head coach", "owner", "league", "goalkeeper", "sponsor", "member count"),
+    "book": ("author", "publisher", "genre", "price"),
+    "country": ("capital", "currency", "president", "prime minister", "religion", "ambassador"),
+    "person": ("spouse", "employer", "birthplace", "occupation", "nationality", "salary", "doctor", "lawyer"),
+    "building": ("architect", "owner", "tenant", "venue"),
+    "band": ("composer", "genre", "rival", "sponsor"),
+    "car": ("speed", "weight", "price", "supplier"),
+}
+DEV_QUESTIONS: tuple[tuple[str, str, str | None], ...] = (
+    ("club", "Who coached {s} in {t}?", "head coach"), ("club", "Who did {s} belong to in {t}?", "owner"),
+    ("club", "Which division did {s} play in during {t}?", "league"),
+    ("club", "Who kept goal for {s} in {t}?", "goalkeeper"), ("club", "Who paid for the shirts of {s} in {t}?", "sponsor"),
+    ("club", "How many people had joined {s} by {t}?", "member count"), ("book", "Who wrote {s}?", "author"),
+    ("book", "Who brought out {s}?", "publisher"), ("book", "What kind of book is {s}?", "genre"),
+    ("book", "How much did {s} sell for in {t}?", "price"), ("country", "Which city is {s} governed from?", "capital"),
+    ("country", "What do people pay with in {s}?", "currency"), ("country", "Who presided over {s} in {t}?", "president"),
+    ("country", "Which god do most people in {s} worship?", "religion"),
+    ("country", "Who represented {s} abroad in {t}?", "ambassador"), ("person", "Who was {s} married to in {t}?", "spouse"),
+    ("person", "Which firm did {s} go to work for in {t}?", "employer"), ("person", "Where was {s} born?", "birthplace"),
+    ("person", "What does {s} do for a living?", "occupation"), ("person", "Which passport does {s} hold?", "nationality"),
+    ("person", "How much did {s} earn in {t}?", "salary"), ("person", "Who treated {s} when ill in {t}?", "doctor"),
+    ("person", "Who defended {s} in court in {t}?", "lawyer"), ("building", "Who designed {s}?", "architect"),
+    ("building", "Who rented {s} in {t}?", "tenant"), ("building", "Who bought {s} in {t}?", "owner"),
+    ("band", "Who writes the music {s} plays?", "composer"), ("band", "What sort of music did {s} play in {t}?", "genre"),
+    ("band", "Who did {s} compete against for the charts in {t}?", "rival"),
+    ("car", "How fast could {s} go in {t}?", "speed"), ("car", "How heavy was {s} in {t}?", "weight"),
+    ("car", "How much did {s} cost in {t}?", "price"), ("car", "Who made the parts for {s} in {t}?", "supplier"),
+    ("club", "What did fans call {s} in {t}?", None), ("club", "What song do {s} supporters sing?", None),
+    ("club", "When was {s} founded?", None), ("club", "What colour are the shirts of {s}?", None),
+    ("book", "How many pages does {s} have?", None), ("book", "When did {s} first appear?", None),
+    ("country", "How hot does {s} get in summer?", None), ("country", "What colours are on the flag of {s}?", None),
+    ("country", "How many people speak the language of {s}?", None), ("person", "How old was {s} in {t}?", None),
+    ("person", "How tall is {s}?", None), ("person", "Who painted a portrait of {s}?", None),
+    ("person", "What is the star sign of {s}?", None), ("building", "Who cleaned {s} in {t}?", None),
+    ("building", "How tall is {s}?", None), ("building", "When did {s} open?", None),
+    ("band", "When did {s} break up?", None), ("band", "What is the motto of {s}?", None),
+    ("car", "What colour was {s} painted in {t}?", None), ("car", "Who insured {s} in {t}?", None),
+)
+
 
 def spans(words: str, longest: int = 3) -> list[str]:
     """Every run of one to `longest` consecutive content words (not `FUNCTION_WORDS`) of normalised `words`."""
@@ -69,17 +128,19 @@ def input_embedder(weight: torch.Tensor, tokenize: Callable[[str], list[int]],
     words inside a sentence are (after a space); with `common`, less the rows' mean and their `common` top principal
     directions ("all but the top", Mu & Viswanath 2018)."""
 
-    @torch.no_grad()
-    def embed(texts: Sequence[str]) -> torch.Tensor:
-        means = torch.stack([weight[torch.tensor(tokenize(f" {text}"), device=weight.device)].float().mean(0)
-                             for text in texts])
-        if common is not None:
-            mean, top = shared_directions(weight, common)
-            means = means - mean
-            means = means - (means @ top) @ top.T
-        return nn.functional.normalize(means, dim=-1).cpu()
+    return lambda texts: token_means(weight, [tokenize(f" {text}") for text in texts], common)
 
-    return embed
+
+@torch.no_grad()
+def token_means(weight: torch.Tensor, texts: Sequence[Sequence[int]], common: int | None = COMMON_DIRECTIONS
+                ) -> torch.Tensor:
+    """Each of `texts` (token ids) as the unit mean of its rows of `weight`, with `common` as `input_embedder`'s."""
+    means = torch.stack([weight[torch.tensor(list(ids), device=weight.device)].float().mean(0) for ids in texts])
+    if common is not None:
+        mean, top = shared_directions(weight, common)
+        means = means - mean
+        means = means - (means @ top) @ top.T
+    return nn.functional.normalize(means, dim=-1).cpu()
 
 
 _SHARED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight → (its version, k, mean, top directions)
@@ -98,17 +159,50 @@ def shared_directions(weight: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     return cached[2], cached[3]
 
 
-def model_matcher(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, torch.Tensor]]) -> RelationMatcher:
-    """A matcher over `model`'s input embeddings, tokenizing as `encode` (a batch of one text has no padding)."""
+Ask = Callable[[str], "torch.Tensor | None"]  # a query's words → what the model says they ask for, embedded
+
+
+def model_asker(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, torch.Tensor]],
+                pretrained: Callable[[], ContextManager] = contextlib.nullcontext, tokens: int = ASK_TOKENS) -> Ask:
+    """Words → the model's greedy answer to `ASK_PROMPT` (up to `tokens`, ending at a new line or punctuation),
+    embedded as `input_embedder` embeds text; None for an empty answer. `pretrained` makes the model read none of
+    what a method taught it while it answers: the question is what words mean, not what a memory says."""
+    weight = model.get_input_embeddings().weight
+    stops = {token for mark in ("\n", "\n\n", ".", ",", "?", "!") for token in encode([mark])["input_ids"][0].tolist()}
+
+    @functools.lru_cache(maxsize=1024)
+    @torch.no_grad()
+    def ask(words: str) -> torch.Tensor | None:
+        ids = encode([ASK_PROMPT.format(words=words)])["input_ids"][:1]
+        answer: list[int] = []
+        with pretrained():
+            for _ in range(tokens):
+                token = int(model(input_ids=ids).logits[0, -1].argmax())
+                if token in stops:
+                    break
+                answer.append(token)
+                ids = torch.cat([ids, ids.new_tensor([[token]])], dim=1)
+        return token_means(weight, [answer])[0] if answer else None
+
+    return ask
+
+
+def model_matcher(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, torch.Tensor]],
+                  pretrained: Callable[[], ContextManager] | None = None) -> RelationMatcher:
+    """A matcher over `model`'s input embeddings, tokenizing as `encode` (a batch of one text has no padding); with
+    `pretrained` (how the model reads no memory), one that asks the model when no run of the words is close."""
     tokenize = lambda text: encode([text])["input_ids"][0].tolist()  # noqa: E731
-    return RelationMatcher(input_embedder(model.get_input_embeddings().weight, tokenize))
+    ask = None if pretrained is None else model_asker(model, encode, pretrained)
+    return RelationMatcher(input_embedder(model.get_input_embeddings().weight, tokenize), ask=ask)
 
 
 class RelationMatcher:
-    """A `knowledge.RelationScorer`: how sure it is that a query's words ask about each relation, from `embed`."""
+    """A `knowledge.RelationScorer`: how sure it is that a query's words ask about each relation, from `embed`; with
+    `ask`, when "none of these" is the likelier answer for the words alone, their closest run or the model's answer."""
 
-    def __init__(self, embed: Embed, temperature: float = TEMPERATURE, none_similarity: float = NONE_SIMILARITY) -> None:
-        self.embed, self.temperature, self.none_similarity = embed, temperature, none_similarity
+    def __init__(self, embed: Embed, temperature: float = TEMPERATURE, none_similarity: float = NONE_SIMILARITY,
+                 ask: Ask | None = None) -> None:
+        self.embed, self.temperature, self.none_similarity, self.ask = embed, temperature, none_similarity, ask
 
     def similarities(self, words: str, relations: Sequence[str]) -> torch.Tensor:
         """Each relation's cosine similarity to its closest run of `words` (-1 when `words` has none)."""
@@ -118,5 +212,14 @@ class RelationMatcher:
         return (self.embed(runs) @ self.embed(list(relations)).T).max(0).values
 
     def __call__(self, words: str, relations: Sequence[str]) -> list[float]:
-        logits = torch.cat([self.similarities(words, relations), torch.tensor([self.none_similarity])])
+        similar = self.similarities(words, relations)
+        sure = self.confidences(similar)
+        # Words with no content word ("and it", from "And now?") ask about nothing for the model to name.
+        if self.ask is None or sum(sure) >= 0.5 or not spans(words) or (answer := self.ask(words)) is None:
+            return sure
+        return self.confidences(torch.maximum(similar, self.embed(list(relations)) @ answer))
+
+    def confidences(self, similarities: torch.Tensor) -> list[float]:
+        """Each relation's softmax share beside "none of these" at `none_similarity`."""
+        logits = torch.cat([similarities, torch.tensor([self.none_similarity])])
         return (logits / self.temperature).softmax(0)[:-1].tolist()

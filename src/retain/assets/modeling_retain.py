@@ -17,6 +17,7 @@ inputs are routed:
   reads the latest version.
 """
 
+import contextlib
 import copy
 
 import torch
@@ -24,7 +25,7 @@ import transformers
 from torch import nn
 
 from .knowledge import FactRegistry, follow_up, read
-from .relations import RelationMatcher, input_embedder
+from .relations import model_matcher
 from .text import dated
 
 BASE = getattr(transformers, "__BASE__")  # the architecture the run trained (set by `retain export`)
@@ -171,8 +172,8 @@ class RetainForCausalLM(BASE):
         prompts = given if as_of is None else [dated(p, as_of) for p in given]
         relate = None
         if self._casm.get("by_meaning"):
-            relate = RelationMatcher(input_embedder(self.get_input_embeddings().weight,
-                                                    lambda text: tokenizer(text)["input_ids"]))
+            encode = lambda texts: tokenizer(list(texts), return_tensors="pt").to(self.device)  # noqa: E731
+            relate = model_matcher(self, encode, self._no_memory if self._casm.get("ask") else None)
         if context is not None:
             turns = [context] * len(prompts) if all(isinstance(turn, str) for turn in context) else context
             question = self._casm.get("question") or "{subject} — {relation}:"
@@ -201,6 +202,15 @@ class RetainForCausalLM(BASE):
         if self._tokenizer is None:
             self._tokenizer = transformers.AutoTokenizer.from_pretrained(self.config._name_or_path)
         return self._tokenizer
+
+    @contextlib.contextmanager
+    def _no_memory(self):
+        """Meanwhile a forward of one example reads no memory (the pretrained model), as CASM's matcher asks it."""
+        self._read_versions([None])
+        try:
+            yield
+        finally:
+            self._read_versions(None)
 
     def _read_versions(self, versions) -> None:
         """Example i of the next forwards reads memory version `versions[i]` (None: no memory); None: the latest."""

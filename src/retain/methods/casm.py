@@ -29,6 +29,7 @@ wrote gets back the value it had before.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -57,6 +58,9 @@ class CASMConfig(SMFConfig):
     by_meaning: bool = field(default=True, metadata={
         "help": "When a query names a known subject but none of its relations verbatim, find the relation it means "
                 "from the model's input embeddings (`retain.relations`); off: the subject and relation must appear."})
+    ask: bool = field(default=True, metadata={
+        "help": "With by_meaning, when no word of a query is close to a relation's name ('who ran it'), ask the "
+                "pretrained model what it asks for (a few generated tokens) and match its answer instead."})
 
     read_as: Literal["asked", "question"] = field(default="question", metadata={
         "help": "How a query whose fact the registry finds is read: 'question', as the first training wording of "
@@ -175,8 +179,15 @@ class CASM(Method):
     def follow_up(self, model: nn.Module, prompt: str, context: Sequence[str], encode: Encode) -> str:
         """The turn on its own, naming the fact the conversation is on (`retain.knowledge.follow_up`): the memory is
         read per query, and an earlier turn's words would change the time or fact the router reads off it."""
-        relate = model_matcher(model, encode) if self.config.by_meaning else None
+        relate = self._matcher(model, encode)
         return follow_up(prompt, context, self.periods, self.registry, relate, WORDINGS[0])
+
+    def _matcher(self, model: nn.Module, encode: Encode) -> RelationScorer | None:
+        if not self.config.by_meaning:
+            return None
+        if not self.config.ask:
+            return model_matcher(model, encode)
+        return model_matcher(model, encode, self.table.pretrained if self.table else contextlib.nullcontext)
 
     def _question(self) -> str | None:
         """The training wording a query is read in (`read_as="question"`), else None: the asker's."""
@@ -186,7 +197,7 @@ class CASM(Method):
         """Each prompt reads its memory version; its route is the period of that version ("pretrained" for none)."""
         if not self.periods:
             return None
-        relate = model_matcher(model, encode) if self.config.by_meaning else None
+        relate = self._matcher(model, encode)
         reads = [self.read(prompt, relate) for prompt in prompts]
         self.table.read([r.version for r in reads])
         return Routing(texts=[r.text for r in reads],
@@ -201,7 +212,8 @@ class CASM(Method):
             tensors = {f"casm_{part}_{v}": copy[i] for v, copy in enumerate(self.table.copies)
                        for i, part in enumerate(("rows", "values"))}
             return Exported(routing={"casm": {"periods": self.periods, "scope": self.config.scope,
-                                              "by_meaning": self.config.by_meaning, "question": self._question(),
+                                              "by_meaning": self.config.by_meaning, "ask": self.config.ask,
+                                              "question": self._question(),
                                               "copies": [len(rows) for rows, _ in self.table.copies],
                                               "facts": self.registry.state()}}, tensors=tensors)
         time_key(as_of)

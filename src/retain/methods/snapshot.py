@@ -11,7 +11,8 @@ period, where CASM keeps the memory rows each period wrote: both report the byte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from retain.fact_questions import WORDINGS
-from retain.knowledge import FactRegistry, follow_up, read
+from retain.knowledge import FactRegistry, RelationScorer, follow_up, read
 from retain.methods.base import (
     Encode, Exported, Method, MethodConfig, MethodError, Routing, TaskData, TrainingContext, check_periods, register,
     task_period,
@@ -41,6 +42,8 @@ class SnapshotConfig(MethodConfig):
     scope: Literal["facts", "all"] = field(default="facts", metadata={
         "help": "As CASM's: 'facts' reads a prompt naming no time and no known fact with no adapter; 'all': the latest."})
     by_meaning: bool = field(default=True, metadata={"help": "As CASM's: find a relation asked in other words."})
+    ask: bool = field(default=True, metadata={"help": "As CASM's: with by_meaning, ask the pretrained model what a "
+                                                      "query that names no relation asks for."})
     read_as: Literal["asked", "question"] = field(default="question", metadata={
         "help": "As CASM's: read a query whose fact is found in the asker's words or as a training question."})
 
@@ -112,7 +115,7 @@ class Snapshot(Method):
     def route(self, model: nn.Module, prompts: Sequence[str], encode: Encode) -> Routing | None:
         if not self.periods:
             return None
-        relate = model_matcher(model, encode) if self.config.by_meaning else None
+        relate = self._matcher(model, encode)
         question = WORDINGS[0] if self.config.read_as == "question" else None
         reads = [read(p, self.periods, self.registry, self.config.scope, None, relate, question) for p in prompts]
         self.routed = [BASE if r.version is None else self._adapter(r.version) for r in reads]
@@ -122,8 +125,22 @@ class Snapshot(Method):
 
     def follow_up(self, model: nn.Module, prompt: str, context: Sequence[str], encode: Encode) -> str:
         """As CASM's: the turn on its own, naming the fact the conversation is on."""
-        relate = model_matcher(model, encode) if self.config.by_meaning else None
+        relate = self._matcher(model, encode)
         return follow_up(prompt, context, self.periods, self.registry, relate, WORDINGS[0])
+
+    def _matcher(self, model: nn.Module, encode: Encode) -> RelationScorer | None:
+        if not self.config.by_meaning:
+            return None
+        return model_matcher(model, encode, self._pretrained if self.config.ask else None)
+
+    @contextlib.contextmanager
+    def _pretrained(self) -> Iterator[None]:
+        """Meanwhile a forward of one example reads no adapter (the pretrained model)."""
+        before, self.routed = self.routed, [BASE]
+        try:
+            yield
+        finally:
+            self.routed = before
 
     def export(self, as_of: str | None) -> Exported:
         raise MethodError("snapshot is a benchmark control (one adapter per period, read by retain's router): it does "

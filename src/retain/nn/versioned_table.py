@@ -8,7 +8,8 @@ taken from the first copy made after that version), while rows no later period w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -86,6 +87,16 @@ class VersionedTable:
             tables.append(self._zeros)
         self.memory.tables = tables
         self.memory.table_of = torch.tensor([index.get(version, version) for version in versions])
+
+    @contextlib.contextmanager
+    def pretrained(self) -> Iterator[None]:
+        """Meanwhile a forward of one example reads no memory (the pretrained model); then reads go on as before."""
+        before = self.memory.tables, self.memory.table_of
+        self.read([None])
+        try:
+            yield
+        finally:
+            self.memory.tables, self.memory.table_of = before
 
     def read_live(self) -> None:
         """Every example reads the live values (as in training)."""
