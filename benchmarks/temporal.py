@@ -11,6 +11,7 @@ tokens. Run directories are deleted once the JSON is written (--keep-runs keeps 
     python benchmarks/temporal.py --preset full --facts 100 --methods full_ft,casm
     python benchmarks/temporal.py --fact-questions 6                # the first six training wordings of each fact (default: all seven)
     python benchmarks/temporal.py --jobs 12                         # every seed and method at once (a GPU has room)
+    python benchmarks/temporal.py --person-wordings                 # also ask every fact as a person might
 """
 
 from __future__ import annotations
@@ -22,10 +23,15 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from common import ROOT, compare_on_temporal_facts, condense, machine, mean_sd, preset_name, strip, temporal_parser, write
+from relations import PERSON_WORDINGS
+
+from retain.stream import load_stream, save_stream
+from retain.text import spoken_time
 
 KEYS = ("plasticity", "stability", "historical")
 
@@ -36,6 +42,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, each its own generated stream")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")
     parser.add_argument("--keep-runs", action="store_true", help="keep the run directories (reports, checkpoints)")
+    parser.add_argument("--person-wordings", action="store_true",
+                        help="also probe every fact as a person might ask (relations.py's PERSON_WORDINGS, forms "
+                             "person/as-of and person/now): wordings never trained on, and never used for a choice")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="train nothing: one report from the JSON files of earlier runs of this script (one per "
                              "seed and method, as --jobs writes them), with the settings they record; with --methods, "
@@ -49,7 +58,7 @@ def main() -> None:
     per_seed = run_seeds(args, seeds, root)
     report = {"benchmark": "temporal", "preset": preset_name(args), "model": args.model, "seeds": seeds,
               "epochs": args.epochs, "batch_size": args.batch_size, "fact_questions": args.fact_questions,
-              "probe_templates": args.probe_templates,
+              "probe_templates": args.probe_templates, "person_wordings": args.person_wordings,
               "machine": machine(), "wall_seconds": time.time() - started,
               "same_data": "every method trains on the same passages and fact questions; no probe wording is trained on",
               "mean_sd": aggregate(per_seed), "per_seed": per_seed}
@@ -67,7 +76,8 @@ def run_seeds(args: argparse.Namespace, seeds: list[int], root: Path) -> dict[st
         per_seed = {}
         for seed in seeds:
             runs = root / f"seed{seed}"
-            compare_on_temporal_facts(argparse.Namespace(**{**vars(args), "seed": seed, "runs": runs}))
+            compare_on_temporal_facts(argparse.Namespace(**{**vars(args), "seed": seed, "runs": runs}),
+                                      add_person_probes if args.person_wordings else None)
             per_seed[str(seed)] = condense(runs)
         return per_seed
     argv = strip(sys.argv[1:], ("--seeds", "--jobs", "--runs", "--output", "--methods"))
@@ -86,6 +96,24 @@ def run_seeds(args: argparse.Namespace, seeds: list[int], root: Path) -> dict[st
             running.remove(child)
     return {str(seed): {name: condense(root / f"seed{seed}-{name}" / f"seed{seed}")[name]
                         for name in (m.split("=")[0] for m in methods)} for seed in seeds}
+
+
+def add_person_probes(directory: Path) -> None:
+    """Each fact a task probes, asked in its relation's `PERSON_WORDINGS` too, as `relations.py` asks the router: the
+    dated ones at the task's period (form person/as-of), the others about now in the last task (person/now); the
+    answer, other values and the period that taught it are its probes'."""
+    stream = load_stream(directory)
+    for task in stream.tasks:
+        last = task is stream.tasks[-1]
+        asked = {probe.key: probe for probe in reversed(task.probes)}  # one probe per fact: the first
+        for key, probe in asked.items():
+            for template in PERSON_WORDINGS[key.split(" | ")[1]]:
+                dated = "{t}" in template
+                if dated or last:
+                    prompt = template.format(s=key.split(" | ")[0], t=spoken_time(task.period))
+                    prompt = prompt[:1].upper() + prompt[1:] if template.startswith("{s}") else prompt
+                    task.probes.append(replace(probe, prompt=prompt, form="person/as-of" if dated else "person/now"))
+    save_stream(stream, directory)
 
 
 def merge(args: argparse.Namespace) -> None:
