@@ -7,7 +7,8 @@ import torch
 from retain.bench.probe_templates import TEMPLATES
 from retain.bench.temporal_facts import RELATIONS
 from retain.knowledge import FactRegistry, read
-from retain.relations import ASK_PROMPT, RelationMatcher, input_embedder, model_asker, spans, token_means
+from retain.relations import (ASK_PROMPT, ASK_SHOTS, DEV_KINDS, DEV_QUESTIONS, RelationMatcher, input_embedder, model_asker,
+                              spans, token_means)
 
 # A toy embedding: each word a direction; a relation and its paraphrase share one.
 DIRECTIONS = {"staff": 0, "workforce": 0, "director": 1, "head": 1, "headquarters": 2, "tell": 3, "colour": 4}
@@ -83,6 +84,14 @@ def test_the_model_is_asked_only_when_no_word_is_close_and_its_answer_is_matched
     # Through the registry: the query's subject becomes "it" and its time is left out before the model is asked.
     assert registry().find("Who ran the Dorin Institute in 2018?", "2018", matcher).object == "Tam Dorrel"
     assert asked[-1] == "who ran it"
+
+
+def test_the_dev_questions_and_the_models_examples_ask_about_none_of_the_streams_relations():
+    stream = {name for r in RELATIONS for name in (r.name, r.alias)}
+    dev = {relation for relations in DEV_KINDS.values() for relation in relations}
+    assert not dev & stream and not {answer for _, answer in ASK_SHOTS} & (stream | dev)
+    assert all(relation is None or relation in DEV_KINDS[kind] for kind, _, relation in DEV_QUESTIONS)
+    assert sum(relation is None for _, _, relation in DEV_QUESTIONS) >= 20  # "none of these" is asked too
 
 
 class Scripted(torch.nn.Module):

@@ -71,8 +71,9 @@ ASK_PROMPT = "".join(f"Q: {q}?\nAsks for: {a}\n\n" for q, a in ASK_SHOTS) + "Q: 
 ASK_TOKENS = 5  # an attribute's name is a few tokens; the answer also ends at a new line or punctuation
 
 # Relations of our own asked with verbs and other nouns, for choosing whether the matcher asks the model: (kind of
-# subject, question about {s} at {t}, the relation it asks for or None: none of the kind's). No probe's, locality
-# question's or `benchmarks/relations.py` person wording's verb or relation.
+# subject, question about {s} at {t}, the relation it asks for or None: none of the kind's). None of their relations
+# is a relation of the stream, a probe's or a locality question's; some everyday words are also in the person
+# wordings of `benchmarks/relations.py` ("how many people", "sell", "work", "abroad"), written apart from them.
 DEV_KINDS: dict[str, tuple[str, ...]] = {
     "club": ("head coach", "owner", "league", "goalkeeper", "sponsor", "member count"),
     "book": ("author", "publisher", "genre", "price"),

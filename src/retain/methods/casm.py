@@ -60,7 +60,7 @@ class CASMConfig(SMFConfig):
                 "from the model's input embeddings (`retain.relations`); off: the subject and relation must appear."})
     ask: bool = field(default=True, metadata={
         "help": "With by_meaning, when no word of a query is close to a relation's name ('who ran it'), ask the "
-                "pretrained model what it asks for (a few generated tokens) and match its answer instead."})
+                "pretrained model what it asks for (a few generated tokens) and match its answer as one more word."})
 
     read_as: Literal["asked", "question"] = field(default="question", metadata={
         "help": "How a query whose fact the registry finds is read: 'question', as the first training wording of "
