@@ -119,8 +119,8 @@ def add_person_probes(directory: Path) -> None:
 def merge(args: argparse.Namespace) -> None:
     """One report from several of this script's reports: each (seed, method) once, all on the same settings."""
     reports = [json.loads(path.read_text()) for path in args.merge]
-    settings = {(r["preset"], r["model"], r["epochs"], r["batch_size"], wordings(r), r.get("probe_templates") or 0)
-                for r in reports}
+    settings = {(r["preset"], r["model"], r["epochs"], r["batch_size"], wordings(r), r.get("probe_templates") or 0,
+                 r.get("person_wordings", False)) for r in reports}
     if len(settings) > 1:
         raise SystemExit(f"--merge: the reports were made with different settings {sorted(settings)}")
     # --methods NAME or NAME=OLD: a method of the reports, by its name there (OLD, else NAME) → the name reported
@@ -138,6 +138,7 @@ def merge(args: argparse.Namespace) -> None:
     first = reports[0]
     report = {**{k: first.get(k) for k in ("benchmark", "preset", "model", "epochs", "batch_size", "same_data")},
               "probe_templates": first.get("probe_templates") or 0,
+              "person_wordings": first.get("person_wordings", False),
               "fact_questions": wordings(first),
               "seeds": sorted(int(s) for s in per_seed),
               "merged_from": [source for p, r in zip(args.merge, reports) for source in sources(p, r, chosen)],

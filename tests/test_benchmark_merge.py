@@ -79,6 +79,36 @@ def test_runs_made_differently_or_twice_are_refused(tmp_path, monkeypatch):
     done, merged = merge(tmp_path, monkeypatch, templated, report(tmp_path / "t3.json", {"3": {"casm": run(0.7)}}, "cpu",
                                                                     fact_questions=6, probe_templates=4))
     assert done.returncode == 0 and merged["probe_templates"] == 4 and merged["seeds"] == [2, 3]
+    person = report(tmp_path / "person.json", {"4": {"casm": run(0.5)}}, "cpu", fact_questions=6, probe_templates=4,
+                    person_wordings=True)
+    done, _ = merge(tmp_path, monkeypatch, templated, person)  # asked in a person's words too
+    assert done.returncode != 0 and "different settings" in done.stderr
+
+
+def test_person_wordings_probe_each_fact_with_its_probes_answer(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from relations import PERSON_WORDINGS
+    from temporal import add_person_probes
+
+    from retain.bench.temporal_facts import PRESETS, generate
+    from retain.stream import load_stream, save_stream
+
+    save_stream(generate(PRESETS["small"]), tmp_path)
+    before = load_stream(tmp_path)
+    add_person_probes(tmp_path)
+    after = load_stream(tmp_path)
+    for old, new, period in zip(before.tasks, after.tasks, [t.period for t in before.tasks]):
+        assert new.probes[: len(old.probes)] == old.probes
+        added = new.probes[len(old.probes):]
+        first = {p.key: p for p in reversed(old.probes)}
+        now = new is after.tasks[-1]
+        assert len(added) == sum(len([t for t in PERSON_WORDINGS[k.split(" | ")[1]] if now or "{t}" in t]) for k in first)
+        for probe in added:
+            assert (probe.answer, probe.learned_in, probe.other_values) == (first[probe.key].answer,
+                                                                           first[probe.key].learned_in,
+                                                                           first[probe.key].other_values)
+            assert (period in probe.prompt) == (probe.form == "person/as-of")
+            assert not any(probe.prompt in example["text"] for example in new.train)
 
 
 def test_the_temporalwiki_benchmark_runs_every_seed_on_the_importers_own_sample(tmp_path, monkeypatch):
