@@ -169,7 +169,10 @@ def model_asker(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, to
     embedded as `input_embedder` embeds text; None for an empty answer. `pretrained` makes the model read none of
     what a method taught it while it answers: the question is what words mean, not what a memory says."""
     weight = model.get_input_embeddings().weight
-    stops = {token for mark in ("\n", "\n\n", ".", ",", "?", "!") for token in encode([mark])["input_ids"][0].tolist()}
+
+    @functools.cache  # on the first question only: a matcher is built for every batch, most never ask
+    def stops() -> set[int]:
+        return {token for mark in ("\n", "\n\n", ".", ",", "?", "!") for token in encode([mark])["input_ids"][0].tolist()}
 
     @functools.lru_cache(maxsize=1024)
     @torch.no_grad()
@@ -179,7 +182,7 @@ def model_asker(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, to
         with pretrained():
             for _ in range(tokens):
                 token = int(model(input_ids=ids).logits[0, -1].argmax())
-                if token in stops:
+                if token in stops():
                     break
                 answer.append(token)
                 ids = torch.cat([ids, ids.new_tensor([[token]])], dim=1)
