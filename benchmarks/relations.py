@@ -76,6 +76,18 @@ PERSON_WORDINGS: dict[str, tuple[str, ...]] = {
 }
 
 
+def person_questions(subject: str, relation: str, period: str, last: bool) -> list[tuple[str, bool]]:
+    """(question, whether it names a time) for each of `relation`'s `PERSON_WORDINGS` asked about `subject` at
+    `period`: the dated ones, and in the `last` period those about now too."""
+    questions = []
+    for template in PERSON_WORDINGS[relation]:
+        dated = "{t}" in template
+        if dated or last:
+            prompt = template.format(s=subject, t=spoken_time(period))
+            questions.append((prompt[:1].upper() + prompt[1:] if template.startswith("{s}") else prompt, dated))
+    return questions
+
+
 def dev_cases(seed: int = 0) -> list[tuple[str, list[str], int | None]]:
     """(paraphrase, three candidate relations, the index of the right one or None)."""
     rng = random.Random(seed)
@@ -131,12 +143,9 @@ def fit(model, tokenizer) -> dict:
     return {"best": best, "in_use": chosen, "cases": len(cases)}
 
 
-def dev_questions(model, tokenizer) -> dict[str, dict[str, float | None]]:
-    """Precision and recall of the matcher on `DEV_QUESTIONS` (each against its kind's relations), on the words alone
-    and asking the model when none is close: what decided that the matcher asks (`model_matcher`'s `pretrained`)."""
-    encode = lambda texts: tokenizer(list(texts), return_tensors="pt")  # noqa: E731
-    plain = RelationMatcher(layer_embedder(model, tokenizer, 0))
-    routers = {"words": plain, "ask": RelationMatcher(plain.embed, ask=model_asker(model, encode))}
+def dev_questions(routers: dict[str, RelationMatcher]) -> dict[str, dict[str, float | None]]:
+    """Per matcher, precision and recall on `DEV_QUESTIONS` (each against its kind's relations): the words alone
+    against asking the model decided that the matcher asks (`model_matcher`'s `pretrained`)."""
     counts: dict[str, list[int]] = {}
     for kind, question, relation in DEV_QUESTIONS:
         words, relations = wording(question.format(s="it", t="2019")), DEV_KINDS[kind]
@@ -206,14 +215,10 @@ def router_scores(seed: int, matcher: RelationMatcher | None) -> dict[str, dict[
         last = index == len(stream.tasks) - 1
         for key, learned_in in dict.fromkeys((probe.key, probe.learned_in) for probe in task.probes):
             subject, relation = key.split(" | ")[:2]
-            for template in PERSON_WORDINGS[relation]:
-                dated = "{t}" in template
-                if dated or last:
-                    prompt = template.format(s=subject, t=spoken_time(task.period))
-                    prompt = prompt[:1].upper() + prompt[1:] if template.startswith("{s}") else prompt
-                    seen = read(prompt, periods, registry, relate=matcher)
-                    count(counts, (f"person/{relation}", "person/as-of" if dated else "person/now", "person/*"), seen,
-                          read_right(seen, key, learned_in, periods))
+            for prompt, dated in person_questions(subject, relation, task.period, last):
+                seen = read(prompt, periods, registry, relate=matcher)
+                count(counts, (f"person/{relation}", "person/as-of" if dated else "person/now", "person/*"), seen,
+                      read_right(seen, key, learned_in, periods))
     scores = tally(counts)
     # A locality question names a stream subject or relation but no fact the stream has: any memory it reads is wrong.
     scores["locality"] = {"precision": None, "recall": statistics.fmean(
@@ -231,15 +236,15 @@ def main() -> None:
     model.eval()
     calibration = fit(model, tokenizer)
     print("fit:", calibration)
-    asker = model_asker(model, lambda texts: tokenizer(list(texts), return_tensors="pt"))
-    calibration["dev_questions"] = dev_questions(model, tokenizer)
+    words = RelationMatcher(layer_embedder(model, tokenizer, 0))
+    asking = RelationMatcher(words.embed, ask=model_asker(model, lambda texts: tokenizer(list(texts), return_tensors="pt")))
+    calibration["dev_questions"] = dev_questions({"words": words, "ask": asking})
     print("dev questions:", calibration["dev_questions"])
     seeds = [int(s) for s in args.seeds.split(",")]
     per_seed = {}
     for seed in seeds:
-        words = RelationMatcher(layer_embedder(model, tokenizer, 0))
         per_seed[seed] = {"verbatim": router_scores(seed, None), "by_meaning_words": router_scores(seed, words),
-                          "by_meaning": router_scores(seed, RelationMatcher(words.embed, ask=asker))}
+                          "by_meaning": router_scores(seed, asking)}
         for router, scores in per_seed[seed].items():
             print(seed, router, {h: scores[h] for h in ("dev/*", "test/*", "person/*", "locality")})
     write(args.output, {"benchmark": "relations", "model": args.model, "seeds": seeds, "machine": machine(),

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from common import ROOT, compare_on_temporal_facts, condense, machine, mean_sd, preset_name, strip, temporal_parser, write
-from relations import PERSON_WORDINGS
+from relations import person_questions
 
 from retain.stream import load_stream, save_stream
-from retain.text import spoken_time
 
 KEYS = ("plasticity", "stability", "historical")
 
@@ -99,7 +98,7 @@ def run_seeds(args: argparse.Namespace, seeds: list[int], root: Path) -> dict[st
 
 
 def add_person_probes(directory: Path) -> None:
-    """Each fact a task probes, asked in its relation's `PERSON_WORDINGS` too, as `relations.py` asks the router: the
+    """Each fact a task probes, asked in its relation's `PERSON_WORDINGS` too (`relations.person_questions`): the
     dated ones at the task's period (form person/as-of), the others about now in the last task (person/now); the
     answer, other values and the period that taught it are its probes'."""
     stream = load_stream(directory)
@@ -107,12 +106,9 @@ def add_person_probes(directory: Path) -> None:
         last = task is stream.tasks[-1]
         asked = {probe.key: probe for probe in reversed(task.probes)}  # one probe per fact: the first
         for key, probe in asked.items():
-            for template in PERSON_WORDINGS[key.split(" | ")[1]]:
-                dated = "{t}" in template
-                if dated or last:
-                    prompt = template.format(s=key.split(" | ")[0], t=spoken_time(task.period))
-                    prompt = prompt[:1].upper() + prompt[1:] if template.startswith("{s}") else prompt
-                    task.probes.append(replace(probe, prompt=prompt, form="person/as-of" if dated else "person/now"))
+            subject, relation = key.split(" | ")[:2]
+            for prompt, dated in person_questions(subject, relation, task.period, last):
+                task.probes.append(replace(probe, prompt=prompt, form="person/as-of" if dated else "person/now"))
     save_stream(stream, directory)
 
 

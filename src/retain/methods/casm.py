@@ -185,9 +185,9 @@ class CASM(Method):
     def _matcher(self, model: nn.Module, encode: Encode) -> RelationScorer | None:
         if not self.config.by_meaning:
             return None
-        if not self.config.ask:
-            return model_matcher(model, encode)
-        return model_matcher(model, encode, self.table.pretrained if self.table else contextlib.nullcontext)
+        # Before the first period there is no memory: the model as it is is the pretrained one.
+        pretrained = self.table.pretrained if self.table else contextlib.nullcontext
+        return model_matcher(model, encode, pretrained if self.config.ask else None)
 
     def _question(self) -> str | None:
         """The training wording a query is read in (`read_as="question"`), else None: the asker's."""
