@@ -6,8 +6,11 @@ temporal-facts stream's probe templates, which no choice looked at.
    log-likelihood of the right option on `DEV_PAIRS`, each paraphrase asked against three relations, with its own
    (the answer) or without it (the answer is "none"), and on `DEV_UNRELATED`, each asked against one and three
    relations (the answer is "none"). The best setting is printed beside the one in `retain.relations`.
-   Also the matcher on `DEV_QUESTIONS` (relations of our own asked with verbs), on the words alone and asking the
-   model when none is close (`retain.relations.model_asker`): what decided that the default matcher asks.
+   Then asking the model (`retain.relations.model_asker`), on `DEV_QUESTIONS` (relations of our own asked with
+   verbs) and on the dev pairs asked as "What was the {paraphrase} of it?": for each way of joining the two
+   readings (the words unless unsure, then the model; the model alone; the surer of the two) and each temperature
+   and "none" score of a grid, the share of right decisions (the right relation, or none when none is right). The
+   best is printed beside `ASK_TEMPERATURE` and `ASK_NONE`, with precision and recall on the dev questions.
 2. Score, with the settings in `retain.relations`: the router (`retain.knowledge.read`) on every template of the
    family (`--probe-templates` all of them), over a `medium` stream's facts, with and without the matcher: per
    template, precision and recall of (fact, period): did it name the probe's fact and read the period that taught
@@ -38,8 +41,9 @@ from common import ROOT, machine, mean_sd, write
 from retain import load_model
 from retain.bench.temporal_facts import PRESETS, generate
 from retain.knowledge import FactRegistry, Read, read
-from retain.relations import (COMMON_DIRECTIONS, DEV_KINDS, DEV_PAIRS, DEV_QUESTIONS, DEV_UNRELATED, NONE_SIMILARITY,
-                               TEMPERATURE, RelationMatcher, input_embedder, model_asker)
+from retain.relations import (ASK_NONE, ASK_TEMPERATURE, COMMON_DIRECTIONS, DEV_KINDS, DEV_PAIRS, DEV_QUESTIONS,
+                               DEV_UNRELATED, NONE_SIMILARITY, TEMPERATURE, Ask, RelationMatcher, input_embedder,
+                               model_asker)
 from retain.stream import Stream
 from retain.text import normalize_answer, spoken_time, wording
 
@@ -143,21 +147,35 @@ def fit(model, tokenizer) -> dict:
     return {"best": best, "in_use": chosen, "cases": len(cases)}
 
 
-def dev_questions(routers: dict[str, RelationMatcher]) -> dict[str, dict[str, float | None]]:
-    """Per matcher, precision and recall on `DEV_QUESTIONS` (each against its kind's relations): the words alone
-    against asking the model decided that the matcher asks (`model_matcher`'s `pretrained`)."""
-    counts: dict[str, list[int]] = {}
-    for kind, question, relation in DEV_QUESTIONS:
-        words, relations = wording(question.format(s="it", t="2019")), DEV_KINDS[kind]
-        for name, matcher in routers.items():
-            sure = matcher(words, relations)
-            best = max(range(len(relations)), key=sure.__getitem__)
+# How the words' and the model's confidences join: what `RelationMatcher` does is "surer".
+JOINS = {"words, else model": lambda w, m: w if sum(w) >= 0.5 else m, "model": lambda w, m: m,
+         "surer": lambda w, m: [max(a, b) for a, b in zip(w, m)]}
+
+
+def fit_ask(words: RelationMatcher, ask: Ask) -> dict:
+    """The join, temperature and "none" score with the most right decisions on the dev questions and pairs, the
+    setting in use, and the precision and recall of both on the dev questions."""
+    cases = [(wording(q.format(s="it", t="2019")), list(DEV_KINDS[k]),
+              None if r is None else DEV_KINDS[k].index(r), "questions")
+             for k, q, r in DEV_QUESTIONS]
+    cases += [(wording(f"What was the {p} of it?"), c, a, "pairs") for p, c, a in dev_cases()]
+    read = [(words(w, c), ask(w, c), answer, kind) for w, c, answer, kind in cases]
+    results = []
+    for join, temperature, none in itertools.product(JOINS, (0.25, 0.5, 1.0, 2.0), [n / 4 for n in range(-24, 0)]):
+        counts: dict[str, list[int]] = {}
+        decided = 0
+        for w, scores, answer, kind in read:
+            sure = JOINS[join](w, (torch.cat([scores, torch.tensor([none])]) / temperature).softmax(0)[:-1].tolist())
+            best = max(range(len(sure)), key=sure.__getitem__)
             named = sure[best] >= 0.5
-            c = counts.setdefault(name, [0, 0, 0])
-            c[0] += named and relations[best] == relation
-            c[1] += named
-            c[2] += relation is not None
-    return tally(counts)
+            decided += best == answer if named else answer is None
+            c = counts.setdefault(kind, [0, 0, 0])
+            c[0], c[1], c[2] = c[0] + (named and best == answer), c[1] + named, c[2] + (answer is not None)
+        results.append({"join": join, "temperature": temperature, "none": none, "right": decided / len(read),
+                        **{f"dev_{kind}": score for kind, score in tally(counts).items()}})
+    best = max(results, key=lambda r: r["right"])
+    chosen = next(r for r in results if (r["join"], r["temperature"], r["none"]) == ("surer", ASK_TEMPERATURE, ASK_NONE))
+    return {"best": best, "in_use": chosen, "cases": len(read)}
 
 
 def medium_stream(seed: int) -> tuple[Stream, FactRegistry, list[str]]:
@@ -238,8 +256,8 @@ def main() -> None:
     print("fit:", calibration)
     words = RelationMatcher(layer_embedder(model, tokenizer, 0))
     asking = RelationMatcher(words.embed, ask=model_asker(model, lambda texts: tokenizer(list(texts), return_tensors="pt")))
-    calibration["dev_questions"] = dev_questions({"words": words, "ask": asking})
-    print("dev questions:", calibration["dev_questions"])
+    calibration["ask"] = fit_ask(words, asking.ask)
+    print("ask:", calibration["ask"])
     seeds = [int(s) for s in args.seeds.split(",")]
     per_seed = {}
     for seed in seeds:

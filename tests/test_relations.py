@@ -8,7 +8,7 @@ from retain.bench.probe_templates import TEMPLATES
 from retain.bench.temporal_facts import RELATIONS
 from retain.knowledge import FactRegistry, read
 from retain.relations import (ASK_PROMPT, ASK_SHOTS, DEV_KINDS, DEV_QUESTIONS, RelationMatcher, input_embedder, model_asker,
-                              spans, token_means)
+                              spans)
 
 # A toy embedding: each word a direction; a relation and its paraphrase share one.
 DIRECTIONS = {"staff": 0, "workforce": 0, "director": 1, "head": 1, "headquarters": 2, "tell": 3, "colour": 4}
@@ -65,22 +65,23 @@ def test_a_confidence_is_a_probability_against_none_of_these():
     assert matcher("who was", ["staff"]) == [matcher("", ["staff"])[0]]  # no content word: no evidence
 
 
-def test_the_model_is_asked_only_when_no_word_is_close_and_its_answer_is_matched_the_same_way():
+def test_the_model_is_asked_which_relation_and_the_surer_reading_wins():
     asked = []
 
-    def ask(answer):
-        def asking(words):
+    def ask(favourite):
+        def asking(words, relations):
             asked.append(words)
-            return embed([answer])[0]
+            return torch.tensor([-0.5 if r == favourite else -6.0 for r in relations])  # mean log-probabilities
         return asking
 
     relations = ["staff", "director", "headquarters"]
-    matcher = RelationMatcher(embed, ask=ask("head"))
+    matcher = RelationMatcher(embed, ask=ask("director"))
     assert max(RelationMatcher(embed)("who ran it", relations)) < 0.5  # the words alone: none of these
     assert matcher("who ran it", relations)[1] > 0.9 and asked == ["who ran it"]
-    assert matcher("workforce", relations)[0] > 0.9 and asked == ["who ran it"]  # a close word: nothing to ask
-    assert max(matcher("and it", relations)) < 0.5 and len(asked) == 1  # no content word: nothing asked about
-    assert max(RelationMatcher(embed, ask=ask("colour"))("who painted it", relations)) < 0.5  # nor is its answer
+    assert matcher("workforce", relations)[0] > 0.9  # the words are sure of staff, though the model is not
+    assert max(matcher("and it", relations)) < 0.5 and len(asked) == 2  # no content word: nothing asked about
+    unlikely = RelationMatcher(embed, ask=lambda words, relations: torch.full((len(relations),), -6.0))
+    assert max(unlikely("who painted it", relations)) < 0.5  # no relation a likely answer: none of these
     # Through the registry: the query's subject becomes "it" and its time is left out before the model is asked.
     assert registry().find("Who ran the Dorin Institute in 2018?", "2018", matcher).object == "Tam Dorrel"
     assert asked[-1] == "who ran it"
@@ -94,25 +95,23 @@ def test_the_dev_questions_and_the_models_examples_ask_about_none_of_the_streams
     assert sum(relation is None for _, _, relation in DEV_QUESTIONS) >= 20  # "none of these" is asked too
 
 
-class Scripted(torch.nn.Module):
-    """A model that answers a fixed token sequence, one token a forward, whatever it reads."""
+class Leaning(torch.nn.Module):
+    """A model whose every position predicts the same distribution, leaning to `LOGITS`' tokens."""
 
-    def __init__(self, answer):
+    LOGITS = torch.tensor([0.0, 0.0, 0.0, 4.0, 1.0, 0.0, 0.0, 3.0])
+
+    def __init__(self):
         super().__init__()
-        self.embed, self.answer, self.calls = torch.nn.Embedding(8, 8), answer, 0
-
-    def get_input_embeddings(self):
-        return self.embed
+        self.calls = 0
 
     def forward(self, input_ids):
-        logits = torch.zeros(1, input_ids.shape[1], 8)
-        logits[0, -1, self.answer[min(self.calls, len(self.answer) - 1)]] = 1
         self.calls += 1
-        return type("Output", (), {"logits": logits})
+        return type("Output", (), {"logits": self.LOGITS.expand(1, input_ids.shape[1], 8)})
 
 
-def test_the_asker_reads_the_models_greedy_answer_up_to_a_stop_with_no_memory():
-    encode = lambda texts: {"input_ids": torch.tensor([[7] if texts[0] == "\n" else [1, 2]])}  # "\n" is token 7
+def test_the_asker_scores_each_relation_as_the_models_answer_with_no_memory():
+    vocabulary = {"director": 3, "staff": 4, "\n": 7}
+    encode = lambda texts: {"input_ids": torch.tensor([[vocabulary.get(w, 1) for w in re.findall(r"\S+|\n", texts[0])]])}
     entered = []
 
     class Pretrained:
@@ -122,14 +121,14 @@ def test_the_asker_reads_the_models_greedy_answer_up_to_a_stop_with_no_memory():
         def __exit__(self, *exc):
             entered.append(False)
 
-    model = Scripted([3, 4, 7, 5])
+    model = Leaning()
+    scores = model_asker(model, encode, Pretrained)("who ran it", ["director", "staff"])
+    logprobs = Leaning.LOGITS.log_softmax(0)
+    torch.testing.assert_close(scores, torch.stack([logprobs[[3, 7]].mean(), logprobs[[4, 7]].mean()]))
+    assert model.calls == 2 and entered == [True, False]  # one forward a relation, all of them with no memory
     ask = model_asker(model, encode, Pretrained)
-    answer = ask("who ran it")
-    torch.testing.assert_close(answer, token_means(model.embed.weight, [[3, 4]])[0])  # 7 ends it; 5 is not read
-    assert model.calls == 3 and entered == [True, False]
-    ask("who ran it")
-    assert model.calls == 3  # words asked once per matcher
-    assert model_asker(Scripted([7]), encode)("who ran it") is None  # an empty answer: nothing to match
+    ask("who ran it", ["director"]), ask("who ran it", ["director"])
+    assert model.calls == 3  # words and relations asked once per matcher
     assert "{words}" in ASK_PROMPT and ASK_PROMPT.endswith("Q: {words}?\nAsks for:")
 
 

@@ -10,9 +10,11 @@ softmax at a fixed temperature turns the similarities into a confidence: the rou
 is more likely than every other option, none included.
 
 Words that name no relation ("who ran it", "who commanded it") are far from every relation's name, so "none" wins
-on them. Then, with `ask`, the model itself is asked what the words ask for (a few questions of our own with their
-answers, `ASK_SHOTS`, then the words), reading no memory, and its answer ("owner", "commander") counts as one more
-run of the query's words, matched as above.
+on them. So with `ask` the model itself is asked too, reading no memory: after a few questions of our own with the
+attribute each asks for (`ASK_SHOTS`), the words, and each candidate relation scored as its answer (the mean
+log-probability of its tokens), beside a "none of these" score. A relation is as likely as the surer of the two
+readings says. The model need not name "director" for "who ran it": among a port's, a town's or a company's few
+relations it only has to find it the likeliest, and likely enough.
 
 The layer (input embeddings, against the states after each of the first six decoder layers), the directions taken
 out, temperature and "none" similarity were chosen on `DEV_PAIRS` and `DEV_UNRELATED` (relations, paraphrases and
@@ -68,7 +70,9 @@ ASK_SHOTS: tuple[tuple[str, str], ...] = (
     ("who started it", "founder"), ("how much land does it cover", "area"),
     ("what was its tallest tower", "tallest tower"), ("where does it play at home", "stadium"))
 ASK_PROMPT = "".join(f"Q: {q}?\nAsks for: {a}\n\n" for q, a in ASK_SHOTS) + "Q: {words}?\nAsks for:"
-ASK_TOKENS = 5  # an attribute's name is a few tokens; the answer also ends at a new line or punctuation
+# How a relation's score as the model's answer becomes a confidence: a softmax at `ASK_TEMPERATURE` beside "none of
+# these" scoring `ASK_NONE` (a mean log-probability per token), chosen on `DEV_QUESTIONS` by `benchmarks/relations.py`.
+ASK_TEMPERATURE, ASK_NONE = 0.5, -3.0
 
 # Relations of our own asked with verbs and other nouns, for choosing whether the matcher asks the model: (kind of
 # subject, question about {s} at {t}, the relation it asks for or None: none of the kind's). None of their relations
@@ -160,41 +164,35 @@ def shared_directions(weight: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     return cached[2], cached[3]
 
 
-Ask = Callable[[str], "torch.Tensor | None"]  # a query's words → what the model says they ask for, embedded
+Ask = Callable[[str, Sequence[str]], torch.Tensor]  # (a query's words, relations) → each one's score as the answer
 
 
 def model_asker(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, torch.Tensor]],
-                pretrained: Callable[[], ContextManager] = contextlib.nullcontext, tokens: int = ASK_TOKENS) -> Ask:
-    """Words → the model's greedy answer to `ASK_PROMPT` (up to `tokens`, ending at a new line or punctuation),
-    embedded as `input_embedder` embeds text; None for an empty answer. `pretrained` makes the model read none of
-    what a method taught it while it answers: the question is what words mean, not what a memory says."""
-    weight = model.get_input_embeddings().weight
-
-    @functools.cache  # on the first question only: a matcher is built for every batch, most never ask
-    def stops() -> set[int]:
-        return {token for mark in ("\n", "\n\n", ".", ",", "?", "!") for token in encode([mark])["input_ids"][0].tolist()}
+                pretrained: Callable[[], ContextManager] = contextlib.nullcontext) -> Ask:
+    """(words, relations) → for each relation, the mean log-probability of its tokens (and the new line that ends
+    it) as the model's answer to `ASK_PROMPT` about the words. `pretrained` makes the model read none of what a
+    method taught it while it answers: the question is what words mean, not what a memory says."""
 
     @functools.lru_cache(maxsize=1024)
     @torch.no_grad()
-    def ask(words: str) -> torch.Tensor | None:
-        ids = encode([ASK_PROMPT.format(words=words)])["input_ids"][:1]
-        answer: list[int] = []
-        with pretrained():
-            for _ in range(tokens):
-                token = int(model(input_ids=ids).logits[0, -1].argmax())
-                if token in stops():
-                    break
-                answer.append(token)
-                ids = torch.cat([ids, ids.new_tensor([[token]])], dim=1)
-        return token_means(weight, [answer])[0] if answer else None
+    def ask(words: str, relations: tuple[str, ...]) -> torch.Tensor:
+        prompt = ASK_PROMPT.format(words=words)
+        start = encode([prompt])["input_ids"].shape[1]
+        scores = []
+        with pretrained():  # one text a forward: a memory's routing may read one example at a time
+            for relation in relations:
+                ids = encode([f"{prompt} {relation}\n"])["input_ids"][:1]
+                logprobs = model(input_ids=ids).logits[0, start - 1 : -1].float().log_softmax(-1)
+                scores.append(logprobs.gather(1, ids[0, start:, None].to(logprobs.device)).mean())
+        return torch.stack(scores).cpu()
 
-    return ask
+    return lambda words, relations: ask(words, tuple(relations))
 
 
 def model_matcher(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, torch.Tensor]],
                   pretrained: Callable[[], ContextManager] | None = None) -> RelationMatcher:
     """A matcher over `model`'s input embeddings, tokenizing as `encode` (a batch of one text has no padding); with
-    `pretrained` (how the model reads no memory), one that asks the model when no run of the words is close."""
+    `pretrained` (how the model reads no memory), one that also asks the model which relation the words ask for."""
     tokenize = lambda text: encode([text])["input_ids"][0].tolist()  # noqa: E731
     ask = None if pretrained is None else model_asker(model, encode, pretrained)
     return RelationMatcher(input_embedder(model.get_input_embeddings().weight, tokenize), ask=ask)
@@ -202,7 +200,7 @@ def model_matcher(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, 
 
 class RelationMatcher:
     """A `knowledge.RelationScorer`: how sure it is that a query's words ask about each relation, from `embed`; with
-    `ask`, when "none of these" is the likelier answer for the words alone, their closest run or the model's answer."""
+    `ask`, the surer of that and the model's own reading of which relation the words ask for."""
 
     def __init__(self, embed: Embed, temperature: float = TEMPERATURE, none_similarity: float = NONE_SIMILARITY,
                  ask: Ask | None = None) -> None:
@@ -216,14 +214,20 @@ class RelationMatcher:
         return (self.embed(runs) @ self.embed(list(relations)).T).max(0).values
 
     def __call__(self, words: str, relations: Sequence[str]) -> list[float]:
-        similar = self.similarities(words, relations)
-        sure = self.confidences(similar)
+        sure = self.confidences(self.similarities(words, relations))
         # Words with no content word ("and it", from "And now?") ask about nothing for the model to name.
-        if self.ask is None or sum(sure) >= 0.5 or not spans(words) or (answer := self.ask(words)) is None:
+        if self.ask is None or not spans(words):
             return sure
-        return self.confidences(torch.maximum(similar, self.embed(list(relations)) @ answer))
+        # Each reading finds what the other misses: the words a paraphrase ("workforce"), the model a verb ("who ran
+        # it"); a relation is as likely as the surer of the two says.
+        asked = _beside_none(self.ask(words, relations), ASK_NONE, ASK_TEMPERATURE)
+        return [max(a, b) for a, b in zip(sure, asked)]
 
     def confidences(self, similarities: torch.Tensor) -> list[float]:
         """Each relation's softmax share beside "none of these" at `none_similarity`."""
-        logits = torch.cat([similarities, torch.tensor([self.none_similarity])])
-        return (logits / self.temperature).softmax(0)[:-1].tolist()
+        return _beside_none(similarities, self.none_similarity, self.temperature)
+
+
+def _beside_none(scores: torch.Tensor, none: float, temperature: float) -> list[float]:
+    """Each score's softmax share at `temperature` beside a "none of these" option scoring `none`."""
+    return (torch.cat([scores, torch.tensor([none])]) / temperature).softmax(0)[:-1].tolist()

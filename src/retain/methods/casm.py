@@ -59,8 +59,8 @@ class CASMConfig(SMFConfig):
         "help": "When a query names a known subject but none of its relations verbatim, find the relation it means "
                 "from the model's input embeddings (`retain.relations`); off: the subject and relation must appear."})
     ask: bool = field(default=True, metadata={
-        "help": "With by_meaning, when no word of a query is close to a relation's name ('who ran it'), ask the "
-                "pretrained model what it asks for (a few generated tokens) and match its answer as one more word."})
+        "help": "With by_meaning, also ask the pretrained model which of the subject's relations a query asks for "
+                "(each scored as its answer), for words close to no relation's name ('who ran it')."})
 
     read_as: Literal["asked", "question"] = field(default="question", metadata={
         "help": "How a query whose fact the registry finds is read: 'question', as the first training wording of "

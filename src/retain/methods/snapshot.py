@@ -42,8 +42,8 @@ class SnapshotConfig(MethodConfig):
     scope: Literal["facts", "all"] = field(default="facts", metadata={
         "help": "As CASM's: 'facts' reads a prompt naming no time and no known fact with no adapter; 'all': the latest."})
     by_meaning: bool = field(default=True, metadata={"help": "As CASM's: find a relation asked in other words."})
-    ask: bool = field(default=True, metadata={"help": "As CASM's: with by_meaning, ask the pretrained model what a "
-                                                      "query that names no relation asks for."})
+    ask: bool = field(default=True, metadata={"help": "As CASM's: with by_meaning, also ask the pretrained model "
+                                                      "which relation a query asks for."})
     read_as: Literal["asked", "question"] = field(default="question", metadata={
         "help": "As CASM's: read a query whose fact is found in the asker's words or as a training question."})
 
