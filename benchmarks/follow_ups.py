@@ -5,10 +5,11 @@ is a first turn, about its fact as of its period; a second turn in each of `FOLL
 a probe template) asks about the same fact as of another period of the stream, or now. The second turn is read as
 `retain ask --conversation` reads it (`retain.knowledge.follow_up`, then `read`), and scored as `relations.py`
 scores probes: precision and recall of (fact, period), per phrasing and per half of the first turn's template, with
-the router finding facts verbatim only and with the relation matcher (`by_meaning`, CASM's default).
+the router finding facts verbatim only, with the relation matcher on the words alone (`ask=false`) and asking the
+model too (`by_meaning` and `ask`, CASM's defaults).
 Two controls that must not follow the first turn: the stream's locality questions (they name their own subject) and
 a first turn that is a locality question (no fact to follow). No training: the registry holds the stream's facts,
-the matcher reads the pretrained model's input embeddings.
+the matcher reads the pretrained model.
 
     python benchmarks/follow_ups.py --seeds 0,1,2
 """
@@ -16,6 +17,7 @@ the matcher reads the pretrained model's input embeddings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 from pathlib import Path
@@ -25,7 +27,7 @@ from relations import count, fact_key, medium_stream, read_right, summarise, tal
 
 from retain import load_model
 from retain.knowledge import follow_up, read
-from retain.relations import RelationMatcher, input_embedder
+from retain.relations import RelationMatcher, input_embedder, model_matcher
 from retain.text import spoken_time
 
 # Second turns, `{t}` another period of the stream in words as a person writes it; None: about now.
@@ -77,8 +79,11 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     model, tokenizer = load_model(args.model)
-    matcher = RelationMatcher(input_embedder(model.get_input_embeddings().weight, tokenizer.encode))
-    per_seed = {seed: {"verbatim": scores(seed, None), "by_meaning": scores(seed, matcher)} for seed in seeds}
+    model.eval()
+    words = RelationMatcher(input_embedder(model.get_input_embeddings().weight, tokenizer.encode))
+    asking = model_matcher(model, lambda texts: tokenizer(list(texts), return_tensors="pt"), contextlib.nullcontext)
+    per_seed = {seed: {"verbatim": scores(seed, None), "by_meaning_words": scores(seed, words),
+                       "by_meaning": scores(seed, asking)} for seed in seeds}
     summary = summarise(per_seed)
     for router, rows in summary.items():
         for form, row in rows.items():
