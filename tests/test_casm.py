@@ -323,8 +323,10 @@ def test_the_matcher_asks_the_model_reading_no_memory(make_model, tokenizer, tra
         assert not torch.allclose(asked, model(**batch).logits)
     # The router hands the matcher that context; with ask=false, none.
     handed = []
-    monkeypatch.setattr(casm, "model_matcher", lambda model, encode, pretrained=None: handed.append(pretrained))
+    monkeypatch.setattr(casm, "model_matcher", lambda model, encode, pretrained=None, answers=None:
+                        handed.append((pretrained, answers)))
     method.route(model, [HARBOUR], ENCODE)
     method.config.ask = False
     method.route(model, [HARBOUR], ENCODE)
-    assert handed == [method.table.pretrained, None]
+    # One store of the model's answers for every batch: they read no memory, so no training changes them.
+    assert handed == [(method.table.pretrained, method.answers), (None, method.answers)]

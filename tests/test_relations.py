@@ -126,9 +126,12 @@ def test_the_asker_scores_each_relation_as_the_models_answer_with_no_memory():
     logprobs = Leaning.LOGITS.log_softmax(0)
     torch.testing.assert_close(scores, torch.stack([logprobs[[3, 7]].mean(), logprobs[[4, 7]].mean()]))
     assert model.calls == 2 and entered == [True, False]  # one forward a relation, all of them with no memory
-    ask = model_asker(model, encode, Pretrained)
+    answers = {}
+    ask = model_asker(model, encode, Pretrained, answers)
     ask("who ran it", ["director"]), ask("who ran it", ["director"])
-    assert model.calls == 3  # words and relations asked once per matcher
+    assert model.calls == 3  # words and relations asked once
+    torch.testing.assert_close(model_asker(model, encode, Pretrained, answers)("who ran it", ["director"]), scores[:1])
+    assert model.calls == 3  # and once for every asker that shares its answers (a method's, batch after batch)
     assert "{words}" in ASK_PROMPT and ASK_PROMPT.endswith("Q: {words}?\nAsks for:")
 
 

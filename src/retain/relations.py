@@ -26,7 +26,6 @@ of retain: `retain export` ships it beside an exported model, which routes as CA
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import ContextManager
@@ -168,33 +167,41 @@ Ask = Callable[[str, Sequence[str]], torch.Tensor]  # (a query's words, relation
 
 
 def model_asker(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, torch.Tensor]],
-                pretrained: Callable[[], ContextManager] = contextlib.nullcontext) -> Ask:
+                pretrained: Callable[[], ContextManager] = contextlib.nullcontext,
+                answers: dict[tuple[str, tuple[str, ...]], torch.Tensor] | None = None) -> Ask:
     """(words, relations) → for each relation, the mean log-probability of its tokens (and the new line that ends
     it) as the model's answer to `ASK_PROMPT` about the words. `pretrained` makes the model read none of what a
-    method taught it while it answers: the question is what words mean, not what a memory says."""
+    method taught it while it answers: the question is what words mean, not what a memory says. So the answers
+    depend on the pretrained model alone, and `answers` may keep them for every asker of it (a method's, batch
+    after batch)."""
+    answers = {} if answers is None else answers
 
-    @functools.lru_cache(maxsize=1024)
     @torch.no_grad()
-    def ask(words: str, relations: tuple[str, ...]) -> torch.Tensor:
-        prompt = ASK_PROMPT.format(words=words)
-        start = encode([prompt])["input_ids"].shape[1]
-        scores = []
-        with pretrained():  # one text a forward: a memory's routing may read one example at a time
-            for relation in relations:
-                ids = encode([f"{prompt} {relation}\n"])["input_ids"][:1]
-                logprobs = model(input_ids=ids).logits[0, start - 1 : -1].float().log_softmax(-1)
-                scores.append(logprobs.gather(1, ids[0, start:, None].to(logprobs.device)).mean())
-        return torch.stack(scores).cpu()
+    def ask(words: str, relations: Sequence[str]) -> torch.Tensor:
+        key = (words, tuple(relations))
+        if key not in answers:
+            prompt = ASK_PROMPT.format(words=words)
+            start = encode([prompt])["input_ids"].shape[1]
+            scores = []
+            with pretrained():  # one text a forward: a memory's routing may read one example at a time
+                for relation in relations:
+                    ids = encode([f"{prompt} {relation}\n"])["input_ids"][:1]
+                    logprobs = model(input_ids=ids).logits[0, start - 1 : -1].float().log_softmax(-1)
+                    scores.append(logprobs.gather(1, ids[0, start:, None].to(logprobs.device)).mean())
+            answers[key] = torch.stack(scores).cpu()
+        return answers[key]
 
-    return lambda words, relations: ask(words, tuple(relations))
+    return ask
 
 
 def model_matcher(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, torch.Tensor]],
-                  pretrained: Callable[[], ContextManager] | None = None) -> RelationMatcher:
+                  pretrained: Callable[[], ContextManager] | None = None,
+                  answers: dict[tuple[str, tuple[str, ...]], torch.Tensor] | None = None) -> RelationMatcher:
     """A matcher over `model`'s input embeddings, tokenizing as `encode` (a batch of one text has no padding); with
-    `pretrained` (how the model reads no memory), one that also asks the model which relation the words ask for."""
+    `pretrained` (how the model reads no memory), one that also asks the model which relation the words ask for,
+    keeping its answers in `answers` (`model_asker`)."""
     tokenize = lambda text: encode([text])["input_ids"][0].tolist()  # noqa: E731
-    ask = None if pretrained is None else model_asker(model, encode, pretrained)
+    ask = None if pretrained is None else model_asker(model, encode, pretrained, answers)
     return RelationMatcher(input_embedder(model.get_input_embeddings().weight, tokenize), ask=ask)
 
 

@@ -89,6 +89,7 @@ class CASM(Method):
         self.registry = FactRegistry()
         self.observations: list[dict[str, int]] = []
         self.as_of: str | None = None  # an explicit time for every query, overriding the text's
+        self.answers: dict = {}  # the pretrained model's reading of a query's words (`model_asker`): never trained
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -187,7 +188,7 @@ class CASM(Method):
             return None
         # Before the first period there is no memory: the model as it is is the pretrained one.
         pretrained = self.table.pretrained if self.table else contextlib.nullcontext
-        return model_matcher(model, encode, pretrained if self.config.ask else None)
+        return model_matcher(model, encode, pretrained if self.config.ask else None, self.answers)
 
     def _question(self) -> str | None:
         """The training wording a query is read in (`read_as="question"`), else None: the asker's."""

@@ -61,6 +61,7 @@ class Snapshot(Method):
         self.registry = FactRegistry()
         self.routed: list[str] | None = None  # the adapter of each prompt of the batch being read; None in training
         self.model: PeftModel | None = None
+        self.answers: dict = {}  # as CASM's: the pretrained model's reading of a query's words, never trained
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model = self.model = get_peft_model(model, self._lora(), adapter_name=self._adapter(0))
@@ -131,7 +132,7 @@ class Snapshot(Method):
     def _matcher(self, model: nn.Module, encode: Encode) -> RelationScorer | None:
         if not self.config.by_meaning:
             return None
-        return model_matcher(model, encode, self._pretrained if self.config.ask else None)
+        return model_matcher(model, encode, self._pretrained if self.config.ask else None, self.answers)
 
     @contextlib.contextmanager
     def _pretrained(self) -> Iterator[None]:
