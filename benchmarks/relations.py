@@ -42,8 +42,8 @@ from retain import load_model
 from retain.bench.temporal_facts import PRESETS, generate
 from retain.knowledge import FactRegistry, Read, read
 from retain.relations import (ASK_NONE, ASK_TEMPERATURE, COMMON_DIRECTIONS, DEV_KINDS, DEV_PAIRS, DEV_QUESTIONS,
-                               DEV_UNRELATED, NONE_SIMILARITY, TEMPERATURE, Ask, RelationMatcher, input_embedder,
-                               model_asker)
+                               DEV_UNRELATED, NONE_SIMILARITY, TEMPERATURE, Ask, RelationMatcher, beside_none,
+                               input_embedder, model_asker)
 from retain.stream import Stream
 from retain.text import normalize_answer, spoken_time, wording
 
@@ -165,7 +165,7 @@ def fit_ask(words: RelationMatcher, ask: Ask) -> dict:
         counts: dict[str, list[int]] = {}
         decided = 0
         for w, scores, answer, kind in read:
-            sure = JOINS[join](w, (torch.cat([scores, torch.tensor([none])]) / temperature).softmax(0)[:-1].tolist())
+            sure = JOINS[join](w, beside_none(scores, none, temperature))
             best = max(range(len(sure)), key=sure.__getitem__)
             named = sure[best] >= 0.5
             decided += best == answer if named else answer is None

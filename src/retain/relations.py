@@ -70,10 +70,11 @@ ASK_SHOTS: tuple[tuple[str, str], ...] = (
     ("what was its tallest tower", "tallest tower"), ("where does it play at home", "stadium"))
 ASK_PROMPT = "".join(f"Q: {q}?\nAsks for: {a}\n\n" for q, a in ASK_SHOTS) + "Q: {words}?\nAsks for:"
 # How a relation's score as the model's answer becomes a confidence: a softmax at `ASK_TEMPERATURE` beside "none of
-# these" scoring `ASK_NONE` (a mean log-probability per token), chosen on `DEV_QUESTIONS` by `benchmarks/relations.py`.
+# these" scoring `ASK_NONE` (a mean log-probability per token), chosen with the surer-of-two join on `DEV_QUESTIONS` and
+# `DEV_PAIRS` (`benchmarks/relations.py`, `fit_ask`).
 ASK_TEMPERATURE, ASK_NONE = 0.5, -3.0
 
-# Relations of our own asked with verbs and other nouns, for choosing whether the matcher asks the model: (kind of
+# Relations of our own asked with verbs and other nouns, for choosing how the matcher asks the model: (kind of
 # subject, question about {s} at {t}, the relation it asks for or None: none of the kind's). None of their relations
 # is a relation of the stream, a probe's or a locality question's; some everyday words are also in the person
 # wordings of `benchmarks/relations.py` ("how many people", "sell", "work", "abroad"), written apart from them.
@@ -227,14 +228,14 @@ class RelationMatcher:
             return sure
         # Each reading finds what the other misses: the words a paraphrase ("workforce"), the model a verb ("who ran
         # it"); a relation is as likely as the surer of the two says.
-        asked = _beside_none(self.ask(words, relations), ASK_NONE, ASK_TEMPERATURE)
+        asked = beside_none(self.ask(words, relations), ASK_NONE, ASK_TEMPERATURE)
         return [max(a, b) for a, b in zip(sure, asked)]
 
     def confidences(self, similarities: torch.Tensor) -> list[float]:
         """Each relation's softmax share beside "none of these" at `none_similarity`."""
-        return _beside_none(similarities, self.none_similarity, self.temperature)
+        return beside_none(similarities, self.none_similarity, self.temperature)
 
 
-def _beside_none(scores: torch.Tensor, none: float, temperature: float) -> list[float]:
+def beside_none(scores: torch.Tensor, none: float, temperature: float) -> list[float]:
     """Each score's softmax share at `temperature` beside a "none of these" option scoring `none`."""
     return (torch.cat([scores, torch.tensor([none])]) / temperature).softmax(0)[:-1].tolist()
