@@ -17,17 +17,16 @@ the matcher reads the pretrained model.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import random
 import statistics
 from pathlib import Path
 
 from common import ROOT, machine, write
-from relations import count, fact_key, medium_stream, read_right, summarise, tally
+from relations import count, fact_key, matchers, medium_stream, read_right, summarise, tally
 
 from retain import load_model
 from retain.knowledge import follow_up, read
-from retain.relations import RelationMatcher, input_embedder, model_matcher
+from retain.relations import RelationMatcher
 from retain.text import spoken_time
 
 # Second turns, `{t}` another period of the stream in words as a person writes it; None: about now.
@@ -80,8 +79,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     model, tokenizer = load_model(args.model)
     model.eval()
-    words = RelationMatcher(input_embedder(model.get_input_embeddings().weight, tokenizer.encode))
-    asking = model_matcher(model, lambda texts: tokenizer(list(texts), return_tensors="pt"), contextlib.nullcontext)
+    words, asking = matchers(model, tokenizer)
     per_seed = {seed: {"verbatim": scores(seed, None), "by_meaning_words": scores(seed, words),
                        "by_meaning": scores(seed, asking)} for seed in seeds}
     summary = summarise(per_seed)

@@ -26,6 +26,7 @@ temporal-facts stream's probe templates, which no choice looked at.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import math
 import random
@@ -43,7 +44,7 @@ from retain.bench.temporal_facts import PRESETS, generate
 from retain.knowledge import FactRegistry, Read, read
 from retain.relations import (ASK_NONE, ASK_TEMPERATURE, COMMON_DIRECTIONS, DEV_KINDS, DEV_PAIRS, DEV_QUESTIONS,
                                DEV_UNRELATED, NONE_SIMILARITY, TEMPERATURE, Ask, RelationMatcher, beside_none,
-                               input_embedder, model_asker)
+                               input_embedder, model_matcher)
 from retain.stream import Stream
 from retain.text import normalize_answer, spoken_time, wording
 
@@ -145,6 +146,13 @@ def fit(model, tokenizer) -> dict:
     chosen = next(r for r in results if (r["layer"], r["common_directions"], r["temperature"], r["none_similarity"])
                   == (0, COMMON_DIRECTIONS, TEMPERATURE, NONE_SIMILARITY))
     return {"best": best, "in_use": chosen, "cases": len(cases)}
+
+
+def matchers(model, tokenizer) -> tuple[RelationMatcher, RelationMatcher]:
+    """The matcher on the words alone (`ask=false`) and the default one, which asks the model too (the pretrained
+    model: no memory to switch off)."""
+    asking = model_matcher(model, lambda texts: tokenizer(list(texts), return_tensors="pt"), contextlib.nullcontext)
+    return RelationMatcher(asking.embed), asking
 
 
 # How the words' and the model's confidences join: what `RelationMatcher` does is "surer".
@@ -254,8 +262,7 @@ def main() -> None:
     model.eval()
     calibration = fit(model, tokenizer)
     print("fit:", calibration)
-    words = RelationMatcher(layer_embedder(model, tokenizer, 0))
-    asking = RelationMatcher(words.embed, ask=model_asker(model, lambda texts: tokenizer(list(texts), return_tensors="pt")))
+    words, asking = matchers(model, tokenizer)
     calibration["ask"] = fit_ask(words, asking.ask)
     print("ask:", calibration["ask"])
     seeds = [int(s) for s in args.seeds.split(",")]

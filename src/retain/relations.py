@@ -165,11 +165,12 @@ def shared_directions(weight: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
 
 
 Ask = Callable[[str, Sequence[str]], torch.Tensor]  # (a query's words, relations) → each one's score as the answer
+Answers = dict[tuple[str, tuple[str, ...]], torch.Tensor]  # what an `Ask` of one pretrained model has answered
 
 
 def model_asker(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, torch.Tensor]],
                 pretrained: Callable[[], ContextManager] = contextlib.nullcontext,
-                answers: dict[tuple[str, tuple[str, ...]], torch.Tensor] | None = None) -> Ask:
+                answers: Answers | None = None) -> Ask:
     """(words, relations) → for each relation, the mean log-probability of its tokens (and the new line that ends
     it) as the model's answer to `ASK_PROMPT` about the words. `pretrained` makes the model read none of what a
     method taught it while it answers: the question is what words mean, not what a memory says. So the answers
@@ -197,7 +198,7 @@ def model_asker(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, to
 
 def model_matcher(model: nn.Module, encode: Callable[[Sequence[str]], dict[str, torch.Tensor]],
                   pretrained: Callable[[], ContextManager] | None = None,
-                  answers: dict[tuple[str, tuple[str, ...]], torch.Tensor] | None = None) -> RelationMatcher:
+                  answers: Answers | None = None) -> RelationMatcher:
     """A matcher over `model`'s input embeddings, tokenizing as `encode` (a batch of one text has no padding); with
     `pretrained` (how the model reads no memory), one that also asks the model which relation the words ask for,
     keeping its answers in `answers` (`model_asker`)."""

@@ -45,7 +45,7 @@ from retain.methods.base import (
 )
 from retain.methods.smf import SMFConfig, SparseMemoryFinetuning
 from retain.nn.versioned_table import VersionedTable
-from retain.relations import model_matcher
+from retain.relations import Answers, model_matcher
 from retain.stream import Stream, Task
 from retain.text import first_statement, normalize_answer, time_key
 
@@ -89,7 +89,7 @@ class CASM(Method):
         self.registry = FactRegistry()
         self.observations: list[dict[str, int]] = []
         self.as_of: str | None = None  # an explicit time for every query, overriding the text's
-        self.answers: dict = {}  # the pretrained model's reading of a query's words (`model_asker`): never trained
+        self.answers: Answers = {}  # the pretrained model's reading of a query's words (`model_asker`): never trained
 
     # -- writing --------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from retain.methods.base import (
     Encode, Exported, Method, MethodConfig, MethodError, Routing, TaskData, TrainingContext, check_periods, register,
     task_period,
 )
-from retain.relations import model_matcher
+from retain.relations import Answers, model_matcher
 from retain.stream import Stream
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -61,7 +61,7 @@ class Snapshot(Method):
         self.registry = FactRegistry()
         self.routed: list[str] | None = None  # the adapter of each prompt of the batch being read; None in training
         self.model: PeftModel | None = None
-        self.answers: dict = {}  # as CASM's: the pretrained model's reading of a query's words, never trained
+        self.answers: Answers = {}  # as CASM's: the pretrained model's reading of a query's words, never trained
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model = self.model = get_peft_model(model, self._lora(), adapter_name=self._adapter(0))
