@@ -131,6 +131,9 @@ def merge(args: argparse.Namespace) -> None:
                 if method in per_seed.setdefault(seed, {}):
                     raise SystemExit(f"--merge: seed {seed} of {method} is in two reports (the second: {path})")
                 per_seed[seed][method] = run
+    if not per_seed:
+        found = sorted({m for r in reports for runs in r["per_seed"].values() for m in runs})
+        raise SystemExit(f"--merge: --methods {args.methods} names none of the reports' methods ({', '.join(found)})")
     first = reports[0]
     report = {**{k: first.get(k) for k in ("benchmark", "preset", "model", "epochs", "batch_size", "same_data")},
               "probe_templates": first.get("probe_templates") or 0,

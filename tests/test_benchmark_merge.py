@@ -83,6 +83,8 @@ def test_runs_made_differently_or_twice_are_refused(tmp_path, monkeypatch):
                     person_wordings=True)
     done, _ = merge(tmp_path, monkeypatch, templated, person)  # asked in a person's words too
     assert done.returncode != 0 and "different settings" in done.stderr
+    done, _ = merge(tmp_path, monkeypatch, six, methods="snapshot")  # what --methods names, none of them ran
+    assert done.returncode != 0 and "names none of the reports' methods (casm)" in done.stderr
 
 
 def test_person_wordings_probe_each_fact_with_its_probes_answer(tmp_path, monkeypatch):
